@@ -1,0 +1,270 @@
+"""Locate, read, interpolate and validate the chargeback YAML config (config.md §1–§3)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dotenv import load_dotenv
+
+from .schema import AppConfig
+from .validation import type_name, validate
+
+logger = logging.getLogger("chargeback_dagster.config")
+
+CONFIG_ENV_VAR = "CHARGEBACK_CONFIG_FILE"
+ENV_FILE_ENV_VAR = "CHARGEBACK_ENV_FILE"
+_INTERPOLATION_RE = re.compile(r"\$\{([^}:]+)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """Loading failed. ``problems`` holds one line per problem; ``str()`` is the full message."""
+
+    def __init__(self, problems: list[str] | str, *, validation: bool = True) -> None:
+        if isinstance(problems, str):
+            problems, validation = [problems], False
+        self.problems: list[str] = list(problems)
+        self.validation = validation
+        message = "Config validation failed:\n" + "\n".join(self.problems) if validation else self.problems[0]
+        super().__init__(message)
+
+
+# --- YAML
+class LineDict(dict):
+    """A mapping that remembers the (1-based) line of itself and of each key."""
+
+    line: int = 0
+    key_lines: dict[Any, int]
+
+
+class LineList(list):
+    line: int = 0
+    item_lines: list[int]
+
+
+class _DuplicateKeyError(Exception):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with duplicate-key detection, line tracking, Decimal floats and string timestamps."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
+    own_keys: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            duplicate = key in own_keys
+        except TypeError:  # unhashable key; let PyYAML report it
+            duplicate = False
+        if duplicate:
+            raise _DuplicateKeyError(key, line)
+        own_keys[key] = line
+    loader.flatten_mapping(node)
+    result = LineDict()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError as exc:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark, "found unhashable key", key_node.start_mark
+            ) from exc
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
+    result = LineList(loader.construct_object(child, deep=True) for child in node.value)
+    result.line = node.start_mark.line + 1
+    result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+def _construct_decimal(loader: _Loader, node: yaml.ScalarNode) -> Decimal | float:
+    """Floats keep their source text exactly (``0.1`` → ``Decimal('0.1')``)."""
+    text = str(loader.construct_scalar(node)).replace("_", "").strip()
+    lowered = text.lower()
+    if lowered in (".inf", "+.inf"):
+        return Decimal("Infinity")
+    if lowered == "-.inf":
+        return Decimal("-Infinity")
+    if lowered == ".nan":
+        return Decimal("NaN")
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # e.g. YAML 1.1 sexagesimal 1:30.5
+        return Decimal(str(yaml.SafeLoader.construct_yaml_float(loader, node)))
+
+
+def _construct_timestamp_as_text(loader: _Loader, node: yaml.ScalarNode) -> str:
+    """Dates stay strings; the schema parses ISO dates itself (so ``tenant_id: 2025-01-01`` stays text)."""
+    return str(loader.construct_scalar(node))
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp_as_text)
+
+
+def parse_yaml(text: str, path: str) -> Any:
+    """Parse YAML text; raises ConfigError with the spec's messages."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+    except _DuplicateKeyError as exc:
+        raise ConfigError(f"Duplicate key '{exc.key}' at line {exc.line} in '{path}'") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Malformed YAML in '{path}': {exc}") from None
+
+
+# --- interpolation
+def _path_join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def interpolate(value: Any, environ: Any = None, path: str = "", problems: list[str] | None = None) -> Any:
+    """Replace ``${X}`` / ``${X:-default}`` in string values (in place for mappings/lists).
+
+    Missing variables are appended to ``problems`` (one line each, with the YAML path).
+    """
+    env = os.environ if environ is None else environ
+    if problems is None:
+        problems = []
+    if isinstance(value, dict):
+        for key in list(value.keys()):
+            value[key] = interpolate(value[key], env, _path_join(path, key), problems)
+        return value
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            value[i] = interpolate(item, env, f"{path}[{i}]", problems)
+        return value
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    reported: set[str] = set()
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        if name not in reported:
+            reported.add(name)
+            problems.append(
+                f"{path}: Required environment variable '{name}' is not set. "
+                f"Set it or provide a default: ${{{name}:-default}}"
+            )
+        return match.group(0)
+
+    return _INTERPOLATION_RE.sub(replace, value)
+
+
+# --- paths / env
+def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
+    if path is None:
+        raw = os.environ.get(CONFIG_ENV_VAR)
+        if not raw:
+            raise ConfigError(
+                f"{CONFIG_ENV_VAR} is not set; set it to the path of the chargeback YAML config"
+            )
+        path = raw
+    resolved = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    if not resolved.is_file():
+        raise ConfigError(f"Config file not found: '{resolved}'")
+    return resolved
+
+
+def resolve_env_file(config_path: Path, env_file: str | os.PathLike[str] | None = None) -> Path | None:
+    """The .env file: explicit / ``CHARGEBACK_ENV_FILE`` (must exist) or ``.env`` beside the config."""
+    if env_file is None:
+        env_file = os.environ.get(ENV_FILE_ENV_VAR) or None
+    if env_file is not None:
+        resolved = Path(os.path.abspath(os.path.expanduser(os.fspath(env_file))))
+        if not resolved.is_file():
+            raise ConfigError(f"Env file not found: '{resolved}'")
+        return resolved
+    beside = config_path.parent / ".env"
+    return beside if beside.is_file() else None
+
+
+# --- public API
+def load_config(
+    path: str | os.PathLike[str] | None = None, env_file: str | os.PathLike[str] | None = None
+) -> AppConfig:
+    """Load and fully validate the config (config.md §1). Raises :class:`ConfigError`."""
+    config_path = resolve_config_path(path)
+    dotenv_path = resolve_env_file(config_path, env_file)
+    if dotenv_path is not None:
+        load_dotenv(dotenv_path, override=False)
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config file '{config_path}': {exc}") from None
+    raw = parse_yaml(text, str(config_path))
+    if raw is None:
+        raw = LineDict()
+        raw.key_lines = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Config root must be a mapping, got {type_name(raw)}")
+
+    problems: list[str] = []
+    interpolate(raw, os.environ, "", problems)
+    if problems:
+        raise ConfigError(problems)
+
+    app, problem_lines, warnings = validate(raw, config_path, config_path.parent)
+    if problem_lines or app is None:
+        raise ConfigError(problem_lines)
+    for warning in warnings:
+        logger.warning(warning)
+    return app
+
+
+_cache_lock = threading.Lock()
+_cache: dict[tuple[Any, ...], AppConfig] = {}
+
+
+def _mtime_ns(path: Path | None) -> int | None:
+    try:
+        return path.stat().st_mtime_ns if path is not None else None
+    except OSError:
+        return None
+
+
+def get_config() -> AppConfig:
+    """Process-wide cached :func:`load_config` (path from ``CHARGEBACK_CONFIG_FILE``).
+
+    The cache key is (absolute path, mtime_ns, env file, env file mtime_ns), so an edited file is re-read.
+    """
+    config_path = resolve_config_path(None)
+    env_path = resolve_env_file(config_path, None)
+    key = (str(config_path), _mtime_ns(config_path), str(env_path) if env_path else None, _mtime_ns(env_path))
+    with _cache_lock:
+        cached = _cache.get(key)
+        if cached is not None:
+            return cached
+        app = load_config(config_path, env_path)
+        _cache.clear()
+        _cache[key] = app
+        return app
+
+
+def clear_config_cache() -> None:
+    with _cache_lock:
+        _cache.clear()

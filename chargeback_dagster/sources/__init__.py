@@ -1,0 +1,1 @@
+"""Data sources shared by the ecosystems (Prometheus)."""

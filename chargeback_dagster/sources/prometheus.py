@@ -1,0 +1,544 @@
+"""Prometheus access used by every ecosystem (generic-metrics.md §1).
+
+Rules implemented here (all binding):
+
+* ``POST <url>/api/v1/query_range`` as a form (``query``, ``start``, ``end``, ``step``); the path prefix of
+  ``url`` is kept (``https://h/prometheus`` → ``https://h/prometheus/api/v1/query_range``).
+* A window is half-open ``[start, end)`` (decision D6): the request carries ``start`` = window start and
+  ``end`` = window end − 1 s, RFC 3339 UTC with ``Z``; returned samples outside ``[start, end)`` are dropped.
+  Naive datetimes are taken as UTC; bounds are floored to whole milliseconds (Prometheus' precision).
+* ``{step}`` in a query becomes ``<step_seconds>s``.
+* Ranges longer than 10,000 steps are split client-side into requests of ≤ 10,000 evaluation points each,
+  on the same step grid as the whole window; chunk results are merged per label set.
+* ``matrix`` (``values``) and ``vector`` (``value``) results are accepted (a ``scalar`` result is read as
+  one sample with no labels). ``NaN``, ``±Inf`` and unparseable points are skipped; series left without
+  samples are dropped.
+* Labels are reduced to the grouping labels of the query's **outermost** aggregation
+  (``sum by (team) (x)`` → ``{team}``; ``sum(x) by (a, b)`` → ``{a, b}``; ``sum without (a) (x)`` → every
+  returned label except ``a`` and ``__name__``; an aggregation without a clause or no aggregation at all →
+  ``{}``). If the reduction makes several returned series share one label set, their values at the same
+  timestamp are **added** (as if the query had been ``sum by (<labels>)``), so a series never holds two
+  samples for one timestamp.
+* ``warnings`` are logged at WARNING on logger ``chargeback_dagster.prometheus``.
+* Retries: HTTP 408, 425, 429, 500, 502, 503, 504 and transport errors (including timeouts), at most 4
+  attempts; before retry ``n`` (1..3) wait ``2^n × U(0.8, 1.2)`` s, or ``Retry-After`` (seconds or HTTP date)
+  capped at 60 s. Exhausted → ``MetricsQueryError("Exhausted 4 attempts for <url>: <last error>")``.
+* Any other HTTP status ≥ 400 → ``MetricsQueryError("HTTP <code>: <first 200 chars of body>")`` without
+  retry (this includes Prometheus' own 400/422 JSON error bodies, whose ``errorType``/``error`` therefore
+  appear inside the body text). A 2xx body with ``"status": "error"`` →
+  ``MetricsQueryError("<errorType>: <error>")``.
+* Credentials never appear in errors or logs: URLs are shown without user-info and query string, and any
+  configured password / token text is masked as ``***`` in error messages.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger("chargeback_dagster.prometheus")
+
+MAX_POINTS_PER_REQUEST = 10_000
+MAX_ATTEMPTS = 4
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+RETRY_AFTER_CAP_SECONDS = 60.0
+AUTH_TYPES = ("none", "basic", "bearer")
+
+__all__ = [
+    "MetricsQueryError",
+    "PrometheusClient",
+    "RangeQuery",
+    "Series",
+    "day_window",
+    "grouping_labels",
+    "reduce_series",
+]
+
+
+class MetricsQueryError(Exception):
+    """A Prometheus query failed (HTTP, transport, protocol or PromQL error). Never contains credentials."""
+
+
+@dataclass(frozen=True)
+class Series:
+    labels: dict[str, str]
+    samples: list[tuple[float, float]]  # (unix timestamp seconds, value), ascending by timestamp
+
+
+@dataclass(frozen=True)
+class RangeQuery:
+    """A range query over the half-open window ``[start, end)``. Hashable: used as a de-duplication key."""
+
+    query: str
+    start: datetime
+    end: datetime
+    step_seconds: int
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def day_window(d: date) -> tuple[datetime, datetime]:
+    """The UTC day ``[d 00:00Z, d+1 00:00Z)`` (decision D6)."""
+    start = datetime(d.year, d.month, d.day, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def reduce_series(series: list[Series]) -> list[tuple[dict[str, str], float, float, int]]:
+    """Per label set: ``(labels, value_sum, value_max, sample_count)``.
+
+    Series with equal label sets are combined. A label set without samples yields ``(labels, 0.0, 0.0, 0)``.
+    Rows are ordered by their sorted label items.
+    """
+    acc: dict[tuple[tuple[str, str], ...], list[float]] = {}
+    for s in series:
+        key = tuple(sorted(s.labels.items()))
+        acc.setdefault(key, []).extend(v for _, v in s.samples)
+    out = []
+    for key in sorted(acc):
+        values = acc[key]
+        out.append((dict(key), math.fsum(values), max(values) if values else 0.0, len(values)))
+    return out
+
+
+def _utc(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def _rfc3339(ts: float) -> str:
+    """RFC 3339 UTC with ``Z``; fractional seconds (milliseconds) only when present."""
+    dt = datetime.fromtimestamp(round(ts * 1000) / 1000, tz=UTC)
+    if dt.microsecond:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3].rstrip("0") + "Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _redact_url(url: str) -> str:
+    try:
+        u = httpx.URL(url)
+    except Exception:  # pragma: no cover - defensive
+        return "<invalid url>"
+    return str(u.copy_with(username=None, password=None, query=None, fragment=None))
+
+
+# ------------------------------------------------------------------------------ PromQL grouping labels
+
+_AGGREGATIONS = frozenset(
+    {
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+    }
+)
+
+
+def _tokenize(query: str) -> list[tuple[str, str, int]]:
+    """(kind, text, paren depth) tokens; strings, label matchers ``{..}`` and ranges ``[..]`` are skipped."""
+    tokens: list[tuple[str, str, int]] = []
+    depth = 0
+    i, n = 0, len(query)
+    while i < n:
+        c = query[i]
+        if c.isspace():
+            i += 1
+        elif c == "#":  # comment to end of line
+            while i < n and query[i] != "\n":
+                i += 1
+        elif c in "\"'`":
+            j = i + 1
+            while j < n and query[j] != c:
+                j += 2 if query[j] == "\\" and c != "`" else 1
+            i = j + 1
+        elif c in "{[":
+            close = "}" if c == "{" else "]"
+            j = i + 1
+            while j < n and query[j] != close:
+                if query[j] in "\"'`":
+                    q = query[j]
+                    j += 1
+                    while j < n and query[j] != q:
+                        j += 2 if query[j] == "\\" and q != "`" else 1
+                j += 1
+            i = j + 1
+        elif c == "(":
+            tokens.append(("(", c, depth))
+            depth += 1
+            i += 1
+        elif c == ")":
+            depth -= 1
+            tokens.append((")", c, depth))
+            i += 1
+        elif c.isalpha() or c in "_:":
+            j = i
+            while j < n and (query[j].isalnum() or query[j] in "_:"):
+                j += 1
+            tokens.append(("id", query[i:j], depth))
+            i = j
+        else:
+            tokens.append(("op", c, depth))
+            i += 1
+    return tokens
+
+
+def _label_list(tokens: list[tuple[str, str, int]], i: int) -> tuple[list[str], int]:
+    """Parse ``( a, b )`` starting at tokens[i] == '('; returns labels and the index after ')'."""
+    labels: list[str] = []
+    if i >= len(tokens) or tokens[i][0] != "(":
+        return labels, i
+    i += 1
+    while i < len(tokens) and tokens[i][0] != ")":
+        if tokens[i][0] == "id":
+            labels.append(tokens[i][1])
+        i += 1
+    return labels, i + 1
+
+
+def _skip_group(tokens: list[tuple[str, str, int]], i: int) -> int:
+    """tokens[i] == '(' → index after its matching ')'."""
+    depth = tokens[i][2]
+    i += 1
+    while i < len(tokens) and not (tokens[i][0] == ")" and tokens[i][2] == depth):
+        i += 1
+    return i + 1
+
+
+def grouping_labels(query: str) -> tuple[str, tuple[str, ...]]:
+    """Grouping of the outermost aggregation: ``("by", labels)``, ``("without", labels)`` or ``("none", ())``.
+
+    The outermost aggregation is the first aggregation operator at the smallest parenthesis depth.
+    """
+    tokens = _tokenize(query)
+    best: int | None = None
+    for idx, (kind, text, depth) in enumerate(tokens):
+        if kind != "id" or text.lower() not in _AGGREGATIONS:
+            continue
+        nxt = tokens[idx + 1] if idx + 1 < len(tokens) else None
+        if nxt is None or not (nxt[0] == "(" or (nxt[0] == "id" and nxt[1].lower() in ("by", "without"))):
+            continue
+        if best is None or depth < tokens[best][2]:
+            best = idx
+    if best is None:
+        return "none", ()
+    i = best + 1
+    if tokens[i][0] == "id":  # sum by (a) (...)
+        mode = tokens[i][1].lower()
+        labels, _ = _label_list(tokens, i + 1)
+        return mode, tuple(labels)
+    i = _skip_group(tokens, i)  # sum (...) by (a)
+    if i < len(tokens) and tokens[i][0] == "id" and tokens[i][1].lower() in ("by", "without"):
+        labels, _ = _label_list(tokens, i + 1)
+        return tokens[i][1].lower(), tuple(labels)
+    return "none", ()
+
+
+def _reducer(query: str) -> Callable[[dict[str, str]], dict[str, str]]:
+    mode, labels = grouping_labels(query)
+    if mode == "by":
+        keep = set(labels)
+        return lambda m: {k: v for k, v in m.items() if k in keep}
+    if mode == "without":
+        drop = set(labels) | {"__name__"}
+        return lambda m: {k: v for k, v in m.items() if k not in drop}
+    return lambda m: {}
+
+
+# ----------------------------------------------------------------------------------------------- client
+
+
+class _RetryableError(Exception):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when is None:
+            return None
+        seconds = (_utc(when) - datetime.now(UTC)).total_seconds()
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP_SECONDS)
+
+
+class PrometheusClient:
+    """Thread-safe Prometheus HTTP API client (see module docstring for the exact rules)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        auth_type: str = "none",
+        username: str | None = None,
+        password: str | None = None,
+        bearer_token: str | None = None,
+        timeout: float = 60.0,
+        max_workers: int = 4,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        auth_type = (getattr(auth_type, "value", auth_type) or "none").lower()
+        if auth_type not in AUTH_TYPES:
+            raise ValueError(f"auth_type must be one of {', '.join(AUTH_TYPES)}, got {auth_type!r}")
+        if auth_type == "basic" and not username:
+            raise ValueError("auth_type 'basic' needs a username")
+        if auth_type == "bearer" and not bearer_token:
+            raise ValueError("auth_type 'bearer' needs a bearer_token")
+        if max_workers < 1:
+            raise ValueError("max_workers must be >= 1")
+        parsed = httpx.URL(url)
+        url_user, url_password = parsed.username, parsed.password
+        # user-info is never put on the wire URL (httpx logs request URLs); it becomes Basic auth instead
+        self.url = str(parsed.copy_with(username=None, password=None)).rstrip("/")
+        self.safe_url = _redact_url(self.url)
+        self.auth_type = auth_type
+        self.max_workers = max_workers
+        self._sleep = sleep
+        self._secrets = [s for s in (password, bearer_token, url_password) if s and len(s) >= 3]
+        self._lock = threading.Lock()
+        self.request_count = 0
+        headers = {"Accept": "application/json"}
+        auth: httpx.Auth | None = None
+        if auth_type == "basic":
+            auth = httpx.BasicAuth(username or "", password or "")
+        elif auth_type == "bearer":
+            headers["Authorization"] = f"Bearer {bearer_token}"
+        elif url_user or url_password:
+            auth = httpx.BasicAuth(url_user, url_password)
+        self._http = httpx.Client(
+            timeout=timeout,
+            headers=headers,
+            auth=auth,
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    @classmethod
+    def from_config(cls, metrics_config: Any, max_workers: int) -> PrometheusClient:
+        """Build from a config object with ``url``, ``auth_type``, ``username``, ``password`` (SecretStr |
+        None) and ``bearer_token`` (SecretStr | None)."""
+
+        def secret(value: Any) -> str | None:
+            if value is None:
+                return None
+            get = getattr(value, "get_secret_value", None)
+            return get() if callable(get) else str(value)
+
+        return cls(
+            str(metrics_config.url),
+            auth_type=getattr(metrics_config, "auth_type", None) or "none",
+            username=getattr(metrics_config, "username", None),
+            password=secret(getattr(metrics_config, "password", None)),
+            bearer_token=secret(getattr(metrics_config, "bearer_token", None)),
+            max_workers=max_workers,
+        )
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> PrometheusClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PrometheusClient(url={self.safe_url!r}, auth_type={self.auth_type!r})"
+
+    # -- public API
+
+    def check(self) -> None:
+        """Instant query ``1``; raises MetricsQueryError when Prometheus is unreachable or answers wrongly."""
+        self._post("/api/v1/query", {"query": "1"})
+
+    def query_range(self, q: RangeQuery) -> list[Series]:
+        if q.step_seconds <= 0:
+            raise MetricsQueryError(f"step_seconds must be positive, got {q.step_seconds}")
+        # Prometheus works in whole milliseconds: compute the grid and the window filter in integer ms
+        start = math.floor(_utc(q.start).timestamp() * 1000)
+        end = math.floor(_utc(q.end).timestamp() * 1000)
+        if end - start < 1000:
+            return []
+        step = int(q.step_seconds)
+        query = q.query.replace("{step}", f"{step}s")
+        reduce = _reducer(q.query)
+        last = end - 1000  # inclusive end sent to Prometheus: window end − 1 s
+        merged: dict[tuple[tuple[str, str], ...], dict[float, float]] = {}
+        chunk_start = start
+        while chunk_start <= last:
+            chunk_end = min(chunk_start + (MAX_POINTS_PER_REQUEST - 1) * step * 1000, last)
+            form = {
+                "query": query,
+                "start": _rfc3339(chunk_start / 1000),
+                "end": _rfc3339(chunk_end / 1000),
+                "step": str(step),
+            }
+            data = self._post("/api/v1/query_range", form)
+            for metric, samples in _iter_result(data):
+                labels = reduce(metric)
+                bucket = merged.setdefault(tuple(sorted(labels.items())), {})
+                for ts, value in samples:
+                    if start <= round(ts * 1000) < end:
+                        bucket[ts] = bucket.get(ts, 0.0) + value
+            chunk_start += MAX_POINTS_PER_REQUEST * step * 1000
+        return [
+            Series(labels=dict(key), samples=sorted(points.items()))
+            for key, points in sorted(merged.items())
+            if points
+        ]
+
+    def query_range_many(
+        self, queries: Iterable[RangeQuery]
+    ) -> dict[RangeQuery, list[Series] | MetricsQueryError]:
+        """Run distinct queries with at most ``max_workers`` in flight; failures are returned, not raised."""
+        unique = list(dict.fromkeys(queries))
+        if not unique:
+            return {}
+
+        def run(q: RangeQuery) -> list[Series] | MetricsQueryError:
+            try:
+                return self.query_range(q)
+            except MetricsQueryError as exc:
+                return exc
+            except Exception as exc:  # a bug or bad input must not hide the other queries' results
+                logger.exception("Unexpected error in Prometheus query")
+                return MetricsQueryError(self._scrub(f"{type(exc).__name__}: {exc}"))
+
+        if len(unique) == 1 or self.max_workers == 1:
+            return {q: run(q) for q in unique}
+        with ThreadPoolExecutor(
+            max_workers=min(self.max_workers, len(unique)), thread_name_prefix="prometheus"
+        ) as pool:
+            results = list(pool.map(run, unique))
+        return dict(zip(unique, results, strict=True))
+
+    # -- internals
+
+    def _scrub(self, text: str) -> str:
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    def _post(self, path: str, form: dict[str, str]) -> dict[str, Any]:
+        url = self.url + path
+        safe_url = self.safe_url + path
+        last_error = ""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return self._attempt(url, form)
+            except _RetryableError as exc:
+                last_error = str(exc)
+                if attempt == MAX_ATTEMPTS:
+                    break
+                wait = exc.retry_after
+                if wait is None:
+                    wait = (2**attempt) * random.uniform(0.8, 1.2)
+                logger.warning(
+                    "Prometheus request to %s failed (attempt %d/%d): %s; retrying in %.1f s",
+                    safe_url,
+                    attempt,
+                    MAX_ATTEMPTS,
+                    last_error,
+                    wait,
+                )
+                self._sleep(wait)
+        raise MetricsQueryError(f"Exhausted {MAX_ATTEMPTS} attempts for {safe_url}: {last_error}")
+
+    def _attempt(self, url: str, form: dict[str, str]) -> dict[str, Any]:
+        with self._lock:
+            self.request_count += 1
+        try:
+            response = self._http.post(url, data=form)
+        except httpx.TransportError as exc:
+            raise _RetryableError(self._scrub(f"{type(exc).__name__}: {exc}")) from None
+        body = response.text
+        if response.status_code in RETRY_STATUSES:
+            raise _RetryableError(
+                self._scrub(f"HTTP {response.status_code}: {body[:200]}"),
+                _parse_retry_after(response.headers.get("Retry-After")),
+            )
+        if response.status_code >= 400:
+            raise MetricsQueryError(self._scrub(f"HTTP {response.status_code}: {body[:200]}"))
+        try:
+            payload = response.json()
+        except ValueError:
+            raise MetricsQueryError(
+                self._scrub(f"Invalid JSON from Prometheus (HTTP {response.status_code}): {body[:200]}")
+            ) from None
+        if not isinstance(payload, dict):
+            raise MetricsQueryError(self._scrub(f"Unexpected Prometheus response: {body[:200]}"))
+        for warning in payload.get("warnings") or []:
+            logger.warning(
+                "Prometheus warning for query %r: %s", form.get("query"), self._scrub(str(warning))
+            )
+        if payload.get("status") != "success":
+            if payload.get("status") == "error":
+                raise MetricsQueryError(
+                    self._scrub(f"{payload.get('errorType', 'error')}: {payload.get('error', '')}")
+                )
+            raise MetricsQueryError(self._scrub(f"Unexpected Prometheus response: {body[:200]}"))
+        data = payload.get("data")
+        return data if isinstance(data, dict) else {}
+
+
+def _parse_point(point: Any) -> tuple[float, float] | None:
+    try:
+        ts, raw = point
+        value = float(raw)
+        ts = float(ts)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(value) or not math.isfinite(ts):
+        return None
+    return ts, value
+
+
+def _iter_result(data: dict[str, Any]) -> Iterable[tuple[dict[str, str], list[tuple[float, float]]]]:
+    result_type = data.get("resultType")
+    result = data.get("result")
+    if result_type == "scalar":
+        point = _parse_point(result)
+        yield {}, [point] if point else []
+        return
+    if result_type not in ("matrix", "vector") or not isinstance(result, list):
+        raise MetricsQueryError(f"Unsupported Prometheus result type: {result_type!r}")
+    for item in result:
+        if not isinstance(item, dict):
+            continue
+        metric = item.get("metric") or {}
+        raw_points = item.get("values") if "values" in item else [item.get("value")]
+        points = [p for p in map(_parse_point, raw_points or []) if p is not None]
+        yield {str(k): str(v) for k, v in metric.items()}, points
