@@ -1,0 +1,1 @@
+"""Alembic scripts of the tenant database (run programmatically by TenantStore.migrate)."""

@@ -1,0 +1,1120 @@
+"""Per-tenant storage (operations.md §13): SQLAlchemy Core on SQLite or PostgreSQL (decision D10).
+
+Only SQL both dialects run. Ordering that must be identical on both backends (billing line order, CSV row
+order) is done in Python by code point, because PostgreSQL's ORDER BY follows the database collation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from chargeback_dagster.domain import UNALLOCATED, BillingLine, Identity, MetricRow, Resource, day_start
+from chargeback_dagster.store import tables as t
+from chargeback_dagster.store.tables import DIMENSION_KEY_COLUMNS, VERSION_TABLE, canonical_json
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Arbitrary constant key of the PostgreSQL advisory lock taken around `upgrade head`.
+MIGRATION_LOCK_KEY = 0x63686172676562  # "chargeb"
+
+STATE_FIELDS = (
+    "billing_gathered_at",
+    "inventory_gathered_at",
+    "metrics_fetched_at",
+    "chargeback_calculated_at",
+    "calculation_id",
+    "calculation_run_id",
+    "last_error",
+)
+BILLING_KEY_COLUMNS = ("date", "env_id", "resource_id", "product_category", "product_type")
+_CHUNK = 500  # ids per IN (...) list
+
+
+class StoreError(Exception):
+    """A tenant database problem the caller should report as is."""
+
+
+def normalize_url(url: str) -> str:
+    """Accepted: sqlite:///path, sqlite+pysqlite:///path, postgresql+psycopg://, postgresql+psycopg2://.
+
+    A bare `postgresql://` (or `postgres://`) means psycopg 3.
+    """
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    parsed = make_url(url)
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg", "postgresql+psycopg2"):
+        raise StoreError(
+            f"Unsupported storage URL scheme '{parsed.drivername}' "
+            "(use sqlite:///, postgresql+psycopg:// or postgresql+psycopg2://)"
+        )
+    return url
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.replace(microsecond=0)
+
+
+def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+class TenantStore:
+    """One tenant database. Thread-safe as far as the SQLAlchemy engine is; cheap to construct."""
+
+    def __init__(self, url: str, *, tenant_name: str, ecosystem: str, tenant_id: str) -> None:
+        self.url = normalize_url(url)
+        self.tenant_name = tenant_name
+        self.ecosystem = ecosystem
+        self.tenant_id = tenant_id
+        parsed = make_url(self.url)
+        self.dialect_name = parsed.get_backend_name()
+        if self.dialect_name == "sqlite":
+            database = parsed.database or ""
+            if database and database != ":memory:" and not database.startswith("file:"):
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(self.url, connect_args={"timeout": 5.0})
+            event.listen(self.engine, "connect", _sqlite_on_connect)
+        else:
+            self.engine = create_engine(self.url, pool_pre_ping=True)
+        self._dims: dict[tuple[str, ...], int] = {}
+        self._dims_max_id = 0
+        self._dims_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(cls, url: str, *, tenant_name: str, ecosystem: str, tenant_id: str) -> TenantStore:
+        """Construct, apply migrations, upsert the `UNALLOCATED` identity."""
+        store = cls(url, tenant_name=tenant_name, ecosystem=ecosystem, tenant_id=tenant_id)
+        try:
+            store.migrate()
+            store.ensure_unallocated()
+        except BaseException:
+            store.dispose()
+            raise
+        return store
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        url = self.engine.url.render_as_string(hide_password=True)
+        return f"TenantStore({url!r}, tenant={self.tenant_name!r})"
+
+    def _alembic_config(self) -> Any:
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        return cfg
+
+    def known_revisions(self) -> set[str]:
+        from alembic.script import ScriptDirectory
+
+        script = ScriptDirectory.from_config(self._alembic_config())
+        return {rev.revision for rev in script.walk_revisions()}
+
+    def head_revision(self) -> str:
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            return ctx.get_current_revision()
+
+    def migrate(self) -> None:
+        """`upgrade head` (operations.md §13).
+
+        SQLite: inside BEGIN IMMEDIATE; PostgreSQL: under an advisory lock. Unknown revision → StoreError.
+        """
+        from alembic import command
+        from alembic.runtime.migration import MigrationContext
+
+        cfg = self._alembic_config()
+        known = self.known_revisions()
+        with self.engine.connect() as conn:
+            if self.dialect_name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                conn.commit()
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+                for rev in ctx.get_current_heads():
+                    if rev not in known:
+                        raise StoreError(
+                            f"Tenant '{self.tenant_name}' database is at revision '{rev}', which this "
+                            "version of chargeback-dagster does not know; upgrade chargeback-dagster or use "
+                            "another database"
+                        )
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            finally:
+                if self.dialect_name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                    conn.commit()
+
+    def ensure_unallocated(self) -> None:
+        row = {
+            **self._tenant(),
+            "identity_id": UNALLOCATED,
+            "identity_type": "system",
+            "display_name": "Unallocated Costs",
+            "created_at": None,
+            "deleted_at": None,
+            "last_seen_at": None,
+            "metadata_json": {},
+        }
+        with self._write() as conn:
+            stmt = self._insert(t.identities)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["ecosystem", "tenant_id", "identity_id"],
+                set_={"identity_type": "system", "display_name": "Unallocated Costs", "deleted_at": None},
+            )
+            conn.execute(stmt, [row])
+
+    # ------------------------------------------------------------------ helpers
+
+    def _tenant(self) -> dict[str, str]:
+        return {"ecosystem": self.ecosystem, "tenant_id": self.tenant_id}
+
+    def _mine(self, table: Any) -> Any:
+        return and_(table.c.ecosystem == self.ecosystem, table.c.tenant_id == self.tenant_id)
+
+    def _insert(self, table: Any) -> Any:
+        if self.dialect_name == "postgresql":
+            return pg_dialect.insert(table)
+        return sqlite_dialect.insert(table)
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction; on SQLite `BEGIN IMMEDIATE` so writers serialise up front."""
+        with self.engine.connect() as conn:
+            if self.dialect_name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+
+    def _bulk_insert(
+        self,
+        conn: Connection,
+        table: Any,
+        rows: Sequence[dict] | Sequence[tuple],
+        *,
+        columns: Sequence[str] | None = None,
+        constant: Sequence[str] = (),
+        ignore_conflicts: bool = False,
+    ) -> None:
+        """Fast bulk INSERT through the DBAPI cursor (SQLAlchemy's per-row parameter handling dominates
+        at 10,000 rows). Values go through each column type's bind processor; `constant` columns hold one
+        value for every row and are processed once. SQLite: executemany; PostgreSQL: multi-row VALUES
+        in batches."""
+        if not rows:
+            return
+        if columns is None:
+            columns = list(rows[0].keys())  # type: ignore[union-attr]
+            rows = [tuple(r[c] for c in columns) for r in rows]  # type: ignore[index]
+        dialect = conn.dialect
+        procs = []
+        for name in columns:
+            proc = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            procs.append(proc)
+        first = rows[0]
+        const_idx = {columns.index(c) for c in constant}
+        const_vals = {i: (procs[i](first[i]) if procs[i] else first[i]) for i in const_idx}
+        active = [(i, p) for i, p in enumerate(procs) if p is not None and i not in const_idx]
+        if active or const_vals:
+            out = []
+            for r in rows:
+                r = list(r)
+                for i, p in active:
+                    r[i] = p(r[i])
+                for i, v in const_vals.items():
+                    r[i] = v
+                out.append(tuple(r))
+            rows = out
+        cols_sql = ", ".join(f'"{c}"' for c in columns)
+        cursor = conn.connection.cursor()
+        try:
+            if self.dialect_name == "postgresql" and not ignore_conflicts and hasattr(cursor, "copy"):
+                # psycopg 3: COPY is several times faster than multi-row VALUES
+                with cursor.copy(f'COPY "{table.name}" ({cols_sql}) FROM STDIN') as copy:
+                    for r in rows:
+                        copy.write_row(r)
+            elif self.dialect_name == "sqlite":
+                sql = f'INSERT INTO "{table.name}" ({cols_sql}) VALUES ({", ".join("?" * len(columns))})'
+                if ignore_conflicts:
+                    sql += " ON CONFLICT DO NOTHING"
+                cursor.executemany(sql, rows)
+            elif conn.dialect.driver == "psycopg2":
+                from psycopg2.extras import execute_values
+
+                sql = f'INSERT INTO "{table.name}" ({cols_sql}) VALUES %s'
+                if ignore_conflicts:
+                    sql += " ON CONFLICT DO NOTHING"
+                execute_values(cursor, sql, rows, page_size=1000)
+            else:
+                one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+                batch = max(1, 6000 // len(columns))
+                for chunk in _chunks(rows, batch):
+                    sql = f'INSERT INTO "{table.name}" ({cols_sql}) VALUES ' + ", ".join([one] * len(chunk))
+                    if ignore_conflicts:
+                        sql += " ON CONFLICT DO NOTHING"
+                    cursor.execute(sql, [v for r in chunk for v in r])
+        except conn.dialect.loaded_dbapi.Error as exc:
+            # same exception classes as SQLAlchemy-executed statements (IntegrityError, OperationalError, …)
+            raise DBAPIError.instance(
+                f'INSERT INTO "{table.name}" ({cols_sql}) …', None, exc, conn.dialect.loaded_dbapi.Error
+            ) from exc
+        finally:
+            cursor.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    # ------------------------------------------------------------------ billing
+
+    def _line_row(self, line: BillingLine, gathered_at: datetime | None, attempts: int, topic: int) -> dict:
+        return {
+            **self._tenant(),
+            "date": line.date,
+            "env_id": line.env_id or "",
+            "resource_id": line.resource_id,
+            "product_category": line.product_category,
+            "product_type": line.product_type,
+            "timestamp": day_start(line.date),
+            "quantity": line.quantity,
+            "unit_price": line.unit_price,
+            "total_cost": line.total_cost,
+            "currency": line.currency,
+            "granularity": line.granularity,
+            "allocation_attempts": attempts,
+            "topic_attribution_attempts": topic,
+            "metadata_json": line.metadata or {},
+            "gathered_at": gathered_at,
+        }
+
+    @staticmethod
+    def _line_key(line: BillingLine) -> tuple:
+        return (line.date, line.env_id or "", line.resource_id, line.product_category, line.product_type)
+
+    def _row_to_line(self, r: Any) -> BillingLine:
+        return BillingLine(
+            ecosystem=r.ecosystem,
+            tenant_id=r.tenant_id,
+            date=r.date,
+            resource_id=r.resource_id,
+            product_category=r.product_category,
+            product_type=r.product_type,
+            quantity=r.quantity,
+            unit_price=r.unit_price,
+            total_cost=r.total_cost,
+            env_id=r.env_id,
+            currency=r.currency,
+            granularity=r.granularity,
+            metadata=r.metadata_json or {},
+            allocation_attempts=r.allocation_attempts,
+        )
+
+    def replace_billing(self, lines: list[BillingLine], dates: Iterable[date], gathered_at: datetime) -> dict:
+        """Per-date replacement (confluent-cloud.md §4), one transaction.
+
+        Every date that has ≥ 1 line in `lines` gets exactly those lines (lines keep the stored
+        allocation/topic-attribution attempt counters when their key survives). Dates of `dates` without
+        lines keep their stored lines. Returns
+        `{"revised": [(date, resource_id, product_type, old_total, new_total)],
+          "removed": [(date, resource_id, product_type)], "kept_dates": {date: n_stored}}`.
+        """
+        by_date: dict[date, list[BillingLine]] = defaultdict(list)
+        seen: set[tuple] = set()
+        for line in lines:
+            key = self._line_key(line)
+            if key in seen:
+                raise StoreError(f"Duplicate billing line key {key} (lines must be collapsed per key)")
+            seen.add(key)
+            by_date[line.date].append(line)
+        replace_dates = sorted(by_date)
+        kept_dates = sorted(set(dates) - set(by_date))
+        b = t.billing
+        revised: list[tuple] = []
+        removed: list[tuple] = []
+        kept: dict[date, int] = {}
+        with self._write() as conn:
+            old: dict[tuple, Any] = {}
+            for chunk in _chunks(replace_dates):
+                for r in conn.execute(
+                    select(
+                        *(b.c[c] for c in BILLING_KEY_COLUMNS),
+                        b.c.total_cost,
+                        b.c.allocation_attempts,
+                        b.c.topic_attribution_attempts,
+                    ).where(self._mine(b), b.c.date.in_(chunk))
+                ):
+                    old[tuple(r[:5])] = r
+            if kept_dates:
+                counts = dict(
+                    conn.execute(
+                        select(b.c.date, func.count())
+                        .where(self._mine(b), b.c.date.in_(kept_dates))
+                        .group_by(b.c.date)
+                    ).all()
+                )
+                kept = {d: int(counts.get(d, 0)) for d in kept_dates}
+            rows = []
+            for line in lines:
+                key = self._line_key(line)
+                prev = old.get(key)
+                if prev is None:
+                    rows.append(self._line_row(line, gathered_at, line.allocation_attempts, 0))
+                else:
+                    if prev.total_cost != line.total_cost:
+                        revised.append(
+                            (line.date, line.resource_id, line.product_type, prev.total_cost, line.total_cost)
+                        )
+                    rows.append(
+                        self._line_row(
+                            line, gathered_at, prev.allocation_attempts, prev.topic_attribution_attempts
+                        )
+                    )
+            removed = sorted((k[0], k[2], k[4]) for k in set(old) - seen)
+            for chunk in _chunks(replace_dates):
+                conn.execute(delete(b).where(self._mine(b), b.c.date.in_(chunk)))
+            if rows:
+                self._bulk_insert(conn, b, rows)
+        revised.sort(key=lambda x: (x[0], x[1], x[2]))
+        return {"revised": revised, "removed": removed, "kept_dates": kept}
+
+    def _select_lines(self, *where: Any) -> list[BillingLine]:
+        b = t.billing
+        with self._read() as conn:
+            rows = conn.execute(select(b).where(self._mine(b), *where)).all()
+        lines = [self._row_to_line(r) for r in rows]
+        lines.sort(key=lambda ln: (ln.date, ln.resource_id, ln.product_type, ln.env_id, ln.product_category))
+        return lines
+
+    def billing_lines(self, d: date) -> list[BillingLine]:
+        """Lines of `d` ordered by (resource_id, product_type, env_id), code-point order."""
+        return self._select_lines(t.billing.c.date == d)
+
+    def billing_lines_between(self, start: date, end: date) -> dict[date, list[BillingLine]]:
+        """Lines with start ≤ date < end, per date (dates without lines are absent)."""
+        out: dict[date, list[BillingLine]] = {}
+        for line in self._select_lines(t.billing.c.date >= start, t.billing.c.date < end):
+            out.setdefault(line.date, []).append(line)
+        return out
+
+    def _line_where(self, line: BillingLine) -> list[Any]:
+        b = t.billing
+        return [
+            self._mine(b),
+            b.c.date == line.date,
+            b.c.env_id == (line.env_id or ""),
+            b.c.resource_id == line.resource_id,
+            b.c.product_category == line.product_category,
+            b.c.product_type == line.product_type,
+        ]
+
+    def increment_allocation_attempts(self, line: BillingLine) -> int:
+        """allocation.md §6 step 1: own transaction, committed at once. Returns the new count."""
+        b = t.billing
+        with self._write() as conn:
+            res = conn.execute(
+                update(b)
+                .where(*self._line_where(line))
+                .values(allocation_attempts=b.c.allocation_attempts + 1)
+            )
+            if res.rowcount == 0:
+                raise StoreError(
+                    f"Billing line not stored: {line.date} {line.resource_id} {line.product_type} "
+                    f"{line.env_id}"
+                )
+            return int(
+                conn.execute(select(b.c.allocation_attempts).where(*self._line_where(line))).scalar_one()
+            )
+
+    # ------------------------------------------------------------------ inventory
+
+    def upsert_resources(self, resources: list[Resource], seen_at: datetime) -> None:
+        """Insert or update; a re-gathered row takes the gathered status/deleted_at (normally active)."""
+        if not resources:
+            return
+        rows = [
+            {
+                **self._tenant(),
+                "resource_id": r.resource_id,
+                "resource_type": r.resource_type,
+                "display_name": r.display_name,
+                "parent_id": r.parent_id,
+                "owner_id": r.owner_id,
+                "status": r.status or "active",
+                "cloud": r.cloud,
+                "region": r.region,
+                "created_at": r.created_at,
+                "deleted_at": r.deleted_at,
+                "last_seen_at": seen_at,
+                "metadata_json": r.metadata or {},
+            }
+            for r in {r.resource_id: r for r in resources}.values()
+        ]
+        tab = t.resources
+        stmt = self._insert(tab)
+        ex = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["ecosystem", "tenant_id", "resource_id"],
+            set_={
+                "resource_type": ex.resource_type,
+                "display_name": ex.display_name,
+                "parent_id": ex.parent_id,
+                "owner_id": ex.owner_id,
+                "status": ex.status,
+                "cloud": ex.cloud,
+                "region": ex.region,
+                "created_at": func.coalesce(ex.created_at, tab.c.created_at),
+                "deleted_at": ex.deleted_at,
+                "last_seen_at": ex.last_seen_at,
+                "metadata_json": ex.metadata_json,
+            },
+        )
+        with self._write() as conn:
+            conn.execute(stmt, rows)
+
+    def upsert_identities(self, identities: list[Identity], seen_at: datetime) -> None:
+        if not identities:
+            return
+        rows = [
+            {
+                **self._tenant(),
+                "identity_id": i.identity_id,
+                "identity_type": i.identity_type,
+                "display_name": i.display_name,
+                "created_at": i.created_at,
+                "deleted_at": i.deleted_at,
+                "last_seen_at": seen_at,
+                "metadata_json": i.metadata or {},
+            }
+            for i in {i.identity_id: i for i in identities}.values()
+        ]
+        tab = t.identities
+        stmt = self._insert(tab)
+        ex = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["ecosystem", "tenant_id", "identity_id"],
+            set_={
+                "identity_type": ex.identity_type,
+                "display_name": ex.display_name,
+                "created_at": func.coalesce(ex.created_at, tab.c.created_at),
+                "deleted_at": ex.deleted_at,
+                "last_seen_at": ex.last_seen_at,
+                "metadata_json": ex.metadata_json,
+            },
+        )
+        with self._write() as conn:
+            conn.execute(stmt, rows)
+
+    def mark_resources_deleted(self, resource_type: str, keep_ids: set[str], at: datetime) -> int:
+        """Active rows of `resource_type` whose id is not in `keep_ids` → deleted_at = at, status deleted."""
+        tab = t.resources
+        with self._write() as conn:
+            active = conn.execute(
+                select(tab.c.resource_id).where(
+                    self._mine(tab), tab.c.resource_type == resource_type, tab.c.deleted_at.is_(None)
+                )
+            ).scalars()
+            gone = sorted(set(active) - set(keep_ids))
+            for chunk in _chunks(gone):
+                conn.execute(
+                    update(tab)
+                    .where(self._mine(tab), tab.c.resource_id.in_(chunk))
+                    .values(deleted_at=at, status="deleted")
+                )
+        return len(gone)
+
+    def mark_identities_deleted(self, keep_ids: set[str], at: datetime) -> int:
+        """Active identities not in `keep_ids` → deleted_at = at. `UNALLOCATED` is never marked."""
+        tab = t.identities
+        with self._write() as conn:
+            active = conn.execute(
+                select(tab.c.identity_id).where(
+                    self._mine(tab), tab.c.deleted_at.is_(None), tab.c.identity_id != UNALLOCATED
+                )
+            ).scalars()
+            gone = sorted(set(active) - set(keep_ids))
+            for chunk in _chunks(gone):
+                conn.execute(
+                    update(tab).where(self._mine(tab), tab.c.identity_id.in_(chunk)).values(deleted_at=at)
+                )
+        return len(gone)
+
+    def resources(self) -> list[Resource]:
+        """All resources, deleted ones included, sorted by resource_id."""
+        tab = t.resources
+        with self._read() as conn:
+            rows = conn.execute(select(tab).where(self._mine(tab))).all()
+        out = [
+            Resource(
+                resource_id=r.resource_id,
+                resource_type=r.resource_type,
+                display_name=r.display_name,
+                parent_id=r.parent_id,
+                owner_id=r.owner_id,
+                status=r.status,
+                cloud=r.cloud,
+                region=r.region,
+                created_at=r.created_at,
+                deleted_at=r.deleted_at,
+                metadata=r.metadata_json or {},
+            )
+            for r in rows
+        ]
+        out.sort(key=lambda r: r.resource_id)
+        return out
+
+    def identities(self) -> list[Identity]:
+        """All identities (deleted ones and `UNALLOCATED` included), sorted by identity_id."""
+        tab = t.identities
+        with self._read() as conn:
+            rows = conn.execute(select(tab).where(self._mine(tab))).all()
+        out = [
+            Identity(
+                identity_id=r.identity_id,
+                identity_type=r.identity_type,
+                display_name=r.display_name,
+                created_at=r.created_at,
+                deleted_at=r.deleted_at,
+                metadata=r.metadata_json or {},
+            )
+            for r in rows
+        ]
+        out.sort(key=lambda i: i.identity_id)
+        return out
+
+    def get_gather_counter(self, key: str) -> int:
+        tab = t.gather_counters
+        with self._read() as conn:
+            v = conn.execute(
+                select(tab.c.consecutive_zero_gathers).where(self._mine(tab), tab.c.key == key)
+            ).scalar()
+        return int(v or 0)
+
+    def set_gather_counter(self, key: str, value: int) -> None:
+        stmt = self._insert(t.gather_counters)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["key"],
+            set_={
+                "consecutive_zero_gathers": stmt.excluded.consecutive_zero_gathers,
+                "ecosystem": stmt.excluded.ecosystem,
+                "tenant_id": stmt.excluded.tenant_id,
+            },
+        )
+        with self._write() as conn:
+            conn.execute(stmt, [{**self._tenant(), "key": key, "consecutive_zero_gathers": int(value)}])
+
+    # ------------------------------------------------------------------ usage metrics
+
+    def store_metric_fetch(
+        self,
+        d: date,
+        resource_id: str,
+        query_key: str,
+        rows: list[MetricRow] | None,
+        error: str | None,
+        fetched_at: datetime,
+    ) -> None:
+        """Replace the values of (d, resource_id, query_key); status `ok` if rows is not None, else `failed`
+        (no values kept)."""
+        self.store_metric_fetches([(d, resource_id, query_key, rows, error)], fetched_at)
+
+    def store_metric_fetches(
+        self,
+        fetches: list[tuple[date, str, str, list[MetricRow] | None, str | None]],
+        fetched_at: datetime,
+    ) -> None:
+        """Bulk `store_metric_fetch`, one transaction. A failed fetch (rows None) leaves no values."""
+        if not fetches:
+            return
+        v, f = t.usage_metric_values, t.usage_metric_fetches
+        latest: dict[tuple, tuple] = {}
+        for d, resource_id, query_key, rows, error in fetches:
+            latest[(d, resource_id, query_key)] = (rows, error)
+        value_rows: list[dict] = []
+        fetch_rows: list[dict] = []
+        for (d, resource_id, query_key), (rows, error) in latest.items():
+            fetch_rows.append(
+                {
+                    **self._tenant(),
+                    "date": d,
+                    "resource_id": resource_id,
+                    "query_key": query_key,
+                    "status": "ok" if rows is not None else "failed",
+                    "error": error,
+                    "fetched_at": fetched_at,
+                }
+            )
+            labels_seen: set[str] = set()
+            for m in rows or ():
+                labels_key = canonical_json(dict(m.labels))
+                if labels_key in labels_seen:
+                    raise StoreError(
+                        f"Duplicate label set {labels_key} for {d} {resource_id} query {query_key}"
+                    )
+                labels_seen.add(labels_key)
+                value_rows.append(
+                    {
+                        **self._tenant(),
+                        "date": d,
+                        "resource_id": resource_id,
+                        "query_key": query_key,
+                        "labels_key": labels_key,
+                        "labels_json": labels_key,
+                        "value_sum": float(m.value_sum),
+                        "value_max": float(m.value_max),
+                        "sample_count": int(m.sample_count),
+                    }
+                )
+        del_stmt = delete(v).where(
+            v.c.ecosystem == bindparam("b_eco"),
+            v.c.tenant_id == bindparam("b_tid"),
+            v.c.date == bindparam("b_date"),
+            v.c.resource_id == bindparam("b_res"),
+            v.c.query_key == bindparam("b_key"),
+        )
+        del_params = [
+            {"b_eco": self.ecosystem, "b_tid": self.tenant_id, "b_date": d, "b_res": r, "b_key": k}
+            for (d, r, k) in latest
+        ]
+        up = self._insert(f)
+        up = up.on_conflict_do_update(
+            index_elements=["ecosystem", "tenant_id", "date", "resource_id", "query_key"],
+            set_={
+                "status": up.excluded.status,
+                "error": up.excluded.error,
+                "fetched_at": up.excluded.fetched_at,
+            },
+        )
+        with self._write() as conn:
+            conn.execute(del_stmt, del_params)
+            if value_rows:
+                self._bulk_insert(conn, v, value_rows)
+            conn.execute(up, fetch_rows)
+
+    def metric_rows(self, d: date) -> dict[tuple[str, str], list[MetricRow]]:
+        """(resource_id, query_key) → rows (sorted by label set) for every fetch of `d` with status `ok`
+        (an ok fetch without data maps to []). Failed fetches are absent; see metric_fetch_status."""
+        v, f = t.usage_metric_values, t.usage_metric_fetches
+        out: dict[tuple[str, str], list[MetricRow]] = {}
+        with self._read() as conn:
+            for r in conn.execute(
+                select(f.c.resource_id, f.c.query_key).where(self._mine(f), f.c.date == d, f.c.status == "ok")
+            ):
+                out[(r.resource_id, r.query_key)] = []
+            values = conn.execute(
+                select(
+                    v.c.resource_id,
+                    v.c.query_key,
+                    v.c.labels_key,
+                    v.c.labels_json,
+                    v.c.value_sum,
+                    v.c.value_max,
+                    v.c.sample_count,
+                ).where(self._mine(v), v.c.date == d)
+            ).all()
+        for r in sorted(values, key=lambda r: (r.resource_id, r.query_key, r.labels_key)):
+            out.setdefault((r.resource_id, r.query_key), []).append(
+                MetricRow(
+                    labels=json.loads(r.labels_json),
+                    value_sum=float(r.value_sum),
+                    value_max=float(r.value_max),
+                    sample_count=int(r.sample_count),
+                )
+            )
+        return out
+
+    def metric_fetch_status(self, d: date) -> dict[tuple[str, str], tuple[str, str | None, datetime]]:
+        f = t.usage_metric_fetches
+        with self._read() as conn:
+            rows = conn.execute(
+                select(f.c.resource_id, f.c.query_key, f.c.status, f.c.error, f.c.fetched_at).where(
+                    self._mine(f), f.c.date == d
+                )
+            ).all()
+        return {(r.resource_id, r.query_key): (r.status, r.error, r.fetched_at) for r in rows}
+
+    # ------------------------------------------------------------------ chargeback
+
+    def _load_dimensions(self, conn: Connection, *, full: bool) -> dict[tuple[str, ...], int]:
+        dim = t.chargeback_dimensions
+        q = select(dim.c.dimension_id, *(dim.c[c] for c in DIMENSION_KEY_COLUMNS)).where(self._mine(dim))
+        if not full:
+            q = q.where(dim.c.dimension_id > self._dims_max_id)
+        return {tuple(r[1:]): int(r[0]) for r in conn.execute(q)}
+
+    def _dimension_ids(self, conn: Connection, keys: Iterable[tuple]) -> dict[tuple, int]:
+        """Ids of `keys`, creating missing dimensions inside the caller's transaction.
+
+        Returns a mapping covering `keys`; the instance cache is updated by the caller after commit only.
+        """
+        known = dict(self._dims)
+        missing = [k for k in keys if k not in known]
+        if not missing:
+            return known
+        if not known:
+            known.update(self._load_dimensions(conn, full=True))
+        else:
+            known.update(self._load_dimensions(conn, full=False))
+        missing = [k for k in missing if k not in known]
+        if missing:
+            self._bulk_insert(
+                conn,
+                t.chargeback_dimensions,
+                [(self.ecosystem, self.tenant_id, *k) for k in missing],
+                columns=("ecosystem", "tenant_id", *DIMENSION_KEY_COLUMNS),
+                ignore_conflicts=True,
+            )
+            # New ids are above everything this instance has seen, except under concurrent writers.
+            floor = max(known.values(), default=0)
+            dim = t.chargeback_dimensions
+            q = select(dim.c.dimension_id, *(dim.c[c] for c in DIMENSION_KEY_COLUMNS)).where(
+                self._mine(dim), dim.c.dimension_id > floor
+            )
+            known.update({tuple(r[1:]): int(r[0]) for r in conn.execute(q)})
+            if any(k not in known for k in missing):
+                known = self._load_dimensions(conn, full=True)
+        return known
+
+    def write_chargeback(
+        self,
+        d: date,
+        rows: dict[tuple, int],
+        *,
+        calculation_id: str,
+        run_id: str | None,
+        succeeded_lines: list[BillingLine],
+        calculated_at: datetime,
+    ) -> int:
+        """Replace the facts of `d` (operations.md §4 `chargeback`), one transaction.
+
+        `rows`: dimension key (env_id, resource_id, product_category, product_type, identity_id, cost_type,
+        allocation_method, allocation_detail, composition_part) → amount_units. Also resets
+        allocation_attempts of `succeeded_lines` and sets the date's calculation state (last_error cleared).
+        Returns the number of facts written.
+        """
+        for key in rows:
+            if len(key) != len(DIMENSION_KEY_COLUMNS):
+                raise StoreError(f"Chargeback row key must have {len(DIMENSION_KEY_COLUMNS)} fields: {key!r}")
+        try:
+            return self._write_chargeback(d, rows, calculation_id, run_id, succeeded_lines, calculated_at)
+        except IntegrityError:
+            # A cached dimension may have been purged by another process: reload and retry once.
+            with self._dims_lock:
+                self._dims = {}
+                self._dims_max_id = 0
+            return self._write_chargeback(d, rows, calculation_id, run_id, succeeded_lines, calculated_at)
+
+    def _write_chargeback(
+        self,
+        d: date,
+        rows: dict[tuple, int],
+        calculation_id: str,
+        run_id: str | None,
+        succeeded_lines: list[BillingLine],
+        calculated_at: datetime,
+    ) -> int:
+        facts, b = t.chargeback_facts, t.billing
+        ts = day_start(d)
+        keys = [k if None not in k else tuple("" if x is None else x for x in k) for k in rows]
+        with self._write() as conn:
+            conn.execute(delete(facts).where(self._mine(facts), facts.c.date == d))
+            ids = self._dimension_ids(conn, keys)
+            amounts: dict[int, int] = defaultdict(int)
+            for key, units in zip(keys, rows.values(), strict=True):
+                amounts[ids[key]] += int(units)
+            if amounts:
+                self._bulk_insert(
+                    conn,
+                    facts,
+                    [(self.ecosystem, self.tenant_id, d, ts, i, u) for i, u in amounts.items()],
+                    columns=("ecosystem", "tenant_id", "date", "timestamp", "dimension_id", "amount_units"),
+                    constant=("ecosystem", "tenant_id", "date", "timestamp"),
+                )
+            if succeeded_lines:
+                nonzero = conn.execute(
+                    select(*(b.c[c] for c in BILLING_KEY_COLUMNS)).where(
+                        self._mine(b), b.c.date == d, b.c.allocation_attempts != 0
+                    )
+                ).all()
+                ok = {self._line_key(ln) for ln in succeeded_lines}
+                reset = [tuple(r) for r in nonzero if tuple(r) in ok]
+                if reset:
+                    conn.execute(
+                        update(b)
+                        .where(
+                            b.c.ecosystem == bindparam("b_eco"),
+                            b.c.tenant_id == bindparam("b_tid"),
+                            b.c.date == bindparam("b_date"),
+                            b.c.env_id == bindparam("b_env"),
+                            b.c.resource_id == bindparam("b_res"),
+                            b.c.product_category == bindparam("b_cat"),
+                            b.c.product_type == bindparam("b_type"),
+                        )
+                        .values(allocation_attempts=0),
+                        [
+                            {
+                                "b_eco": self.ecosystem,
+                                "b_tid": self.tenant_id,
+                                "b_date": k[0],
+                                "b_env": k[1],
+                                "b_res": k[2],
+                                "b_cat": k[3],
+                                "b_type": k[4],
+                            }
+                            for k in reset
+                        ],
+                    )
+            self._upsert_state(
+                conn,
+                [d],
+                {
+                    "chargeback_calculated_at": calculated_at,
+                    "calculation_id": calculation_id,
+                    "calculation_run_id": run_id,
+                    "last_error": None,
+                },
+            )
+        with self._dims_lock:
+            self._dims.update(ids)
+            self._dims_max_id = max(self._dims_max_id, max(ids.values(), default=0))
+        return len(amounts)
+
+    def chargeback_total_units(self, d: date) -> int:
+        facts = t.chargeback_facts
+        with self._read() as conn:
+            v = conn.execute(
+                select(func.coalesce(func.sum(facts.c.amount_units), 0)).where(
+                    self._mine(facts), facts.c.date == d
+                )
+            ).scalar_one()
+        return int(v)
+
+    def chargeback_rows(self, d: date) -> list[tuple]:
+        """The stored facts of `d` as (dimension key tuple..., amount_units), sorted (for tests and tools)."""
+        facts, dim = t.chargeback_facts, t.chargeback_dimensions
+        with self._read() as conn:
+            rows = conn.execute(
+                select(*(dim.c[c] for c in DIMENSION_KEY_COLUMNS), facts.c.amount_units)
+                .select_from(facts.join(dim, facts.c.dimension_id == dim.c.dimension_id))
+                .where(self._mine(facts), facts.c.date == d)
+            ).all()
+        return sorted((*r[:-1], int(r[-1])) for r in rows)
+
+    def csv_rows(self, start: date, end: date) -> list[tuple]:
+        """CSV rows of dates start ≤ d < end (operations.md §10), grouped in SQL, ordered by code point.
+
+        Each tuple: (ecosystem, tenant_id, timestamp, resource_id, product_category, product_type,
+        identity_id, cost_type, amount_units, allocation_method, allocation_detail).
+        """
+        facts, dim = t.chargeback_facts, t.chargeback_dimensions
+        group = (
+            facts.c.timestamp,
+            dim.c.resource_id,
+            dim.c.product_category,
+            dim.c.product_type,
+            dim.c.identity_id,
+            dim.c.cost_type,
+            dim.c.allocation_method,
+            dim.c.allocation_detail,
+        )
+        q = (
+            select(*group, func.sum(facts.c.amount_units))
+            .select_from(facts.join(dim, facts.c.dimension_id == dim.c.dimension_id))
+            .where(self._mine(facts), facts.c.date >= start, facts.c.date < end)
+            .group_by(*group)
+        )
+        with self._read() as conn:
+            rows = conn.execute(q).all()
+        out = [
+            (self.ecosystem, self.tenant_id, ts, res, cat, typ, ident, ct, int(units), meth, det)
+            for ts, res, cat, typ, ident, ct, meth, det, units in rows
+        ]
+        out.sort(key=lambda r: (r[2], r[3], r[4], r[5], r[6], r[7], r[9], r[10]))
+        return out
+
+    # ------------------------------------------------------------------ pipeline state
+
+    def _upsert_state(self, conn: Connection, dates: Sequence[date], fields: dict[str, Any]) -> None:
+        unknown = set(fields) - set(STATE_FIELDS)
+        if unknown:
+            raise StoreError(f"Unknown pipeline_state fields: {sorted(unknown)}")
+        if not dates:
+            return
+        values = {k: (_utc(v) if isinstance(v, datetime) else v) for k, v in fields.items()}
+        stmt = self._insert(t.pipeline_state)
+        if values:
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["ecosystem", "tenant_id", "date"],
+                set_={k: stmt.excluded[k] for k in values},
+            )
+        else:
+            stmt = stmt.on_conflict_do_nothing()
+        conn.execute(stmt, [{**self._tenant(), "date": d, **values} for d in dates])
+
+    def set_state(self, d: date, **fields: Any) -> None:
+        """Upsert the pipeline_state row of `d`; fields among STATE_FIELDS (others untouched)."""
+        self.set_states([d], **fields)
+
+    def set_states(self, dates: Iterable[date], **fields: Any) -> None:
+        dates = sorted(set(dates))
+        with self._write() as conn:
+            self._upsert_state(conn, dates, fields)
+
+    def get_state(self, d: date) -> dict | None:
+        """{'date': d, <STATE_FIELDS>...} or None."""
+        ps = t.pipeline_state
+        with self._read() as conn:
+            r = conn.execute(
+                select(ps.c.date, *(ps.c[c] for c in STATE_FIELDS)).where(self._mine(ps), ps.c.date == d)
+            ).first()
+        return None if r is None else dict(r._mapping)
+
+    def calculated_dates(self, start: date, end: date) -> list[date]:
+        """Dates start ≤ d < end with chargeback_calculated_at set, ascending."""
+        ps = t.pipeline_state
+        with self._read() as conn:
+            return sorted(
+                conn.execute(
+                    select(ps.c.date).where(
+                        self._mine(ps),
+                        ps.c.date >= start,
+                        ps.c.date < end,
+                        ps.c.chargeback_calculated_at.is_not(None),
+                    )
+                ).scalars()
+            )
+
+    # ------------------------------------------------------------------ retention
+
+    def purge_before(self, cutoff_date: date, exact_cutoff: datetime) -> dict[str, int]:
+        """operations.md §9, one transaction. Returns rows deleted per table."""
+        out: dict[str, int] = {}
+        dim, facts = t.chargeback_dimensions, t.chargeback_facts
+        with self._write() as conn:
+            for tab in (t.chargeback_facts, t.billing, t.usage_metric_values, t.usage_metric_fetches):
+                out[tab.name] = conn.execute(
+                    delete(tab).where(self._mine(tab), tab.c.date < cutoff_date)
+                ).rowcount
+            out["pipeline_state"] = conn.execute(
+                delete(t.pipeline_state).where(
+                    self._mine(t.pipeline_state), t.pipeline_state.c.date < cutoff_date
+                )
+            ).rowcount
+            out["chargeback_dimensions"] = conn.execute(
+                delete(dim).where(
+                    self._mine(dim), ~exists().where(facts.c.dimension_id == dim.c.dimension_id)
+                )
+            ).rowcount
+            out["resources"] = conn.execute(
+                delete(t.resources).where(
+                    self._mine(t.resources),
+                    t.resources.c.deleted_at.is_not(None),
+                    t.resources.c.deleted_at < exact_cutoff,
+                )
+            ).rowcount
+            out["identities"] = conn.execute(
+                delete(t.identities).where(
+                    self._mine(t.identities),
+                    t.identities.c.identity_id != UNALLOCATED,
+                    t.identities.c.deleted_at.is_not(None),
+                    t.identities.c.deleted_at < exact_cutoff,
+                )
+            ).rowcount
+            out["pipeline_runs"] = conn.execute(
+                delete(t.pipeline_runs).where(
+                    self._mine(t.pipeline_runs),
+                    t.pipeline_runs.c.ended_at.is_not(None),
+                    t.pipeline_runs.c.ended_at < exact_cutoff,
+                )
+            ).rowcount
+        with self._dims_lock:
+            self._dims = {}
+            self._dims_max_id = 0
+        return out
+
+    # ------------------------------------------------------------------ misc (tenant status, gather log)
+
+    def get_tenant_status(self) -> dict | None:
+        ts = t.tenant_status
+        with self._read() as conn:
+            r = conn.execute(select(ts).where(ts.c.tenant_name == self.tenant_name)).first()
+        return None if r is None else dict(r._mapping)
+
+    def append_gather_log(self, **fields: Any) -> int:
+        """Insert one gather_log row (kind, run_id, trigger, started_at, finished_at, range_start,
+        range_end, status, error); returns its id."""
+        with self._write() as conn:
+            res = conn.execute(t.gather_log.insert().values(**self._tenant(), **fields))
+            return int(res.inserted_primary_key[0])
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    try:
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA busy_timeout=5000",
+            "PRAGMA synchronous=NORMAL",
+            "PRAGMA foreign_keys=ON",
+            "PRAGMA temp_store=MEMORY",
+        ):
+            cur.execute(pragma)
+    finally:
+        cur.close()
+
+
+__all__ = ["StoreError", "TenantStore", "normalize_url"]

@@ -1,0 +1,555 @@
+"""TenantStore on SQLite and PostgreSQL (operations.md §13, decision D10)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from chargeback_dagster.domain import UNALLOCATED, BillingLine, Identity, MetricRow, Resource
+from chargeback_dagster.store import StoreError, TenantStore
+from chargeback_dagster.store import tables as t
+from chargeback_dagster.store.tables import VERSION_TABLE
+
+ECO = "confluent_cloud"
+TID = "acme"
+D1 = date(2026, 2, 1)
+D2 = date(2026, 2, 2)
+D3 = date(2026, 2, 3)
+NOW = datetime(2026, 2, 10, 12, 30, 15, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(store_url):
+    s = TenantStore.open(store_url, tenant_name="t1", ecosystem=ECO, tenant_id=TID)
+    yield s
+    s.dispose()
+
+
+def line(d, resource_id, product_type, total, *, env="env-1", cat="KAFKA", qty="1", price="0"):
+    return BillingLine(
+        ecosystem=ECO,
+        tenant_id=TID,
+        date=d,
+        resource_id=resource_id,
+        product_category=cat,
+        product_type=product_type,
+        quantity=Decimal(qty),
+        unit_price=Decimal(price),
+        total_cost=Decimal(total),
+        env_id=env,
+        metadata={"b": 1, "a": [1, 2]},
+    )
+
+
+def key(identity, *, res="lkc-1", env="env-1", ptype="KAFKA_NUM_CKU", part="", cost="usage", detail="ok"):
+    return (env, res, "KAFKA", ptype, identity, cost, "usage_ratio", detail, part)
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def test_migrate_idempotent_and_version_table(store):
+    store.migrate()
+    store.migrate()
+    insp = sa.inspect(store.engine)
+    names = set(insp.get_table_names())
+    assert VERSION_TABLE in names
+    assert "alembic_version" not in names
+    for table in (
+        "resources",
+        "identities",
+        "billing",
+        "usage_metric_values",
+        "usage_metric_fetches",
+        "chargeback_dimensions",
+        "chargeback_facts",
+        "pipeline_state",
+        "pipeline_runs",
+        "tenant_status",
+        "gather_log",
+        "gather_counters",
+        "tenant_run_lock",
+    ):
+        assert table in names
+        cols = {c["name"] for c in insp.get_columns(table)}
+        assert {"ecosystem", "tenant_id"} <= cols, table
+    assert store.current_revision() == store.head_revision()
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar_one() == 1
+    again = TenantStore.open(store.url, tenant_name="t1", ecosystem=ECO, tenant_id=TID)
+    assert [i.identity_id for i in again.identities()] == [UNALLOCATED]
+    again.dispose()
+
+
+def test_unknown_revision(store):
+    with store.engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = 'zz99'"))
+    with pytest.raises(StoreError) as err:
+        store.migrate()
+    assert str(err.value) == (
+        "Tenant 't1' database is at revision 'zz99', which this version of chargeback-dagster does not know; "
+        "upgrade chargeback-dagster or use another database"
+    )
+
+
+def test_unallocated_identity(store):
+    ids = store.identities()
+    assert len(ids) == 1
+    u = ids[0]
+    assert (u.identity_id, u.identity_type, u.display_name, u.deleted_at) == (
+        UNALLOCATED,
+        "system",
+        "Unallocated Costs",
+        None,
+    )
+    assert store.mark_identities_deleted(set(), NOW) == 0
+    assert store.identities()[0].deleted_at is None
+
+
+# ---------------------------------------------------------------- billing
+
+
+def test_replace_billing_semantics(store):
+    first = [
+        line(D1, "lkc-1", "KAFKA_NUM_CKU", "10.5"),
+        line(D1, "lkc-2", "KAFKA_NUM_CKU", "3"),
+        line(D2, "lkc-1", "KAFKA_NUM_CKU", "7"),
+    ]
+    res = store.replace_billing(first, [D1, D2], NOW)
+    assert res == {"revised": [], "removed": [], "kept_dates": {}}
+    # D1 restated (lkc-1 revised, lkc-2 vanished, lkc-3 new); D2 returned nothing -> kept; D3 empty -> kept 0
+    second = [line(D1, "lkc-1", "KAFKA_NUM_CKU", "11.25"), line(D1, "lkc-3", "KAFKA_STORAGE", "1")]
+    res = store.replace_billing(second, [D1, D2, D3], NOW + timedelta(hours=1))
+    assert res["revised"] == [(D1, "lkc-1", "KAFKA_NUM_CKU", Decimal("10.5"), Decimal("11.25"))]
+    assert res["removed"] == [(D1, "lkc-2", "KAFKA_NUM_CKU")]
+    assert res["kept_dates"] == {D2: 1, D3: 0}
+    got = store.billing_lines(D1)
+    assert [(ln.resource_id, ln.product_type, ln.total_cost) for ln in got] == [
+        ("lkc-1", "KAFKA_NUM_CKU", Decimal("11.25")),
+        ("lkc-3", "KAFKA_STORAGE", Decimal("1")),
+    ]
+    assert got[0] == second[0]
+    assert got[0].metadata == {"a": [1, 2], "b": 1}
+    assert [ln.total_cost for ln in store.billing_lines(D2)] == [Decimal("7")]
+    between = store.billing_lines_between(D1, D3)
+    assert sorted(between) == [D1, D2]
+    assert store.billing_lines_between(D1, D2).keys() == {D1}
+
+
+def test_billing_decimal_exact_and_order(store):
+    lines = [
+        line(D1, "b", "X", "1234567.123456789", qty="0.00009", price="1E-9"),
+        line(D1, "a", "Y", "0.00009", env="env-2"),
+        line(D1, "a", "Y", "2", env="env-1"),
+        line(D1, "a", "X", "-0.1"),
+    ]
+    store.replace_billing(lines, [D1], NOW)
+    got = store.billing_lines(D1)
+    assert [(ln.resource_id, ln.product_type, ln.env_id) for ln in got] == [
+        ("a", "X", "env-1"),
+        ("a", "Y", "env-1"),
+        ("a", "Y", "env-2"),
+        ("b", "X", "env-1"),
+    ]
+    b = got[3]
+    assert b.total_cost == Decimal("1234567.123456789")
+    assert str(b.total_cost) == "1234567.123456789"
+    assert b.quantity == Decimal("0.00009")
+    assert b.unit_price == Decimal("1E-9")
+    assert got[2].total_cost == Decimal("0.00009")
+    with store.engine.connect() as conn:
+        raw = conn.execute(sa.text("SELECT quantity FROM billing WHERE resource_id = 'b'")).scalar_one()
+    assert raw == "0.00009"
+    assert b.timestamp == datetime(2026, 2, 1, tzinfo=UTC)
+
+
+def test_allocation_attempts_committed_and_preserved(store):
+    ln = line(D1, "lkc-1", "KAFKA_NUM_CKU", "10")
+    other = line(D1, "lkc-2", "KAFKA_NUM_CKU", "5")
+    store.replace_billing([ln, other], [D1], NOW)
+    assert store.increment_allocation_attempts(ln) == 1
+
+    # a later failing date transaction rolls back; the increment stays committed
+    with pytest.raises(StoreError):
+        store.write_chargeback(
+            D1, {("bad",): 1}, calculation_id="c", run_id="r", succeeded_lines=[ln], calculated_at=NOW
+        )
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), store._write() as conn:
+        conn.execute(sa.text("DELETE FROM billing"))
+        raise Boom
+    assert store.increment_allocation_attempts(ln) == 2
+    assert {x.resource_id: x.allocation_attempts for x in store.billing_lines(D1)} == {"lkc-1": 2, "lkc-2": 0}
+
+    # restatement keeps the counter of a surviving key
+    store.replace_billing([line(D1, "lkc-1", "KAFKA_NUM_CKU", "12")], [D1], NOW)
+    assert store.billing_lines(D1)[0].allocation_attempts == 2
+
+    # a successful calculation resets it
+    store.write_chargeback(
+        D1, {key("sa-1"): 120000}, calculation_id="c1", run_id="r1", succeeded_lines=[ln], calculated_at=NOW
+    )
+    assert store.billing_lines(D1)[0].allocation_attempts == 0
+    with pytest.raises(StoreError):
+        store.increment_allocation_attempts(line(D2, "nope", "X", "1"))
+
+
+# ---------------------------------------------------------------- chargeback
+
+
+def test_write_chargeback_idempotent_and_state(store):
+    rows = {key("sa-1"): 70000, key("sa-2"): 30000, key(UNALLOCATED, cost="shared", detail="x"): 5}
+    for _ in range(2):
+        n = store.write_chargeback(
+            D1, rows, calculation_id="calc-1", run_id="run-1", succeeded_lines=[], calculated_at=NOW
+        )
+        assert n == 3
+        assert store.chargeback_total_units(D1) == 100005
+    assert store.chargeback_rows(D1) == sorted((*k, v) for k, v in rows.items())
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM chargeback_dimensions")).scalar_one() == 3
+        assert conn.execute(sa.text("SELECT count(*) FROM chargeback_facts")).scalar_one() == 3
+
+    # a fresh store instance (empty dimension cache) reuses the stored dimensions
+    fresh = TenantStore(store.url, tenant_name="t1", ecosystem=ECO, tenant_id=TID)
+    fresh.write_chargeback(
+        D2,
+        {key("sa-1"): 1, key("sa-3"): 2},
+        calculation_id="c2",
+        run_id=None,
+        succeeded_lines=[],
+        calculated_at=NOW,
+    )
+    fresh.dispose()
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM chargeback_dimensions")).scalar_one() == 4
+    # the original instance learns the new dimension from the database
+    store.write_chargeback(
+        D3, {key("sa-3"): 9}, calculation_id="c3", run_id="r3", succeeded_lines=[], calculated_at=NOW
+    )
+    assert store.chargeback_total_units(D3) == 9
+    assert store.chargeback_total_units(date(2030, 1, 1)) == 0
+
+    # recalculation replaces the date's facts
+    store.write_chargeback(
+        D1,
+        {key("sa-1"): 100005},
+        calculation_id="calc-2",
+        run_id="run-2",
+        succeeded_lines=[],
+        calculated_at=NOW + timedelta(hours=1),
+    )
+    assert store.chargeback_rows(D1) == [(*key("sa-1"), 100005)]
+    state = store.get_state(D1)
+    assert state["calculation_id"] == "calc-2"
+    assert state["calculation_run_id"] == "run-2"
+    assert state["chargeback_calculated_at"] == NOW + timedelta(hours=1)
+    assert state["last_error"] is None
+    assert store.calculated_dates(D1, D3) == [D1, D2]
+    assert store.calculated_dates(D1, date(2026, 3, 1)) == [D1, D2, D3]
+
+
+def test_failed_write_rolls_back_and_cache_stays_valid(store):
+    store.write_chargeback(
+        D1, {key("a"): 1}, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+    )
+    store.set_state(D1, last_error="previous")
+    # a row with a non-integer amount fails after the delete and the dimension insert -> rollback
+    with pytest.raises((ValueError, TypeError)):
+        store.write_chargeback(
+            D1,
+            {key("new"): 5, key("b"): "x"},
+            calculation_id="c2",
+            run_id="r",
+            succeeded_lines=[],
+            calculated_at=NOW,
+        )
+    assert store.chargeback_rows(D1) == [(*key("a"), 1)]
+    assert store.get_state(D1)["last_error"] == "previous"
+    store.write_chargeback(
+        D2, {key("new"): 5}, calculation_id="c3", run_id="r", succeeded_lines=[], calculated_at=NOW
+    )
+    assert store.chargeback_rows(D2) == [(*key("new"), 5)]
+
+
+def test_csv_rows_grouping_and_order(store):
+    rows = {
+        # same printed columns: two composition parts and two env_ids -> one CSV row, summed
+        key("sa-1", part="usage", cost="shared"): 100,
+        key("sa-1", part="shared", cost="shared"): 20,
+        key("sa-1", env="env-2", part="", cost="shared"): 3,
+        key("sa-0", res="lkc-2"): 7,
+        key("Sa-Z"): 1,
+        key("_x"): 2,
+        key("sa-1", cost="usage"): -4,
+    }
+    store.write_chargeback(D1, rows, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW)
+    store.write_chargeback(
+        D2, {key("sa-1"): 5}, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+    )
+    got = store.csv_rows(D1, D3)
+    ts1 = datetime(2026, 2, 1, tzinfo=UTC)
+    ts2 = datetime(2026, 2, 2, tzinfo=UTC)
+
+    def r(ts, res, ident, cost, units, detail="ok"):
+        return (ECO, TID, ts, res, "KAFKA", "KAFKA_NUM_CKU", ident, cost, units, "usage_ratio", detail)
+
+    assert got == [
+        r(ts1, "lkc-1", "Sa-Z", "usage", 1),
+        r(ts1, "lkc-1", "_x", "usage", 2),
+        r(ts1, "lkc-1", "sa-1", "shared", 123),
+        r(ts1, "lkc-1", "sa-1", "usage", -4),
+        r(ts1, "lkc-2", "sa-0", "usage", 7),
+        r(ts2, "lkc-1", "sa-1", "usage", 5),
+    ]
+    assert all(row[2].tzinfo is not None and row[2].utcoffset() == timedelta(0) for row in got)
+    assert all(type(row[8]) is int for row in got)
+    assert store.csv_rows(D2, D2) == []
+    assert store.csv_rows(D2, D3) == got[-1:]
+
+
+def test_write_chargeback_10000_rows(store):
+    rows = {}
+    for i in range(10_000):
+        rows[key(f"sa-{i:05d}", res=f"lkc-{i % 37}", part=("usage", "shared", "")[i % 3])] = i - 5000
+    n = store.write_chargeback(
+        D1, rows, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+    )
+    assert n == 10_000
+    expected = sum(rows.values())
+    assert store.chargeback_total_units(D1) == expected
+    # second date reuses every cached dimension; recalculating D1 is idempotent
+    assert (
+        store.write_chargeback(
+            D2, rows, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+        )
+        == n
+    )
+    assert (
+        store.write_chargeback(
+            D1, rows, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+        )
+        == n
+    )
+    assert store.chargeback_total_units(D1) == expected
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM chargeback_dimensions")).scalar_one() == 10_000
+    csv = store.csv_rows(D1, D2)
+    assert len(csv) == 10_000
+    assert sum(r[8] for r in csv) == expected
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_metric_fetch_replace_and_failed(store):
+    m1 = MetricRow(
+        labels={"principal_id": "sa-1", "kafka_id": "lkc-1"}, value_sum=1.5, value_max=1.0, sample_count=24
+    )
+    m2 = MetricRow(labels={"principal_id": "sa-2"}, value_sum=0.25, value_max=0.25, sample_count=1)
+    store.store_metric_fetch(D1, "lkc-1", "bytes_in", [m1, m2], None, NOW)
+    store.store_metric_fetch(D1, "lkc-1", "bytes_out", [], None, NOW)
+    assert store.metric_rows(D1) == {("lkc-1", "bytes_in"): [m1, m2], ("lkc-1", "bytes_out"): []}
+    # replace: only the new label set remains
+    store.store_metric_fetch(D1, "lkc-1", "bytes_in", [m2], None, NOW + timedelta(hours=1))
+    assert store.metric_rows(D1)[("lkc-1", "bytes_in")] == [m2]
+    # failure: values gone, status failed
+    store.store_metric_fetch(D1, "lkc-1", "bytes_in", None, "HTTP 500: boom", NOW + timedelta(hours=2))
+    assert store.metric_rows(D1) == {("lkc-1", "bytes_out"): []}
+    status = store.metric_fetch_status(D1)
+    assert status[("lkc-1", "bytes_in")] == ("failed", "HTTP 500: boom", NOW + timedelta(hours=2))
+    assert status[("lkc-1", "bytes_out")] == ("ok", None, NOW)
+    assert status[("lkc-1", "bytes_out")][2].tzinfo is not None
+    # bulk version, several dates
+    store.store_metric_fetches([(D1, "lkc-1", "bytes_in", [m1], None), (D2, "lkc-2", "q", None, "down")], NOW)
+    assert store.metric_rows(D1)[("lkc-1", "bytes_in")] == [m1]
+    assert store.metric_fetch_status(D2) == {("lkc-2", "q"): ("failed", "down", NOW)}
+    assert store.metric_rows(D2) == {}
+    assert store.metric_rows(D3) == {}
+
+
+# ---------------------------------------------------------------- inventory
+
+
+def test_resources_deleted_and_reactivated(store):
+    created = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
+    r1 = Resource("lkc-1", "kafka_cluster", display_name="one", created_at=created, metadata={"k": "v"})
+    r2 = Resource("lkc-2", "kafka_cluster")
+    c1 = Resource("lcc-1", "connector")
+    store.upsert_resources([r1, r2, c1], NOW)
+    assert store.mark_resources_deleted("kafka_cluster", {"lkc-1"}, NOW) == 1
+    by_id = {r.resource_id: r for r in store.resources()}
+    assert by_id["lkc-2"].status == "deleted" and by_id["lkc-2"].deleted_at == NOW
+    assert by_id["lcc-1"].status == "active"
+    assert by_id["lkc-1"].created_at == created and by_id["lkc-1"].metadata == {"k": "v"}
+    assert by_id["lkc-1"].created_at.tzinfo is not None
+    # already deleted rows are not counted again
+    assert store.mark_resources_deleted("kafka_cluster", {"lkc-1"}, NOW + timedelta(days=1)) == 0
+    # re-gathered -> active again; created_at kept when the new gather has none
+    store.upsert_resources([Resource("lkc-2", "kafka_cluster", display_name="two")], NOW + timedelta(days=2))
+    store.upsert_resources([Resource("lkc-1", "kafka_cluster")], NOW + timedelta(days=2))
+    by_id = {r.resource_id: r for r in store.resources()}
+    assert by_id["lkc-2"].status == "active" and by_id["lkc-2"].deleted_at is None
+    assert by_id["lkc-2"].display_name == "two"
+    assert by_id["lkc-1"].created_at == created
+
+
+def test_identities_and_counters(store):
+    store.upsert_identities([Identity("sa-1", "service_account"), Identity("u-1", "user")], NOW)
+    assert store.mark_identities_deleted({"sa-1"}, NOW) == 1
+    ids = {i.identity_id: i for i in store.identities()}
+    assert set(ids) == {UNALLOCATED, "sa-1", "u-1"}
+    assert ids["u-1"].deleted_at == NOW and ids[UNALLOCATED].deleted_at is None
+    store.upsert_identities([Identity("u-1", "user")], NOW)
+    assert {i.identity_id: i.deleted_at for i in store.identities()}["u-1"] is None
+    assert store.get_gather_counter("identities") == 0
+    store.set_gather_counter("identities", 2)
+    store.set_gather_counter("identities", 3)
+    store.set_gather_counter("resources:kafka_cluster", 1)
+    assert store.get_gather_counter("identities") == 3
+    assert store.get_gather_counter("resources:kafka_cluster") == 1
+
+
+# ---------------------------------------------------------------- state, time, retention
+
+
+def test_state_and_tz_aware(store):
+    assert store.get_state(D1) is None
+    naive = datetime(2026, 2, 5, 1, 2, 3)
+    other_tz = datetime(2026, 2, 5, 3, 2, 3, 999, tzinfo=UTC).astimezone(timezone(timedelta(hours=2)))
+    store.set_state(D1, billing_gathered_at=naive)
+    store.set_states([D1, D2], inventory_gathered_at=other_tz)
+    s1 = store.get_state(D1)
+    assert s1["date"] == D1
+    assert s1["billing_gathered_at"] == datetime(2026, 2, 5, 1, 2, 3, tzinfo=UTC)
+    assert s1["billing_gathered_at"].utcoffset() == timedelta(0)
+    assert s1["inventory_gathered_at"] == datetime(2026, 2, 5, 3, 2, 3, tzinfo=UTC)
+    assert s1["inventory_gathered_at"].tzinfo is not None
+    assert store.get_state(D2)["billing_gathered_at"] is None
+    with pytest.raises(StoreError):
+        store.set_state(D1, bogus=1)
+    assert store.calculated_dates(D1, D3) == []
+
+
+def test_purge_before(store):
+    old, new = date(2025, 1, 1), date(2026, 2, 1)
+    store.replace_billing([line(old, "r", "X", "1"), line(new, "r", "X", "2")], [old, new], NOW)
+    store.write_chargeback(
+        old,
+        {key("gone"): 1, key("both"): 1},
+        calculation_id="c",
+        run_id="r",
+        succeeded_lines=[],
+        calculated_at=NOW,
+    )
+    store.write_chargeback(
+        new, {key("both"): 2}, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+    )
+    m = MetricRow(labels={"a": "b"}, value_sum=1, value_max=1, sample_count=1)
+    store.store_metric_fetches([(old, "r", "q", [m], None), (new, "r", "q", [m], None)], NOW)
+    cutoff_ts = datetime(2025, 6, 1, tzinfo=UTC)
+    store.upsert_resources([Resource("old", "t"), Resource("recent", "t"), Resource("active", "t")], NOW)
+    store.mark_resources_deleted("t", {"recent", "active"}, datetime(2025, 1, 1, tzinfo=UTC))
+    store.mark_resources_deleted("t", {"active"}, datetime(2025, 12, 1, tzinfo=UTC))
+    store.upsert_identities([Identity("old-id", "user")], NOW)
+    store.mark_identities_deleted(set(), datetime(2025, 1, 1, tzinfo=UTC))
+    with store._write() as conn:
+        conn.execute(
+            t.pipeline_runs.insert(),
+            [
+                {
+                    "ecosystem": ECO,
+                    "tenant_id": TID,
+                    "dagster_run_id": rid,
+                    "tenant_name": "t1",
+                    "trigger": "manual",
+                    "started_at": ended,
+                    "ended_at": ended,
+                    "status": "completed",
+                }
+                for rid, ended in (("r-old", datetime(2025, 1, 1, tzinfo=UTC)), ("r-new", NOW))
+            ],
+        )
+    out = store.purge_before(date(2025, 6, 1), cutoff_ts)
+    assert out == {
+        "chargeback_facts": 2,
+        "billing": 1,
+        "usage_metric_values": 1,
+        "usage_metric_fetches": 1,
+        "pipeline_state": 1,
+        "chargeback_dimensions": 1,
+        "resources": 1,
+        "identities": 1,
+        "pipeline_runs": 1,
+    }
+    assert store.billing_lines_between(date(2000, 1, 1), date(2100, 1, 1)).keys() == {new}
+    assert store.chargeback_rows(new) == [(*key("both"), 2)]
+    assert {r.resource_id for r in store.resources()} == {"recent", "active"}
+    assert {i.identity_id for i in store.identities()} == {UNALLOCATED}
+    assert store.get_state(old) is None and store.get_state(new) is not None
+    # the dimension cache was reset: re-creating a purged dimension works
+    store.write_chargeback(
+        new, {key("gone"): 3}, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+    )
+    assert store.chargeback_rows(new) == [(*key("gone"), 3)]
+    assert store.purge_before(date(2025, 6, 1), cutoff_ts)["billing"] == 0
+
+
+def test_purged_dimension_in_other_instance_cache(store):
+    other = TenantStore(store.url, tenant_name="t1", ecosystem=ECO, tenant_id=TID)
+    other.write_chargeback(
+        D1, {key("x"): 1}, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+    )
+    store.purge_before(date(2026, 3, 1), NOW)  # removes D1's facts and the dimension other has cached
+    other.write_chargeback(
+        D2, {key("x"): 4}, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+    )
+    assert store.chargeback_rows(D2) == [(*key("x"), 4)]
+    other.dispose()
+
+
+def test_url_normalisation_and_sqlite_pragmas(tmp_path):
+    s = TenantStore(f"sqlite+pysqlite:///{tmp_path}/a/b/c.db", tenant_name="t", ecosystem=ECO, tenant_id=TID)
+    assert (tmp_path / "a" / "b").is_dir()
+    with s.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA temp_store").scalar() == 2
+    s.dispose()
+    p = TenantStore("postgresql://u:secret@h/db", tenant_name="t", ecosystem=ECO, tenant_id=TID)
+    assert p.engine.url.drivername == "postgresql+psycopg"
+    assert "secret" not in repr(p)
+    assert (
+        TenantStore(
+            "postgresql+psycopg2://u@h/db", tenant_name="t", ecosystem=ECO, tenant_id=TID
+        ).engine.url.drivername
+        == "postgresql+psycopg2"
+    )
+    with pytest.raises(StoreError):
+        TenantStore("mysql://u@h/db", tenant_name="t", ecosystem=ECO, tenant_id=TID)
+
+
+def test_psycopg2_driver(make_pg_database):
+    url = make_pg_database().replace("postgresql+psycopg://", "postgresql+psycopg2://")
+    s = TenantStore.open(url, tenant_name="t1", ecosystem=ECO, tenant_id=TID)
+    assert s.engine.url.drivername == "postgresql+psycopg2"
+    s.replace_billing([line(D1, "r", "X", "0.00009")], [D1], NOW)
+    assert s.billing_lines(D1)[0].total_cost == Decimal("0.00009")
+    rows = {key(f"sa-{i}"): i for i in range(2500)}
+    assert (
+        s.write_chargeback(D1, rows, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW)
+        == 2500
+    )
+    assert s.chargeback_total_units(D1) == sum(range(2500))
+    assert s.csv_rows(D1, D2)[0][2] == datetime(2026, 2, 1, tzinfo=UTC)
+    s.store_metric_fetch(D1, "r", "q", [MetricRow({"a": "b"}, 1.0, 1.0, 1)], None, NOW)
+    assert s.metric_rows(D1) == {("r", "q"): [MetricRow({"a": "b"}, 1.0, 1.0, 1)]}
+    s.dispose()
