@@ -1,0 +1,475 @@
+"""The allocation engine: one date's billing lines → merged chargeback amounts (allocation.md §2, §6).
+
+`allocate_date` is pure apart from `record_failure` (the caller's committed increment of a line's
+`allocation_attempts`) and logging. The caller persists `DateAllocation.rows` and resets the counters of
+`succeeded_lines`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+
+from chargeback_dagster.allocation.models import Block, Model
+from chargeback_dagster.allocation.types import (
+    AllocationContext,
+    Allocator,
+    DateInputs,
+    Handler,
+    IdentitySets,
+    Resolution,
+)
+from chargeback_dagster.domain import (
+    OWNER_TYPES,
+    UNALLOCATED,
+    BillingLine,
+    ChargebackRow,
+    MetricRow,
+    day_start,
+)
+from chargeback_dagster.money import format_units, round4_units, scaled_round4_units, units_to_decimal
+
+_LOG = logging.getLogger("chargeback_dagster.allocation")
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+DAY = timedelta(days=1)
+_MICROSECOND = timedelta(microseconds=1)
+DAY_MICROSECONDS = DAY // _MICROSECOND
+
+COST_TYPES = frozenset({"usage", "shared"})
+INACTIVE_DETAIL = "resource_inactive_fraction"
+METRICS_FAILED_DETAIL = "metrics_fetch_failed"
+FAILED_METHOD = "ALLOCATION_FAILED"
+
+# Field names of a `DateAllocation.rows` key (decision D2 dimension key minus ecosystem and tenant_id).
+ROW_KEY_FIELDS = (
+    "env_id",
+    "resource_id",
+    "product_category",
+    "product_type",
+    "identity_id",
+    "cost_type",
+    "allocation_method",
+    "allocation_detail",
+    "composition_part",
+)
+RowKey = tuple[str, str, str, str, str, str, str, str, str]
+
+# fn(tenant_id, resource_id, billing_timestamp, billing_duration, metrics_data, store)
+#   -> Resolution | (resource_active, metrics_derived, context)
+ResolverOverride = Callable[..., Any]
+
+
+class DateCalculationError(Exception):
+    """A date cannot be calculated this run (a line failed below `allocation_retry_limit`)."""
+
+    def __init__(self, day: date, error: str) -> None:
+        super().__init__(f"Calculate failed for date {day}: {error}")
+        self.date = day
+        self.error = error
+
+
+@dataclass(slots=True)
+class DateAllocation:
+    date: date
+    rows: dict[RowKey, int]  # dimension key (ROW_KEY_FIELDS) -> summed amount in units
+    succeeded_lines: list[BillingLine]  # allocated normally: reset their allocation_attempts
+    billed_units: int  # Σ T over the date's lines
+    line_count: int
+    # Lines that got the ALLOCATION_FAILED fallback row: (line, attempts n, error text)
+    failed_lines: list[tuple[BillingLine, int, str]] = field(default_factory=list)
+
+    @property
+    def allocated_units(self) -> int:
+        return sum(self.rows.values())
+
+    def row_dicts(self) -> list[dict[str, Any]]:
+        """Rows as dicts (`ROW_KEY_FIELDS` + `amount_units`), for tests and debugging."""
+        return [dict(zip(ROW_KEY_FIELDS, key, strict=True), amount_units=u) for key, u in self.rows.items()]
+
+
+def _error_text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _utc(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+
+
+def _claims(handlers: Sequence[Handler]) -> dict[str, Handler]:
+    by_type: dict[str, Handler] = {}
+    for handler in handlers:
+        for product_type in handler.allocators:
+            other = by_type.get(product_type)
+            if other is not None and other is not handler:
+                raise ValueError(
+                    f"product_type '{product_type}' is claimed by handlers "
+                    f"'{other.service_type}' and '{handler.service_type}'"
+                )
+            by_type[product_type] = handler
+    return by_type
+
+
+def _sorted_ids(ids: Any, excluded: frozenset[str]) -> tuple[str, ...]:
+    if not ids:
+        return ()
+    return tuple(sorted({i for i in ids if i not in excluded}))
+
+
+def _unpack_resolution(result: Any) -> tuple[Any, Any, dict[str, Any]]:
+    if isinstance(result, Resolution):
+        return result.resource_active, result.metrics_derived, result.context or {}
+    if isinstance(result, tuple | list) and len(result) == 3:
+        resource_active, metrics_derived, context = result
+        return resource_active, metrics_derived, dict(context or {})
+    raise TypeError(
+        "Identity resolver must return a Resolution or (resource_active, metrics_derived, context), "
+        f"got {type(result).__name__}"
+    )
+
+
+def _override_blocks(product_type: str, rows: Any) -> list[Block]:
+    """Validate an override allocator's rows and turn them into blocks."""
+    if not isinstance(rows, list | tuple):
+        raise TypeError(
+            f"Allocator for '{product_type}' must return a list of rows, got {type(rows).__name__}"
+        )
+    blocks: list[Block] = []
+    for row in rows:
+        if not isinstance(row, ChargebackRow):
+            raise TypeError(
+                f"Allocator for '{product_type}' returned a {type(row).__name__}, not a ChargebackRow"
+            )
+        amount = row.amount_units
+        if not isinstance(amount, int) or isinstance(amount, bool):
+            raise TypeError(
+                f"Allocator for '{product_type}' returned a non-integer amount_units {amount!r} "
+                f"for '{row.identity_id}'"
+            )
+        if not row.identity_id or not row.allocation_method or not row.allocation_detail:
+            raise ValueError(
+                f"Allocator for '{product_type}' returned a row with an empty identity_id, "
+                "allocation_method or allocation_detail"
+            )
+        if row.cost_type not in COST_TYPES:
+            raise ValueError(f"Allocator for '{product_type}' returned unknown cost_type '{row.cost_type}'")
+        blocks.append(
+            (
+                (row.identity_id,),
+                (amount,),
+                row.cost_type,
+                row.allocation_method,
+                row.allocation_detail,
+                row.composition_part or "",
+            )
+        )
+    return blocks
+
+
+def _unknown_target(allocator: Allocator, line: BillingLine) -> str:
+    target_for = getattr(allocator, "target_for", None)
+    target = target_for(line) if callable(target_for) else None
+    return target or "the unknown-type allocator"
+
+
+class _DateAllocator:
+    """Per-date state: identity caches, routing tables; `line_blocks` allocates one line."""
+
+    def __init__(
+        self,
+        inputs: DateInputs,
+        tenant_id: str,
+        ecosystem: str,
+        handlers: Sequence[Handler],
+        unknown_allocator: Allocator,
+        params: Mapping[str, Any],
+        allocator_overrides: Mapping[str, Allocator],
+        resolver_overrides: Mapping[str, ResolverOverride],
+        logger: Any,
+        warned: set[str],
+    ) -> None:
+        self.inputs = inputs
+        self.tenant_id = tenant_id
+        self.ecosystem = ecosystem
+        self.by_type = _claims(handlers)
+        self.unknown_allocator = unknown_allocator
+        self.params = params
+        self.allocator_overrides = allocator_overrides
+        self.resolver_overrides = resolver_overrides
+        self.log = logger
+        self.warned = warned
+        self.day = inputs.date
+        self.day_start = day_start(inputs.date)
+        self.day_end = self.day_start + DAY
+
+        system = {UNALLOCATED}
+        period: set[str] = set()
+        owners: set[str] = set()
+        for identity in inputs.identities.values():
+            if identity.identity_type == "system":
+                system.add(identity.identity_id)
+            elif identity.existed_during(self.day):
+                period.add(identity.identity_id)
+                if identity.identity_type in OWNER_TYPES:
+                    owners.add(identity.identity_id)
+        self.excluded = frozenset(system)
+        self.tenant_period = tuple(sorted(period - self.excluded))
+        self.tenant_period_owners = tuple(sorted(owners - self.excluded))
+        self.no_identities = IdentitySets(
+            tenant_period=self.tenant_period, tenant_period_owners=self.tenant_period_owners
+        )
+        self._sets_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], IdentitySets] = {}
+
+    # -- identity sets (allocation.md §3) -------------------------------------------------------------
+    def identity_sets(self, resource_active: Any, metrics_derived: Any) -> IdentitySets:
+        key = (tuple(resource_active or ()), tuple(metrics_derived or ()))
+        sets = self._sets_cache.get(key)
+        if sets is None:
+            active = _sorted_ids(key[0], self.excluded)
+            derived = _sorted_ids(key[1], self.excluded)
+            if not derived:
+                merged = active
+            elif not active:
+                merged = derived
+            else:
+                merged = tuple(sorted(set(active) | set(derived)))
+            sets = IdentitySets(
+                resource_active=active,
+                metrics_derived=derived,
+                merged_active=merged,
+                tenant_period=self.tenant_period,
+                tenant_period_owners=self.tenant_period_owners,
+            )
+            self._sets_cache[key] = sets
+        return sets
+
+    # -- active fraction (allocation.md §2 step 2) -----------------------------------------------------
+    def active_microseconds(self, line: BillingLine, handler: Handler) -> int:
+        resource = self.inputs.resources.get(line.resource_id)
+        if resource is None or resource.resource_type not in handler.billing_resource_types:
+            return DAY_MICROSECONDS
+        if resource.created_at is None and resource.deleted_at is None:
+            return DAY_MICROSECONDS
+        start = (
+            self.day_start if resource.created_at is None else max(_utc(resource.created_at), self.day_start)
+        )
+        end = self.day_end if resource.deleted_at is None else min(_utc(resource.deleted_at), self.day_end)
+        if end <= start:
+            return 0
+        return (end - start) // _MICROSECOND
+
+    # -- one line ---------------------------------------------------------------------------------------
+    def line_blocks(self, line: BillingLine, t_units: int) -> list[Block]:
+        product_type = line.product_type
+        handler = self.by_type.get(product_type)
+        allocator = self.allocator_overrides.get(product_type)
+        if allocator is None:
+            if handler is not None:
+                allocator = handler.allocators[product_type]
+            else:
+                allocator = self.unknown_allocator
+                if product_type not in self.warned:
+                    self.warned.add(product_type)
+                    self.log.warning(
+                        f"No allocator for product_type '{product_type}'; charged to "
+                        f"{_unknown_target(allocator, line)}"
+                    )
+
+        blocks: list[Block] = []
+        active_us = DAY_MICROSECONDS if handler is None else self.active_microseconds(line, handler)
+        if active_us >= DAY_MICROSECONDS:
+            a_units = t_units
+        else:
+            a_units = scaled_round4_units(line.total_cost, active_us, DAY_MICROSECONDS)
+            r_units = t_units - a_units
+            if r_units:
+                blocks.append(((UNALLOCATED,), (r_units,), "shared", "terminal", INACTIVE_DETAIL, ""))
+            if active_us == 0:
+                return blocks
+
+        metrics_failed = False
+        context: dict[str, Any]
+        line_metrics: Mapping[str, list[MetricRow]]
+        if handler is None:
+            line_metrics = {}
+            context = {}
+            sets = self.no_identities
+        else:
+            queries = handler.metric_queries(line)
+            if queries:
+                resource_id = line.resource_id
+                metrics = self.inputs.metrics
+                failed = self.inputs.failed_metrics
+                line_metrics = {key: metrics.get((resource_id, key), []) for key in queries}
+                metrics_failed = any((resource_id, key) in failed for key in queries)
+            else:
+                line_metrics = {}
+            override = self.resolver_overrides.get(handler.service_type)
+            if override is not None:
+                result = override(
+                    self.tenant_id, line.resource_id, line.timestamp, DAY, line_metrics, self.inputs
+                )
+            else:
+                result = handler.resolve(line, self.inputs, line_metrics)
+            resource_active, metrics_derived, context = _unpack_resolution(result)
+            sets = self.identity_sets(resource_active, metrics_derived)
+
+        ctx = AllocationContext(
+            tenant_id=self.tenant_id,
+            ecosystem=self.ecosystem,
+            date=self.day,
+            billing_line=line,
+            amount=units_to_decimal(a_units),
+            identities=sets,
+            metrics=line_metrics,
+            metrics_fetch_failed=metrics_failed,
+            params=self.params,
+            context=context,
+        )
+        if isinstance(allocator, Model):
+            allocated = allocator.blocks(ctx, a_units, "")
+        else:
+            allocated = _override_blocks(product_type, allocator(ctx))
+
+        total = 0
+        for block in allocated:
+            total += sum(block[1])
+        if total != a_units:
+            raise ValueError(
+                f"Allocator for '{product_type}' returned rows summing to {format_units(total)}, "
+                f"expected {format_units(a_units)}"
+            )
+        if metrics_failed:  # decision D9
+            allocated = [
+                (ids, am, ct, method, METRICS_FAILED_DETAIL, part)
+                for ids, am, ct, method, _, part in allocated
+            ]
+        blocks.extend(allocated)
+        return blocks
+
+
+def allocate_date(
+    inputs: DateInputs,
+    *,
+    tenant_id: str,
+    ecosystem: str,
+    handlers: Sequence[Handler],
+    unknown_allocator: Allocator,
+    params: Mapping[str, Any],
+    allocator_overrides: Mapping[str, Allocator] = _EMPTY,
+    resolver_overrides: Mapping[str, ResolverOverride] = _EMPTY,
+    retry_limit: int,
+    record_failure: Callable[[BillingLine], int],
+    logger: Any = None,
+    warned: set[str] | None = None,
+) -> DateAllocation:
+    """Allocate every billing line of `inputs.date` (allocation.md §2) with the failure rules of §6.
+
+    * `record_failure(line)` increments and commits the line's `allocation_attempts`, returning the new
+      count `n`. `n < retry_limit` → `DateCalculationError` (the date fails); otherwise the line gets one
+      `ALLOCATION_FAILED` row for `UNALLOCATED` and the date continues.
+    * `warned` collects product types already warned about as unknown; pass one set per run to warn once
+      per run (default: once per call).
+    * `resolver_overrides` (service_type → fn) are called positionally as
+      `fn(tenant_id, resource_id, billing_timestamp, billing_duration, metrics_data, store)`.
+    """
+    engine = _DateAllocator(
+        inputs,
+        tenant_id,
+        ecosystem,
+        handlers,
+        unknown_allocator,
+        params,
+        allocator_overrides,
+        resolver_overrides,
+        logger if logger is not None else _LOG,
+        set() if warned is None else warned,
+    )
+    day = inputs.date
+    # Merge (decision D2) in two levels for speed: block key (the dimension key without identity_id) →
+    # identity_id → units; flattened into dimension keys at the end.
+    merged: dict[tuple[str, ...], dict[str, int]] = {}
+    succeeded: list[BillingLine] = []
+    failed_lines: list[tuple[BillingLine, int, str]] = []
+    billed = 0
+
+    for line in sorted(inputs.lines, key=lambda ln: (ln.resource_id, ln.product_type, ln.env_id)):
+        try:
+            t_units = round4_units(line.total_cost)
+        except (ValueError, ArithmeticError) as exc:
+            raise DateCalculationError(
+                day, f"Invalid total_cost {line.total_cost!r} for {line.resource_id}/{line.product_type}"
+            ) from exc
+        billed += t_units
+        try:
+            blocks = engine.line_blocks(line, t_units)
+        except Exception as exc:
+            error = _error_text(exc)
+            try:
+                attempts = record_failure(line)
+            except Exception as record_exc:
+                engine.log.error(
+                    f"Could not record allocation failure of {line.resource_id}/{line.product_type} "
+                    f"on {day}: {_error_text(record_exc)}"
+                )
+                raise DateCalculationError(day, error) from exc
+            if attempts < retry_limit:
+                raise DateCalculationError(day, error) from exc
+            engine.log.warning(
+                f"Allocation of {line.resource_id}/{line.product_type} on {day} failed {attempts} times; "
+                f"charged to {UNALLOCATED}: {error}"
+            )
+            failed_lines.append((line, attempts, error))
+            blocks = [
+                (
+                    (UNALLOCATED,),
+                    (t_units,),
+                    "shared",
+                    FAILED_METHOD,
+                    f"Failed after {attempts} attempts: {error[:200]}",
+                    "",
+                )
+            ]
+        else:
+            succeeded.append(line)
+
+        env_id = line.env_id
+        resource_id = line.resource_id
+        category = line.product_category
+        product_type = line.product_type
+        for ids, amounts, cost_type, method, detail, part in blocks:
+            block_key = (env_id, resource_id, category, product_type, cost_type, method, detail, part)
+            per_identity = merged.get(block_key)
+            if per_identity is None:
+                per_identity = merged[block_key] = dict(zip(ids, amounts, strict=True))
+                if len(per_identity) == len(ids):
+                    continue
+                per_identity.clear()  # repeated identity inside one block: sum below instead
+            get = per_identity.get
+            for identity_id, amount in zip(ids, amounts, strict=True):
+                per_identity[identity_id] = get(identity_id, 0) + amount
+
+    rows: dict[RowKey, int] = {
+        (env_id, resource_id, category, product_type, identity_id, cost_type, method, detail, part): amount
+        for (env_id, resource_id, category, product_type, cost_type, method, detail, part), per_identity in (
+            merged.items()
+        )
+        for identity_id, amount in per_identity.items()
+    }
+    allocated = sum(rows.values())
+    if allocated != billed:  # decision D1; cannot happen unless a model is broken
+        raise DateCalculationError(
+            day, f"chargeback rows sum to {format_units(allocated)}, billed {format_units(billed)}"
+        )
+    return DateAllocation(
+        date=day,
+        rows=rows,
+        succeeded_lines=succeeded,
+        billed_units=billed,
+        line_count=len(inputs.lines),
+        failed_lines=failed_lines,
+    )

@@ -1,0 +1,310 @@
+"""Allocation models (allocation.md §4): EvenSplit, UsageRatio, Terminal, Chain, Composition.
+
+Every model is a callable `Allocator` (`ctx -> list[ChargebackRow]`, allocating `ctx.amount`). For speed
+the engine uses the models' internal `blocks(ctx, units, part)` form instead: a list of
+`(identity_ids, amounts_in_units, cost_type, method, detail, composition_part)` tuples, so a 30-way
+split costs one tuple rather than 30 row objects. An empty list means "this tier yields nothing".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from chargeback_dagster.allocation.types import AllocationContext, Allocator, IdentitySets
+from chargeback_dagster.domain import UNALLOCATED, ChargebackRow, MetricRow
+from chargeback_dagster.money import (
+    composition_parts,
+    decimal_weights_to_ints,
+    even_split_units,
+    split_units,
+    to_units,
+    units_to_decimal,
+)
+
+# (identity_ids, amounts (units), cost_type, allocation_method, allocation_detail, composition_part)
+Block = tuple[Sequence[str], Sequence[int], str, str, str, str]
+
+IDENTITY_SET_NAMES = frozenset(f.name for f in dataclasses.fields(IdentitySets))
+COMPOSITION_RATIO_TOLERANCE = Decimal("0.0001")
+_EXACT_TYPES = frozenset({Decimal, int})
+
+
+def blocks_to_rows(blocks: Iterable[Block]) -> list[ChargebackRow]:
+    return [
+        ChargebackRow(identity_id, cost_type, amount, method, detail, part)
+        for ids, amounts, cost_type, method, detail, part in blocks
+        for identity_id, amount in zip(ids, amounts, strict=True)
+    ]
+
+
+class Model:
+    """Base of the built-in models: `blocks()` is the fast form, `__call__` the `Allocator` protocol."""
+
+    __slots__ = ()
+
+    def blocks(self, ctx: AllocationContext, units: int, part: str) -> list[Block]:
+        raise NotImplementedError
+
+    def __call__(self, ctx: AllocationContext) -> list[ChargebackRow]:
+        return blocks_to_rows(self.blocks(ctx, to_units(ctx.amount), ""))
+
+
+class EvenSplit(Model):
+    """Equal split over an identity set; an empty set yields nothing."""
+
+    __slots__ = ("identity_set", "cost_type", "detail", "method", "_getter")
+
+    def __init__(
+        self,
+        identity_set: str | Callable[[AllocationContext], Sequence[str]],
+        cost_type: str,
+        detail: str,
+        method: str = "even_split",
+    ) -> None:
+        if isinstance(identity_set, str):
+            if identity_set not in IDENTITY_SET_NAMES:
+                raise ValueError(
+                    f"Unknown identity set '{identity_set}'; expected one of {sorted(IDENTITY_SET_NAMES)}"
+                )
+            name = identity_set
+            self._getter: Callable[[AllocationContext], Sequence[str]] = lambda ctx: getattr(
+                ctx.identities, name
+            )
+        elif callable(identity_set):
+            # A callable's result is de-duplicated and sorted here (decision D4).
+            self._getter = lambda ctx: sorted(set(identity_set(ctx)))
+        else:
+            raise TypeError(
+                f"identity_set must be a set name or a callable, got {type(identity_set).__name__}"
+            )
+        self.identity_set = identity_set
+        self.cost_type = cost_type
+        self.detail = detail
+        self.method = method
+
+    def blocks(self, ctx: AllocationContext, units: int, part: str) -> list[Block]:
+        ids = self._getter(ctx)
+        if not ids:
+            return []
+        return [(ids, even_split_units(units, len(ids)), self.cost_type, self.method, self.detail, part)]
+
+    def __repr__(self) -> str:
+        return (
+            f"EvenSplit({self.identity_set!r}, {self.cost_type!r}, {self.detail!r}, method={self.method!r})"
+        )
+
+
+class UsageRatio(Model):
+    """Split by usage weights `ctx.context["usage"][weight_name]` (identity → Decimal).
+
+    `weight_name` may also be a sequence of names whose weights are summed per identity (CKU: bytes_in +
+    bytes_out). Weights ≤ 0 are dropped; identities are sorted by id (decision D4). Yields nothing when
+    the line's metrics failed (decision D9) or no positive weight is left. Rows are cost_type `usage`.
+    """
+
+    __slots__ = ("weight_names", "detail", "cost_type", "method")
+
+    def __init__(self, weight_name: str | Sequence[str], detail: str = "usage_ratio_allocation") -> None:
+        names = (weight_name,) if isinstance(weight_name, str) else tuple(weight_name)
+        if not names:
+            raise ValueError("UsageRatio requires at least one weight name")
+        self.weight_names = names
+        self.detail = detail
+        self.cost_type = "usage"
+        self.method = "usage_ratio"
+
+    def weights(self, ctx: AllocationContext) -> Mapping[str, Any]:
+        """identity → weight as given by the resolver (several weight names are summed)."""
+        usage = (ctx.context or {}).get("usage") or {}
+        if len(self.weight_names) == 1:
+            return usage.get(self.weight_names[0]) or {}
+        total: dict[str, Decimal] = {}
+        for name in self.weight_names:
+            for identity_id, w in (usage.get(name) or {}).items():
+                total[identity_id] = total.get(identity_id, Decimal(0)) + _as_decimal(w)
+        return total
+
+    def blocks(self, ctx: AllocationContext, units: int, part: str) -> list[Block]:
+        if ctx.metrics_fetch_failed:
+            return []
+        weights = self.weights(ctx)
+        if not weights:
+            return []
+        try:
+            positive = [item for item in sorted(weights.items()) if item[1] > 0]
+        except (InvalidOperation, TypeError):  # NaN weights, or str mixed in
+            converted = ((i, _as_decimal(w)) for i, w in weights.items())
+            positive = sorted((i, w) for i, w in converted if w.is_finite() and w > 0)
+        if not positive:
+            return []
+        ids, values = zip(*positive, strict=True)
+        if not set(map(type, values)) <= _EXACT_TYPES:
+            values = [_as_decimal(w) for w in values]  # floats → Decimal(str(v))
+        amounts = split_units(units, decimal_weights_to_ints(values))
+        return [(ids, amounts, self.cost_type, self.method, self.detail, part)]
+
+    def __repr__(self) -> str:
+        name = self.weight_names[0] if len(self.weight_names) == 1 else self.weight_names
+        return f"UsageRatio({name!r}, {self.detail!r})"
+
+
+class Terminal(Model):
+    """Always one row with the whole amount: `target` is "resource" (the billed resource id, or
+    `UNALLOCATED` when the line has none), "UNALLOCATED", or a literal identity id."""
+
+    __slots__ = ("target", "cost_type", "detail", "method")
+
+    def __init__(self, target: str, cost_type: str, detail: str, method: str = "terminal") -> None:
+        if not target:
+            raise ValueError("Terminal target must not be empty")
+        self.target = target
+        self.cost_type = cost_type
+        self.detail = detail
+        self.method = method
+
+    def target_for(self, ctx_or_line: Any) -> str:
+        """The identity this terminal charges for a line (or a context carrying `billing_line`)."""
+        if self.target != "resource":
+            return self.target
+        line = getattr(ctx_or_line, "billing_line", ctx_or_line)
+        return line.resource_id or UNALLOCATED
+
+    def blocks(self, ctx: AllocationContext, units: int, part: str) -> list[Block]:
+        return [((self.target_for(ctx),), (units,), self.cost_type, self.method, self.detail, part)]
+
+    def __repr__(self) -> str:
+        return f"Terminal({self.target!r}, {self.cost_type!r}, {self.detail!r}, method={self.method!r})"
+
+
+class _CallableTier(Model):
+    """A plain `Allocator` used as a tier: called with `ctx.amount` set to the amount it is given."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Allocator) -> None:
+        self.fn = fn
+
+    def blocks(self, ctx: AllocationContext, units: int, part: str) -> list[Block]:
+        amount = units_to_decimal(units)
+        sub = ctx if ctx.amount == amount else dataclasses.replace(ctx, amount=amount)
+        rows = self.fn(sub)
+        return [
+            (
+                (r.identity_id,),
+                (r.amount_units,),
+                r.cost_type,
+                r.allocation_method,
+                r.allocation_detail,
+                part or r.composition_part,
+            )
+            for r in rows
+        ]
+
+
+def _as_model(tier: Any) -> Model:
+    if isinstance(tier, Model):
+        return tier
+    if callable(tier):
+        return _CallableTier(tier)
+    raise TypeError(f"Chain tier must be an allocation model or a callable, got {type(tier).__name__}")
+
+
+class Chain(Model):
+    """Tries the tiers in order; the first non-empty result wins. The last tier is a Terminal."""
+
+    __slots__ = ("tiers",)
+
+    def __init__(self, *tiers: Any) -> None:
+        if not tiers:
+            raise ValueError("Chain requires at least one tier")
+        if not isinstance(tiers[-1], Terminal):
+            raise ValueError(f"Chain last tier must be a Terminal; got {type(tiers[-1]).__name__}")
+        self.tiers: tuple[Model, ...] = tuple(_as_model(t) for t in tiers)
+
+    def blocks(self, ctx: AllocationContext, units: int, part: str) -> list[Block]:
+        for tier in self.tiers:
+            result = tier.blocks(ctx, units, part)
+            if result:
+                return result
+        return []  # unreachable: the last tier is a Terminal
+
+    def target_for(self, ctx_or_line: Any) -> str | None:
+        """The terminal target when the chain is a single Terminal (used for the unknown-type warning)."""
+        if len(self.tiers) == 1:
+            return self.tiers[0].target_for(ctx_or_line)  # type: ignore[attr-defined]
+        return None
+
+    def __repr__(self) -> str:
+        return f"Chain({', '.join(map(repr, self.tiers))})"
+
+
+class Composition(Model):
+    """Splits the amount into fixed-ratio parts (allocation.md §1), each allocated by its own chain.
+
+    Rows carry the part name as `composition_part` (decision D2).
+    """
+
+    __slots__ = ("parts", "names", "ratios", "chains")
+
+    def __init__(self, parts: Sequence[tuple[str, Decimal, Chain]]) -> None:
+        parts = [(name, _as_decimal(ratio), _as_model(chain)) for name, ratio, chain in parts]
+        total = sum((ratio for _, ratio, _ in parts), Decimal(0))
+        if not parts or abs(total - 1) > COMPOSITION_RATIO_TOLERANCE:
+            raise ValueError(f"Composition ratios must sum to 1.0, got {total}")
+        for name, ratio, _chain in parts:
+            if not name:
+                raise ValueError("Composition part names must not be empty")
+            if ratio < 0:
+                raise ValueError(f"Composition ratio of part '{name}' must be >= 0, got {ratio}")
+        self.parts = parts
+        self.names = tuple(name for name, _, _ in parts)
+        self.ratios = tuple(ratio for _, ratio, _ in parts)
+        self.chains = tuple(chain for _, _, chain in parts)
+
+    def blocks(self, ctx: AllocationContext, units: int, part: str) -> list[Block]:
+        result: list[Block] = []
+        for name, chain, part_units in zip(
+            self.names, self.chains, composition_parts(units, self.ratios), strict=True
+        ):
+            result.extend(chain.blocks(ctx, part_units, name))
+        return result
+
+    def __repr__(self) -> str:
+        return f"Composition({self.parts!r})"
+
+
+def _as_decimal(x: Any) -> Decimal:
+    if isinstance(x, Decimal):
+        return x
+    if isinstance(x, bool):
+        raise TypeError("Weights and ratios must be numbers, got bool")
+    if isinstance(x, int):
+        return Decimal(x)
+    if isinstance(x, float):
+        return Decimal(str(x))
+    if isinstance(x, str):
+        return Decimal(x)
+    raise TypeError(f"Weights and ratios must be numbers, got {type(x).__name__}")
+
+
+def usage_weights(metric_rows: Iterable[MetricRow], label: str) -> dict[str, Decimal]:
+    """Sum `value_sum` per value of `label` (`Decimal(str(v))`); rows without the label are skipped.
+
+    All sums are returned (zero and negative included); `UsageRatio` drops the ones ≤ 0.
+    """
+    totals: dict[str, Decimal] = {}
+    for row in metric_rows:
+        key = row.labels.get(label)
+        if not key or not math.isfinite(row.value_sum):
+            continue
+        totals[key] = totals.get(key, Decimal(0)) + Decimal(str(row.value_sum))
+    return totals
+
+
+def positive_identities(weights: Mapping[str, Decimal]) -> tuple[str, ...]:
+    """Identities with a positive weight, sorted (e.g. `metrics_derived` from usage weights)."""
+    return tuple(sorted(i for i, w in weights.items() if w > 0))

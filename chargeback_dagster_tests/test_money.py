@@ -1,0 +1,193 @@
+"""Money math of allocation.md §1."""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+from fractions import Fraction
+
+import pytest
+
+from chargeback_dagster.money import (
+    UNIT,
+    composition_parts,
+    decimal_weights_to_ints,
+    div_round_half_up,
+    even_split_units,
+    format_units,
+    round4,
+    round4_units,
+    scaled_round4_units,
+    split_units,
+    to_units,
+    units_to_decimal,
+)
+
+
+def fmt(units: list[int]) -> list[str]:
+    return [format_units(u) for u in units]
+
+
+def test_unit_and_round4_half_up() -> None:
+    assert Decimal("0.0001") == UNIT
+    assert round4(Decimal("0.00005")) == Decimal("0.0001")
+    assert round4(Decimal("0.00004999")) == Decimal("0.0000")
+    assert round4(Decimal("-0.00005")) == Decimal("-0.0001")  # half away from zero
+    assert round4(Decimal("1.23455")) == Decimal("1.2346")
+    assert str(round4(Decimal("10"))) == "10.0000"
+
+
+def test_round4_units_matches_round4() -> None:
+    rng = random.Random(11)
+    for _ in range(2000):
+        x = Decimal(rng.randint(-(10**12), 10**12)).scaleb(-rng.randint(0, 9))
+        assert round4_units(x) == to_units(round4(x))
+
+
+def test_to_units_and_back() -> None:
+    assert to_units(Decimal("10.00")) == 100000
+    assert to_units(Decimal("10")) == 100000
+    assert to_units(Decimal("1E+2")) == 1000000
+    assert to_units(Decimal("-3.3334")) == -33334
+    assert to_units(Decimal("0.0000")) == 0
+    with pytest.raises(ValueError, match="more than 4 decimal places"):
+        to_units(Decimal("0.00001"))
+    with pytest.raises(ValueError):
+        to_units(Decimal("NaN"))
+    assert units_to_decimal(100000) == Decimal("10.0000")
+    assert str(units_to_decimal(100000)) == "10.0000"
+    assert str(units_to_decimal(0)) == "0.0000"
+    assert str(units_to_decimal(-1)) == "-0.0001"
+
+
+def test_format_units() -> None:
+    assert format_units(100000) == "10.0000"
+    assert format_units(-33334) == "-3.3334"
+    assert format_units(0) == "0.0000"
+    assert format_units(-1) == "-0.0001"
+    assert format_units(1) == "0.0001"
+    assert format_units(12345678901234) == "1234567890.1234"
+
+
+def test_div_round_half_up_and_scaled() -> None:
+    assert div_round_half_up(5, 10) == 1
+    assert div_round_half_up(-5, 10) == -1
+    assert div_round_half_up(4, 10) == 0
+    assert div_round_half_up(-14, 10) == -1
+    # 24.00 × 18h/24h = 18.0000
+    assert scaled_round4_units(Decimal("24.00"), 18, 24) == 180000
+    assert scaled_round4_units(Decimal("0.00015"), 1, 1) == 2
+    assert scaled_round4_units(Decimal("-10"), 1, 3) == -33333
+
+
+# ---- every row of the table in allocation.md §1 ---
+
+
+def test_table_10_even_over_3() -> None:
+    assert fmt(even_split_units(to_units(Decimal("10.00")), 3)) == ["3.3334", "3.3333", "3.3333"]
+    assert fmt(split_units(to_units(Decimal("10.00")), [1, 1, 1])) == ["3.3334", "3.3333", "3.3333"]
+
+
+def test_table_2_even_over_3() -> None:
+    assert fmt(even_split_units(to_units(Decimal("2.00")), 3)) == ["0.6667", "0.6667", "0.6666"]
+    assert fmt(split_units(to_units(Decimal("2.00")), [1, 1, 1])) == ["0.6667", "0.6667", "0.6666"]
+
+
+def test_table_negative_10_even_over_3() -> None:
+    assert fmt(even_split_units(to_units(Decimal("-10.00")), 3)) == ["-3.3334", "-3.3333", "-3.3333"]
+    assert fmt(split_units(to_units(Decimal("-10.00")), [1, 1, 1])) == ["-3.3334", "-3.3333", "-3.3333"]
+
+
+def test_table_tiny_total_cost_even_over_2() -> None:
+    t = round4(Decimal("0.00009"))
+    assert t == Decimal("0.0001")
+    assert fmt(even_split_units(to_units(t), 2)) == ["0.0001", "0.0000"]
+    assert fmt(split_units(to_units(t), [1, 1])) == ["0.0001", "0.0000"]
+
+
+def test_table_zero_even_over_3() -> None:
+    assert fmt(even_split_units(0, 3)) == ["0.0000"] * 3
+    assert fmt(split_units(0, [1, 1, 1])) == ["0.0000"] * 3
+
+
+def test_table_usage_60_40() -> None:
+    assert fmt(split_units(to_units(Decimal("10.00")), [60, 40])) == ["6.0000", "4.0000"]
+
+
+def test_table_usage_1_1_1() -> None:
+    assert fmt(split_units(to_units(Decimal("100.00")), [1, 1, 1])) == ["33.3334", "33.3333", "33.3333"]
+
+
+def test_table_usage_33_33_34() -> None:
+    assert fmt(split_units(to_units(Decimal("100.00")), [33, 33, 34])) == ["33.0000", "33.0000", "34.0000"]
+
+
+def test_table_usage_3_1_2_largest_remainder() -> None:
+    # q = 50, 16.67, 33.33 → b has the largest remainder and gets the leftover unit
+    assert fmt(split_units(to_units(Decimal("0.0100")), [3, 1, 2])) == ["0.0050", "0.0017", "0.0033"]
+
+
+# ---- further split properties ---
+
+
+def test_split_edge_cases() -> None:
+    assert split_units(100, []) == []
+    assert even_split_units(100, 0) == []
+    with pytest.raises(ValueError, match="sum to > 0"):
+        split_units(100, [0, 0])
+    with pytest.raises(ValueError, match=">= 0"):
+        split_units(100, [1, -1])
+    # a zero weight never receives a leftover unit
+    assert split_units(1, [0, 1, 1]) == [0, 1, 0]
+
+
+def test_split_ties_go_to_earlier_index() -> None:
+    assert split_units(2, [1, 1, 1, 1]) == [1, 1, 0, 0]
+    assert split_units(-2, [1, 1, 1, 1]) == [-1, -1, 0, 0]
+
+
+def test_even_split_equals_split_units() -> None:
+    rng = random.Random(3)
+    for _ in range(500):
+        total = rng.randint(-(10**9), 10**9)
+        n = rng.randint(1, 40)
+        assert even_split_units(total, n) == split_units(total, [1] * n)
+
+
+def test_split_property_exact_and_within_one_unit() -> None:
+    rng = random.Random(20260310)
+    for _ in range(3000):
+        total = rng.randint(-(10**10), 10**10)
+        n = rng.randint(1, 25)
+        weights = [rng.randint(1, 10 ** rng.randint(0, 12)) for _ in range(n)]
+        shares = split_units(total, weights)
+        assert sum(shares) == total
+        wsum = sum(weights)
+        for s, w in zip(shares, weights, strict=True):
+            exact = Fraction(total * w, wsum)
+            assert abs(s - exact) < 1
+            # shares never cross zero in the wrong direction
+            assert s * total >= 0
+
+
+def test_decimal_weights_to_ints() -> None:
+    assert decimal_weights_to_ints([Decimal("1.5"), Decimal("2"), Decimal("1E+3")]) == [3, 4, 2000]
+    assert decimal_weights_to_ints([Decimal("0.25"), Decimal("0.5")]) == [1, 2]
+    assert decimal_weights_to_ints([]) == []
+    assert decimal_weights_to_ints([Decimal(str(300.0)), Decimal(str(700.0))]) == [300, 700]
+    ws = [Decimal("0.123456789012345678901234567890123"), Decimal("7")]
+    ints = decimal_weights_to_ints(ws)
+    assert Fraction(ints[0], ints[1]) == Fraction(ws[0]) / Fraction(ws[1])  # exact, beyond 28 digits
+    with pytest.raises(ValueError):
+        decimal_weights_to_ints([Decimal("NaN")])
+
+
+def test_composition_parts() -> None:
+    assert composition_parts(1000000, [Decimal("0.70"), Decimal("0.30")]) == [700000, 300000]
+    assert composition_parts(1000000, [Decimal("0.6"), Decimal("0.4")]) == [600000, 400000]
+    # part j < m = round4(A × r_j) half up, last = A − Σ
+    assert composition_parts(1, [Decimal("0.5"), Decimal("0.5")]) == [1, 0]
+    assert composition_parts(-1, [Decimal("0.5"), Decimal("0.5")]) == [-1, 0]
+    assert composition_parts(33333, [Decimal("0.7"), Decimal("0.3")]) == [23333, 10000]
+    assert composition_parts(100, [Decimal("1")]) == [100]
+    assert composition_parts(100, []) == []
