@@ -1,0 +1,236 @@
+"""Per-tenant, daily-partitioned assets: billing → inventory → usage_metrics → chargeback (operations.md §1).
+
+Each asset is a thin wrapper: it works out the run's dates, opens the tenant's store and ecosystem, and
+calls the matching step of pipeline.py. All of a tenant's assets use a single-run backfill policy, so a
+date range is one run that walks the dates in ascending order.
+"""
+
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+
+from chargeback_dagster import pipeline
+from chargeback_dagster.config import TenantConfig
+from chargeback_dagster.defs.resources import AppConfigResource, PrometheusResource, TenantStoreResource
+from chargeback_dagster.ecosystems import ecosystem_for
+from chargeback_dagster.ecosystems.base import GatherContext
+from chargeback_dagster.logging_setup import apply_logging, step_logger
+
+CSV_IO_MANAGER = "chargeback_csv_io_manager"
+REFETCH_METRICS_TAG = "chargeback/refetch_metrics"
+TENANT_TAG = "chargeback/tenant"
+
+
+def run_dates(context: dg.AssetExecutionContext) -> list[date]:
+    """The partition dates this run covers, ascending."""
+    return [date.fromisoformat(key) for key in context.partition_keys]
+
+
+def tenant_partitions(tenant: TenantConfig) -> dg.DailyPartitionsDefinition:
+    # The newest partition is yesterday (UTC): a day is only billed once it is over.
+    return dg.DailyPartitionsDefinition(start_date=tenant.partitions_start_date.isoformat(), timezone="UTC")
+
+
+class TenantStep:
+    """What every step of a tenant run starts with: config, logging, store, ecosystem, dates."""
+
+    def __init__(
+        self,
+        context: dg.AssetExecutionContext,
+        tenant_name: str,
+        stage: str,
+        app_config: AppConfigResource,
+        tenant_store: TenantStoreResource,
+        prometheus: PrometheusResource | None = None,
+    ):
+        config = app_config.load()
+        apply_logging(config.logging)
+        self.context = context
+        self.tenant = app_config.tenant(tenant_name)
+        self.dates = run_dates(context)
+        self.store = tenant_store.open(tenant_name)
+        self.ecosystem = ecosystem_for(self.tenant)
+        self.now = pipeline.now_utc()
+        self.logger = step_logger(tenant_name, context.run_id, stage, self.dates)
+        self._prometheus = prometheus
+        self._client = None
+
+    def prometheus_client(self):
+        if self._client is None:
+            self._client = self._prometheus.client(self.tenant.name)
+        return self._client
+
+    def gather_context(self) -> GatherContext:
+        return GatherContext(
+            tenant=self.tenant, logger=self.logger, now=self.now, prometheus=self.prometheus_client
+        )
+
+    def inside_cutoff(self) -> list[date]:
+        first_unsettled = datetime.now(UTC).date() - timedelta(days=self.tenant.cutoff_days)
+        return [d for d in self.dates if d >= first_unsettled]
+
+
+def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
+    t = tenant.name
+    common = {
+        "key_prefix": [t],
+        "group_name": t,
+        "partitions_def": tenant_partitions(tenant),
+        "backfill_policy": dg.BackfillPolicy.single_run(),
+        "kinds": {"python"},
+    }
+    billing_key = dg.AssetKey([t, "billing"])
+    inventory_key = dg.AssetKey([t, "inventory"])
+    metrics_key = dg.AssetKey([t, "usage_metrics"])
+    chargeback_key = dg.AssetKey([t, "chargeback"])
+
+    @dg.asset(name="billing", description=f"Billing lines of tenant {t}, per UTC day", **common)
+    def billing(
+        context: dg.AssetExecutionContext,
+        app_config: AppConfigResource,
+        tenant_store: TenantStoreResource,
+        prometheus: PrometheusResource,
+    ) -> dg.MaterializeResult:
+        step = TenantStep(context, t, "gathering", app_config, tenant_store, prometheus)
+        unsettled = step.inside_cutoff()
+        for d in unsettled:
+            step.logger.warning(
+                f"Billing for {d} may still change; it will be recalculated when it enters the refresh window"
+            )
+        summary = pipeline.gather_billing(step.store, step.ecosystem, step.dates, step.gather_context())
+        return dg.MaterializeResult(
+            metadata={
+                "lines_stored": summary.lines_stored,
+                "dates_with_lines": len(summary.dates_with_lines),
+                "failed_dates": {str(d): e for d, e in summary.failed_dates.items()},
+                "inside_cutoff": bool(unsettled),
+            }
+        )
+
+    @dg.asset(name="inventory", description=f"Resources and identities of tenant {t}", **common)
+    def inventory(
+        context: dg.AssetExecutionContext,
+        app_config: AppConfigResource,
+        tenant_store: TenantStoreResource,
+        prometheus: PrometheusResource,
+    ) -> dg.MaterializeResult:
+        step = TenantStep(context, t, "gathering", app_config, tenant_store, prometheus)
+        summary = pipeline.gather_inventory(
+            step.store,
+            step.ecosystem,
+            step.dates,
+            step.gather_context(),
+            tenant.zero_gather_deletion_threshold,
+        )
+        if summary.handler_errors:
+            errors = "; ".join(f"Handler {s} gather failed: {e}" for s, e in summary.handler_errors.items())
+            raise dg.Failure(f"Inventory incomplete: {errors}")
+        return dg.MaterializeResult(
+            metadata={
+                "resources": summary.resources,
+                "identities": summary.identities,
+                "resources_marked_deleted": summary.deleted_resources,
+                "identities_marked_deleted": summary.deleted_identities,
+            }
+        )
+
+    @dg.asset(
+        name="usage_metrics",
+        description=f"Per-identity usage from Prometheus for tenant {t}",
+        deps=[billing_key, inventory_key],
+        check_specs=[dg.AssetCheckSpec("all_metrics_fetched", asset=metrics_key)],
+        **common,
+    )
+    def usage_metrics(
+        context: dg.AssetExecutionContext,
+        app_config: AppConfigResource,
+        tenant_store: TenantStoreResource,
+        prometheus: PrometheusResource,
+    ):
+        step = TenantStep(context, t, "fetching_metrics", app_config, tenant_store, prometheus)
+        refetch = context.run.tags.get(REFETCH_METRICS_TAG, "").lower() == "true"
+        summary = pipeline.fetch_usage_metrics(
+            step.store,
+            step.ecosystem,
+            step.dates,
+            step.prometheus_client,
+            tenant.plugin_settings.metrics_step_seconds,
+            step.now,
+            refetch=refetch,
+        )
+        for failure in summary.failures:
+            step.logger.warning(f"Metric query failed: {failure}")
+        yield dg.MaterializeResult(
+            metadata={
+                "queries_needed": summary.requested,
+                "queries_fetched": summary.fetched,
+                "queries_settled_skipped": summary.skipped_settled,
+                "queries_failed": len(summary.failures),
+            }
+        )
+        yield dg.AssetCheckResult(
+            check_name="all_metrics_fetched",
+            passed=not summary.failures,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"failures": "\n".join(summary.failures[:50]) or "none"},
+        )
+
+    @dg.asset(
+        name="chargeback",
+        description=f"Allocated chargeback rows of tenant {t}; CSV files written by the IO manager",
+        deps=[billing_key, inventory_key, metrics_key],
+        io_manager_key=CSV_IO_MANAGER,
+        check_specs=[
+            dg.AssetCheckSpec("reconciles_to_billing", asset=chargeback_key, blocking=True),
+            dg.AssetCheckSpec("all_dates_calculated", asset=chargeback_key, blocking=True),
+        ],
+        **common,
+    )
+    def chargeback(
+        context: dg.AssetExecutionContext,
+        app_config: AppConfigResource,
+        tenant_store: TenantStoreResource,
+    ):
+        step = TenantStep(context, t, "calculating", app_config, tenant_store)
+        summary = pipeline.calculate_chargeback(
+            step.store, step.tenant, step.ecosystem, step.dates, context.run_id, step.logger
+        )
+        yield dg.Output(
+            summary.calculated,
+            metadata={
+                "dates_calculated": len(summary.calculated),
+                "dates_failed": len(summary.errors),
+                "rows_written": summary.rows_written,
+            },
+        )
+        gaps = pipeline.reconciliation_gaps(step.store, summary.calculated)
+        yield dg.AssetCheckResult(
+            check_name="reconciles_to_billing",
+            passed=not gaps,
+            metadata={
+                "dates_checked": len(summary.calculated),
+                "differences": "; ".join(f"{d}: {units:+d} units of 0.0001" for d, units in gaps.items())
+                or "none",
+            },
+            description=None
+            if not gaps
+            else f"Allocated total differs from billed total on {len(gaps)} date(s)",
+        )
+        failed = "; ".join(summary.errors.values())[:2000]
+        yield dg.AssetCheckResult(
+            check_name="all_dates_calculated",
+            passed=not summary.errors,
+            metadata={"failed_dates": failed or "none"},
+            description=failed or None,
+        )
+
+    return [billing, inventory, usage_metrics, chargeback]
+
+
+def tenant_job(tenant: TenantConfig):
+    return dg.define_asset_job(
+        name=f"{tenant.name}_pipeline",
+        selection=dg.AssetSelection.groups(tenant.name),
+        tags={TENANT_TAG: tenant.name, "chargeback/pipeline": "tenant"},
+        description=f"All assets and checks of tenant {tenant.name}",
+    )

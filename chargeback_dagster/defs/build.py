@@ -1,0 +1,32 @@
+"""Builds the Dagster `Definitions` of a validated config: per-tenant assets, jobs, resources."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from chargeback_dagster.config import AppConfig
+from chargeback_dagster.defs.assets import CSV_IO_MANAGER, build_tenant_assets, tenant_job
+from chargeback_dagster.defs.io_managers import ChargebackCsvIOManager
+from chargeback_dagster.defs.resources import AppConfigResource, PrometheusResource, TenantStoreResource
+from chargeback_dagster.logging_setup import apply_logging
+
+
+def build_definitions(config: AppConfig, env_file: str | None = None) -> dg.Definitions:
+    apply_logging(config.logging)
+    app_config = AppConfigResource(config_file=str(config.config_path), env_file=env_file)
+    tenant_store = TenantStoreResource(app_config=app_config)
+    assets, jobs = [], []
+    for tenant in config.tenants.values():
+        assets.extend(build_tenant_assets(tenant))
+        jobs.append(tenant_job(tenant))
+    return dg.Definitions(
+        assets=assets,
+        jobs=jobs,
+        resources={
+            "app_config": app_config,
+            "tenant_store": tenant_store,
+            "prometheus": PrometheusResource(app_config=app_config),
+            CSV_IO_MANAGER: ChargebackCsvIOManager(app_config=app_config, tenant_store=tenant_store),
+        },
+        executor=dg.in_process_executor,
+    )

@@ -1,0 +1,74 @@
+"""The one small interface every ecosystem implements.
+
+The Dagster assets (defs/assets.py) are ecosystem-agnostic: they call `gather_billing`, `gather_inventory`
+and the allocation `handlers()` of the tenant's ecosystem, and do the storing, metric fetching, allocation
+and CSV writing themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from chargeback_dagster.allocation.types import Allocator, Handler
+from chargeback_dagster.config import TenantConfig
+from chargeback_dagster.domain import BillingLine, Identity, Resource
+from chargeback_dagster.sources.prometheus import PrometheusClient
+
+
+class GatherError(Exception):
+    """A gather failure (operations.md §7): counts towards suspension."""
+
+
+@dataclass
+class GatherContext:
+    """What a gather may use. Clients are created lazily so an ecosystem that needs none opens none."""
+
+    tenant: TenantConfig
+    logger: logging.Logger
+    now: datetime
+    prometheus: Callable[[], PrometheusClient]
+    check_deadline: Callable[[], None] = lambda: None
+
+
+@dataclass
+class BillingGather:
+    lines: list[BillingLine]
+    failed_dates: dict[date, str] = field(default_factory=dict)
+
+
+@dataclass
+class InventoryGather:
+    resources: list[Resource]
+    identities: list[Identity]
+    # service_type -> resource types it owns (deletion detection is done per type)
+    owned_types: dict[str, frozenset[str]] = field(default_factory=dict)
+    # service_type -> error text of a handler that failed (inventory incomplete)
+    handler_errors: dict[str, str] = field(default_factory=dict)
+
+
+class Ecosystem(ABC):
+    name: str
+
+    def __init__(self, tenant: TenantConfig):
+        self.tenant = tenant
+        self.settings = tenant.plugin_settings
+
+    @abstractmethod
+    def gather_billing(self, dates: list[date], ctx: GatherContext) -> BillingGather:
+        """Billing lines of `dates`; raise GatherError when nothing could be gathered."""
+
+    @abstractmethod
+    def gather_inventory(self, ctx: GatherContext) -> InventoryGather:
+        """Resources and identities; raise GatherError when the shared context fails."""
+
+    @abstractmethod
+    def handlers(self) -> list[Handler]:
+        """Allocation handlers: claimed product types, metric queries, identity resolution."""
+
+    @abstractmethod
+    def unknown_allocator(self) -> Allocator:
+        """Allocator for product types no handler claims (decision D5)."""

@@ -1,0 +1,61 @@
+"""Identities from Prometheus labels and/or a static list (self-managed-kafka.md §4, generic-metrics.md §4).
+
+Shared by the self-managed Kafka and generic ecosystems, which configure identities the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from chargeback_dagster.domain import Identity
+
+
+def uses_prometheus(identity_source) -> bool:
+    return identity_source.source in ("prometheus", "both")
+
+
+def uses_static(identity_source) -> bool:
+    return identity_source.source in ("static", "both")
+
+
+def principal_identities(principals: Iterable[str], identity_source) -> list[Identity]:
+    """One `principal` identity per discovered label value, with its team mapping."""
+    mapping = identity_source.principal_to_team
+    identities = []
+    for principal in sorted(set(p for p in principals if p)):
+        team = mapping.get(principal, identity_source.default_team)
+        identities.append(
+            Identity(
+                identity_id=principal,
+                identity_type="principal",
+                display_name=mapping.get(principal, principal),
+                metadata={"raw_principal": principal, "team": team},
+            )
+        )
+    return identities
+
+
+def static_identities(identity_source) -> list[Identity]:
+    return [
+        Identity(
+            identity_id=item.identity_id,
+            identity_type=item.identity_type,
+            display_name=item.display_name or item.identity_id,
+            metadata={"team": item.team or identity_source.default_team},
+        )
+        for item in identity_source.static_identities
+    ]
+
+
+def merge_identities(discovered: list[Identity], static: list[Identity]) -> list[Identity]:
+    """Union of both sources; a static entry wins over a discovered one with the same id."""
+    by_id = {identity.identity_id: identity for identity in discovered}
+    by_id.update({identity.identity_id: identity for identity in static})
+    return [by_id[key] for key in sorted(by_id)]
+
+
+def static_ids(identity_source) -> tuple[str, ...]:
+    """resource_active of every line when the source includes `static`."""
+    if not uses_static(identity_source):
+        return ()
+    return tuple(sorted({item.identity_id for item in identity_source.static_identities}))
