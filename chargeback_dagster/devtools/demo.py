@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
+import warnings
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -101,9 +103,15 @@ def demo_config(prometheus_url: str) -> dict:
 
 
 def run_demo(workdir: str, days: int = 7) -> int:
+    import dagster as dg
+
     from chargeback_dagster.defs.build import build_definitions
 
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is "beta" in 1.13
+
     root = Path(workdir).resolve()
+    for leftover in ("output", "prometheus", "data"):  # a fresh demo every time
+        shutil.rmtree(root / leftover, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     first_day = now.date() - timedelta(days=days)
@@ -116,7 +124,7 @@ def run_demo(workdir: str, days: int = 7) -> int:
         app_config = load_config(config_path)
         defs = build_definitions(app_config)
         print(f"Materializing search_cluster for {first_day} .. {last_day} in one run ...")
-        result = materialize_range(defs, "search_cluster", first_day, last_day)
+        result = materialize_range(defs, "search_cluster", first_day, last_day, log_level="WARNING")
         if not result.success:
             print("Run failed; see the log above.")
             return 1

@@ -1,0 +1,1 @@
+"""Confluent Cloud ecosystem (confluent-cloud.md)."""
