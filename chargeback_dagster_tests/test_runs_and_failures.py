@@ -94,7 +94,7 @@ def test_allocation_failure_reaches_retry_limit_on_third_run(tmp_path):
 
     # the same definitions pick up the edited file: runs started after an edit read the new config
     write_config(tmp_path, cost_type=FIXED, overrides={"nodes": f"{__name__}:boom"})
-    for attempt in (1, 2):
+    for _run in (1, 2):
         result = materialize_range(defs, "batch", DAY, DAY)
         assert not result.success  # all_dates_calculated fails the run ...
         evaluation = check_result(result, "all_dates_calculated")
@@ -130,7 +130,7 @@ def test_allocation_failure_reaches_retry_limit_on_third_run(tmp_path):
 
 @pytest.mark.slow
 def test_failed_usage_query_marks_rows_metrics_fetch_failed(tmp_path):
-    """generic-metrics.md §6 last row: alloc query failed, static team-x → 0.2400 metrics_fetch_failed (D9)."""
+    """generic-metrics.md §6 last row: alloc query failed, static team-x → 0.2400 (D9)."""
     usage_ratio = {
         **FIXED,
         "allocation_strategy": "usage_ratio",
