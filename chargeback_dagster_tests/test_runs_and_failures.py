@@ -4,7 +4,7 @@ The tenant is generic_metrics_only with a fixed cost type and static identities,
 inventory need no Prometheus; only usage_ratio metrics do.
 """
 
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -149,3 +149,39 @@ def test_failed_usage_query_marks_rows_metrics_fetch_failed(tmp_path):
         ("team-x", "shared", "0.2400", "even_split", "metrics_fetch_failed")
     ]
     assert sum(Decimal(r[8]) for r in rows) == Decimal("0.24")
+
+
+def test_reconciliation_names_date_and_difference(tmp_path):
+    """The reconciles_to_billing check compares stored facts with Σ T of the stored lines."""
+    from chargeback_dagster import pipeline
+
+    config_path = write_config(tmp_path, cost_type=FIXED)
+    defs = build_definitions(load_config(config_path))
+    result = materialize_range(defs, "batch", DAY, date(2026, 3, 11))
+    assert check_result(result, "reconciles_to_billing").passed
+    tenant = load_config(config_path).tenants["batch"]
+    store = TenantStore.open(
+        tenant.database_url, tenant_name="batch", ecosystem=tenant.ecosystem, tenant_id="batch"
+    )
+    assert pipeline.reconciliation_gaps(store, [DAY, date(2026, 3, 11)]) == {}
+    # a row lost on one date (as a broken writer would) is reported with its exact difference
+    key = (
+        "",
+        "batch-cluster",
+        "compute",
+        "nodes",
+        "team-x",
+        "shared",
+        "even_split",
+        "even_split_allocation",
+        "",
+    )
+    store.write_chargeback(
+        DAY,
+        {key: 2399},
+        calculation_id="x",
+        run_id=None,
+        succeeded_lines=[],
+        calculated_at=datetime(2026, 3, 12, tzinfo=UTC),
+    )
+    assert pipeline.reconciliation_gaps(store, [DAY, date(2026, 3, 11)]) == {DAY: -1}
