@@ -161,6 +161,11 @@ def fetch_usage_metrics(
     by_type = route(ecosystem.handlers())
     summary = MetricsSummary()
     wanted: dict[tuple[date, str, str], RangeQuery] = {}
+    # Batchable keys (Ecosystem.batched_query): one query per (date, key) for every resource of that day.
+    batch_specs: dict[str, tuple[str, str] | None] = {}
+    batched: dict[tuple[date, str], RangeQuery] = {}
+    batch_label: dict[tuple[date, str], str] = {}
+    seen: set[tuple[date, str, str]] = set()
     for d in dates:
         status = store.metric_fetch_status(d)
         settled_at = day_window(d)[1] + SETTLED_AFTER
@@ -170,27 +175,49 @@ def fetch_usage_metrics(
                 continue
             for key, promql in handler.metric_queries(line).items():
                 group = (d, line.resource_id, key)
-                if group in wanted:
+                if group in seen:
                     continue
+                seen.add(group)
                 summary.requested += 1
                 previous = status.get((line.resource_id, key))
                 if not refetch and previous and previous[0] == "ok" and previous[2] >= settled_at:
                     summary.skipped_settled += 1
                     continue
-                wanted[group] = RangeQuery(promql, *day_window(d), step_seconds)
+                if key not in batch_specs:
+                    batch_specs[key] = ecosystem.batched_query(key)
+                spec = batch_specs[key]
+                if spec is not None and (d, key) not in batched:
+                    batched[(d, key)] = RangeQuery(spec[0], *day_window(d), step_seconds)
+                    batch_label[(d, key)] = spec[1]
+                wanted[group] = (
+                    batched[(d, key)]
+                    if spec is not None
+                    else RangeQuery(promql, *day_window(d), step_seconds)
+                )
     if not wanted:
         return summary
 
     results = client_factory().query_range_many(set(wanted.values()))
+    # Batched results split by the resource label: (date, key) -> resource -> series
+    split: dict[tuple[date, str], dict[str, list]] = {}
+    for (d, key), query in batched.items():
+        result = results[query]
+        if not isinstance(result, MetricsQueryError):
+            per_resource: dict[str, list] = {}
+            for series in result:
+                per_resource.setdefault(series.labels.get(batch_label[(d, key)], ""), []).append(series)
+            split[(d, key)] = per_resource
     fetches = []
     for (d, resource_id, key), query in wanted.items():
         result = results[query]
         if isinstance(result, MetricsQueryError):
             summary.failures.append(f"{d} {resource_id} {key}: {result}")
             fetches.append((d, resource_id, key, None, str(result)))
-        else:
-            rows = [MetricRow(labels, s, m, n) for labels, s, m, n in reduce_series(result)]
-            fetches.append((d, resource_id, key, rows, None))
+            continue
+        if (d, key) in split and batched.get((d, key)) == query:
+            result = split[(d, key)].get(resource_id, [])  # no series for the resource: ok, empty
+        rows = [MetricRow(labels, s, m, n) for labels, s, m, n in reduce_series(result)]
+        fetches.append((d, resource_id, key, rows, None))
     store.store_metric_fetches(fetches, now)
     summary.fetched = len(fetches)
     store.set_states(sorted({f[0] for f in fetches}), metrics_fetched_at=now)

@@ -5,15 +5,18 @@ calls the matching step of pipeline.py. All of a tenant's assets use a single-ru
 date range is one run that walks the dates in ascending order.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
-from chargeback_dagster import pipeline
+from chargeback_dagster import pipeline, suspension
 from chargeback_dagster.config import TenantConfig
+from chargeback_dagster.defs import guard
 from chargeback_dagster.defs.resources import AppConfigResource, PrometheusResource, TenantStoreResource
 from chargeback_dagster.ecosystems import ecosystem_for
-from chargeback_dagster.ecosystems.base import GatherContext
+from chargeback_dagster.ecosystems.base import GatherContext, GatherError
 from chargeback_dagster.logging_setup import apply_logging, step_logger
 
 CSV_IO_MANAGER = "chargeback_csv_io_manager"
@@ -32,7 +35,8 @@ def tenant_partitions(tenant: TenantConfig) -> dg.DailyPartitionsDefinition:
 
 
 class TenantStep:
-    """What every step of a tenant run starts with: config, logging, store, ecosystem, dates."""
+    """What every step of a tenant run starts with: config, logging, the guard (operations.md §4), store,
+    ecosystem, dates, deadline (§6) and gather-failure accounting (§7)."""
 
     def __init__(
         self,
@@ -46,28 +50,94 @@ class TenantStep:
         config = app_config.load()
         apply_logging(config.logging)
         self.context = context
-        self.tenant = app_config.tenant(tenant_name)
+        self.run_id = context.run_id
         self.dates = run_dates(context)
-        self.store = tenant_store.open(tenant_name)
+        self.logger = step_logger(tenant_name, context.run_id, stage, self.dates)
+        guarded = guard.enter(context, tenant_name, stage, app_config, tenant_store, self.dates)
+        self.tenant = guarded.tenant
+        self.store = guarded.store
+        self.deadline = guarded.deadline
+        self.trigger = guarded.trigger
         self.ecosystem = ecosystem_for(self.tenant)
         self.now = pipeline.now_utc()
-        self.logger = step_logger(tenant_name, context.run_id, stage, self.dates)
         self._prometheus = prometheus
         self._client = None
 
+    def check_deadline(self) -> None:
+        self.deadline.check()
+
     def prometheus_client(self):
         if self._client is None:
-            self._client = self._prometheus.client(self.tenant.name)
+            self.check_deadline()
+            client = self._prometheus.client(self.tenant.name)
+            client._sleep = self.deadline.wrap_sleep(client._sleep)  # retry waits respect the deadline
+            self._client = client
         return self._client
 
     def gather_context(self) -> GatherContext:
         return GatherContext(
-            tenant=self.tenant, logger=self.logger, now=self.now, prometheus=self.prometheus_client
+            tenant=self.tenant,
+            logger=self.logger,
+            now=self.now,
+            prometheus=self.prometheus_client,
+            check_deadline=self.check_deadline,
         )
 
     def inside_cutoff(self) -> list[date]:
         first_unsettled = datetime.now(UTC).date() - timedelta(days=self.tenant.cutoff_days)
         return [d for d in self.dates if d >= first_unsettled]
+
+    def audit(self, **fields) -> None:
+        self.store.upsert_pipeline_run(self.run_id, **fields)
+
+    def gather_kinds_in_run(self) -> set[str]:
+        selected = self.context.run.asset_selection or self.context.job_def.asset_layer.executable_asset_keys
+        return {key.path[-1] for key in selected if key.path[0] == self.tenant.name} & set(
+            suspension.GATHER_KINDS
+        )
+
+    @contextmanager
+    def gather(self, kind: str) -> Iterator[None]:
+        """A gather (`billing` or `inventory`): logged in gather_log; a GatherError counts once per run
+        towards suspension, a success resets the counter once all of the run's gathers succeeded."""
+        self.check_deadline()
+        log_id = self.store.append_gather_log(
+            kind=kind,
+            run_id=self.run_id,
+            trigger=self.trigger,
+            started_at=pipeline.now_utc(),
+            range_start=min(self.dates) if self.dates else None,
+            range_end=max(self.dates) if self.dates else None,
+            status="running",
+        )
+        try:
+            yield
+        except GatherError as exc:
+            self.store.finish_gather_log(
+                log_id, finished_at=pipeline.now_utc(), status="failed", error=str(exc)
+            )
+            if self.deadline.expired():  # a provider wait cut short by the deadline is a timeout
+                raise guard.ExecutionTimeout(self.deadline.message) from exc
+            suspension.record_failure(self.store, self.run_id, f"{kind}: {exc}")
+            raise
+        except BaseException as exc:
+            self.store.finish_gather_log(
+                log_id, finished_at=pipeline.now_utc(), status="failed", error=str(exc)
+            )
+            raise
+        self.store.finish_gather_log(log_id, finished_at=pipeline.now_utc(), status="ok")
+        suspension.record_success(self.store, self.run_id, self.gather_kinds_in_run())
+
+    def write_committed_csvs(self) -> None:
+        """After a timeout inside `chargeback`: write the CSVs of the dates this run already committed."""
+        from chargeback_dagster.defs.io_managers import write_tenant_csvs
+
+        done = [
+            d for d in self.dates if (self.store.get_state(d) or {}).get("calculation_run_id") == self.run_id
+        ]
+        if done:
+            write_tenant_csvs(self.tenant, self.store, done)
+            self.logger.warning(f"Timed out after calculating {len(done)} date(s); their CSVs were written")
 
 
 def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
@@ -97,7 +167,9 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
             step.logger.warning(
                 f"Billing for {d} may still change; it will be recalculated when it enters the refresh window"
             )
-        summary = pipeline.gather_billing(step.store, step.ecosystem, step.dates, step.gather_context())
+        with step.gather("billing"):
+            summary = pipeline.gather_billing(step.store, step.ecosystem, step.dates, step.gather_context())
+        step.audit(dates_gathered=len(summary.dates_with_lines))
         return dg.MaterializeResult(
             metadata={
                 "lines_stored": summary.lines_stored,
@@ -115,13 +187,14 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
         prometheus: PrometheusResource,
     ) -> dg.MaterializeResult:
         step = TenantStep(context, t, "gathering", app_config, tenant_store, prometheus)
-        summary = pipeline.gather_inventory(
-            step.store,
-            step.ecosystem,
-            step.dates,
-            step.gather_context(),
-            tenant.zero_gather_deletion_threshold,
-        )
+        with step.gather("inventory"):
+            summary = pipeline.gather_inventory(
+                step.store,
+                step.ecosystem,
+                step.dates,
+                step.gather_context(),
+                tenant.zero_gather_deletion_threshold,
+            )
         if summary.handler_errors:
             errors = "; ".join(f"Handler {s} gather failed: {e}" for s, e in summary.handler_errors.items())
             raise dg.Failure(f"Inventory incomplete: {errors}")
@@ -158,6 +231,7 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
             step.now,
             refetch=refetch,
         )
+        step.check_deadline()  # Prometheus errors never fail this step, but the deadline does
         for failure in summary.failures:
             step.logger.warning(f"Metric query failed: {failure}")
         yield dg.MaterializeResult(
@@ -192,8 +266,24 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
         tenant_store: TenantStoreResource,
     ):
         step = TenantStep(context, t, "calculating", app_config, tenant_store)
-        summary = pipeline.calculate_chargeback(
-            step.store, step.tenant, step.ecosystem, step.dates, context.run_id, step.logger
+        try:
+            summary = pipeline.calculate_chargeback(
+                step.store,
+                step.tenant,
+                step.ecosystem,
+                step.dates,
+                context.run_id,
+                step.logger,
+                check_deadline=step.check_deadline,
+            )
+        except guard.ExecutionTimeout:
+            step.write_committed_csvs()
+            raise
+        step.audit(
+            stage="writing_csv",
+            dates_calculated=len(summary.calculated),
+            rows_written=summary.rows_written,
+            current_date=max(summary.calculated) if summary.calculated else None,
         )
         yield dg.Output(
             summary.calculated,
@@ -231,6 +321,6 @@ def tenant_job(tenant: TenantConfig):
     return dg.define_asset_job(
         name=f"{tenant.name}_pipeline",
         selection=dg.AssetSelection.groups(tenant.name),
-        tags={TENANT_TAG: tenant.name, "chargeback/pipeline": "tenant"},
+        tags={TENANT_TAG: tenant.name, guard.PIPELINE_TAG: "tenant", **guard.max_runtime_tags(tenant)},
         description=f"All assets and checks of tenant {tenant.name}",
     )

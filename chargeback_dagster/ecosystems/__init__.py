@@ -12,4 +12,12 @@ def ecosystem_for(tenant: TenantConfig) -> Ecosystem:
         from chargeback_dagster.ecosystems.generic_metrics import GenericMetricsEcosystem
 
         return GenericMetricsEcosystem(tenant)
+    if tenant.ecosystem == "confluent_cloud":
+        from chargeback_dagster.ecosystems.confluent.ecosystem import ConfluentCloudEcosystem
+
+        return ConfluentCloudEcosystem(tenant)
+    if tenant.ecosystem == "self_managed_kafka":
+        from chargeback_dagster.ecosystems.self_managed_kafka import SelfManagedKafkaEcosystem
+
+        return SelfManagedKafkaEcosystem(tenant)
     raise NotImplementedError(f"ecosystem '{tenant.ecosystem}' is not implemented yet")

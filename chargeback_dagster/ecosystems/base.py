@@ -52,6 +52,8 @@ class InventoryGather:
 
 class Ecosystem(ABC):
     name: str
+    # Dagster concurrency pool for the steps that call the provider's API (None: no pool).
+    api_pool: str | None = None
 
     def __init__(self, tenant: TenantConfig):
         self.tenant = tenant
@@ -72,3 +74,12 @@ class Ecosystem(ABC):
     @abstractmethod
     def unknown_allocator(self) -> Allocator:
         """Allocator for product types no handler claims (decision D5)."""
+
+    def batched_query(self, key: str) -> tuple[str, str] | None:
+        """Optional: a metric query key that can be fetched for all resources at once.
+
+        Returns ``(promql without the resource filter, resource label)``: the usage_metrics step then sends
+        one query per key per day and splits the series by that label into per-resource results. None
+        (the default) keeps one query per (date, resource, key).
+        """
+        return None

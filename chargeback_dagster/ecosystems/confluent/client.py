@@ -25,6 +25,7 @@ Rules implemented here (all binding):
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import random
 import time
@@ -102,7 +103,14 @@ class ConfluentClient:
         logger: logging.Logger | None = None,
         rng: random.Random | None = None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        parse_float: Callable[[str], Any] | None = None,
+        backoff_scale: float = 1.0,
     ) -> None:
+        # parse_float: e.g. ``Decimal`` so JSON numbers keep their exact text (billing amounts).
+        # backoff_scale: multiplies the exponential backoff only (never a provider-given 429 wait); < 1
+        # is for tests only.
+        self._parse_float = parse_float
+        self.backoff_scale = backoff_scale
         self.base_url = base_url.rstrip("/")
         self.min_interval = min_interval
         self.max_attempts = max_attempts
@@ -242,13 +250,16 @@ class ConfluentClient:
         if header is not None:
             wait = max(header, 1.0) * self._rng.uniform(1.1, 1.2)
         else:
-            wait = 2.0 * 2 ** (attempt - 1) + self._rng.uniform(0.0, 1.0)
+            wait = (2.0 * 2 ** (attempt - 1) + self._rng.uniform(0.0, 1.0)) * self.backoff_scale
         return min(wait, MAX_WAIT_SECONDS)
 
-    @staticmethod
-    def _json(response: httpx.Response, shown: str) -> dict:
+    def _json(self, response: httpx.Response, shown: str) -> dict:
         try:
-            body = response.json()
+            body = (
+                json.loads(response.text, parse_float=self._parse_float)
+                if self._parse_float is not None
+                else response.json()
+            )
         except ValueError as exc:
             raise ConfluentApiError(
                 f"Confluent Cloud API returned invalid JSON for GET {shown}: {response.text[:BODY_CHARS]}",
