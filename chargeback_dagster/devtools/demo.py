@@ -1,8 +1,11 @@
-"""`chargeback-dagster demo`: a generic-metrics tenant end to end on this machine.
+"""`chargeback-dagster demo`: a Confluent Cloud and a generic-metrics tenant end to end on this machine.
 
-Synthetic metrics for three teams of a search cluster are loaded into a real Prometheus (promtool blocks),
-the tenant's assets are materialized for the last N days in one run, CSVs are written, and a per-identity
-summary is printed.
+* Confluent Cloud: a simulated organisation (devtools/ccloud_simulator.py) is served over HTTP on a local
+  port; its matching Kafka/Flink usage history is loaded into a real Prometheus (promtool blocks).
+* Generic metrics: synthetic metrics for three teams of a search cluster, in the same Prometheus.
+
+Each tenant's assets are materialized for the last N days in one run, CSVs are written, and a per-identity
+summary is printed per tenant.
 """
 
 from __future__ import annotations
@@ -19,6 +22,13 @@ from pathlib import Path
 import yaml
 
 from chargeback_dagster.config import load_config
+from chargeback_dagster.devtools.ccloud_simulator import (
+    DEFAULT_KEY,
+    DEFAULT_SECRET,
+    CCloudSimulator,
+    OrgSpec,
+    SimulatedOrg,
+)
 from chargeback_dagster.devtools.local_prometheus import LocalPrometheus
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.devtools.openmetrics import OpenMetricsWriter
@@ -45,11 +55,39 @@ def demo_metrics(start: datetime, end: datetime) -> str:
     return writer.text()
 
 
-def demo_config(prometheus_url: str) -> dict:
+def combined_openmetrics(*texts: str) -> str:
+    """Several OpenMetrics documents (distinct metric families) as one, with a single ``# EOF``."""
+    bodies = [t.rstrip().removesuffix("# EOF").rstrip() for t in texts]
+    return "\n".join(b for b in bodies if b) + "\n# EOF\n"
+
+
+def demo_config(prometheus_url: str, ccloud_url: str | None = None) -> dict:
     start = (datetime.now(UTC).date() - timedelta(days=60)).isoformat()
+    tenants: dict = {}
+    if ccloud_url is not None:
+        tenants["confluent_org"] = {
+            "ecosystem": "confluent_cloud",
+            "tenant_id": "acme-ccloud",
+            "partitions_start_date": start,
+            "lookback_days": 30,
+            "cutoff_days": 1,
+            "storage": {"connection_string": "sqlite:///data/confluent_org.db"},
+            "plugin_settings": {
+                "ccloud_api": {
+                    "key": DEFAULT_KEY,
+                    "secret": DEFAULT_SECRET,
+                    "base_url": ccloud_url,
+                    "flink_url_template": ccloud_url,
+                },
+                "flink": [{"region_id": "us-east-1", "key": DEFAULT_KEY, "secret": DEFAULT_SECRET}],
+                "metrics": {"url": prometheus_url},
+                "emitters": [{"type": "csv", "params": {"output_dir": "output/confluent_org"}}],
+            },
+        }
     return {
         "logging": {"level": "INFO"},
         "tenants": {
+            **tenants,
             "search_cluster": {
                 "ecosystem": "generic_metrics_only",
                 "tenant_id": "search",
@@ -95,9 +133,9 @@ def demo_config(prometheus_url: str) -> dict:
                             "allocation_label": "team",
                         },
                     ],
-                    "emitters": [{"type": "csv", "params": {"output_dir": "output"}}],
+                    "emitters": [{"type": "csv", "params": {"output_dir": "output/search_cluster"}}],
                 },
-            }
+            },
         },
     }
 
@@ -117,30 +155,37 @@ def run_demo(workdir: str, days: int = 7) -> int:
     first_day = now.date() - timedelta(days=days)
     last_day = now.date() - timedelta(days=1)
     data_start = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC) - timedelta(hours=1)
-    print(f"Loading {days} days of synthetic metrics into a local Prometheus ...")
-    with LocalPrometheus(demo_metrics(data_start, now), root / "prometheus") as prom:
+    org = SimulatedOrg(OrgSpec(start_date=first_day, days=days))
+    history = combined_openmetrics(demo_metrics(data_start, now), org.openmetrics())
+    print(f"Loading {days} days of synthetic metrics (search + Confluent Cloud) into a local Prometheus ...")
+    with LocalPrometheus(history, root / "prometheus") as prom, CCloudSimulator(org) as sim:
+        print(f"Confluent Cloud simulator listening on {sim.url} (organization {org.org_id})")
         config_path = root / "chargeback.yaml"
-        config_path.write_text(yaml.safe_dump(demo_config(prom.url), sort_keys=False))
+        config_path.write_text(yaml.safe_dump(demo_config(prom.url, sim.url), sort_keys=False))
         app_config = load_config(config_path)
         defs = build_definitions(app_config)
-        print(f"Materializing search_cluster for {first_day} .. {last_day} in one run ...")
-        result = materialize_range(defs, "search_cluster", first_day, last_day, log_level="WARNING")
-        if not result.success:
-            print("Run failed; see the log above.")
-            return 1
-    print_summary(root / "output")
+        for tenant in ("confluent_org", "search_cluster"):
+            print(f"Materializing {tenant} for {first_day} .. {last_day} in one run ...")
+            result = materialize_range(defs, tenant, first_day, last_day, log_level="WARNING")
+            if not result.success:
+                print(f"Run of {tenant} failed; see the log above.")
+                return 1
+        print(f"Confluent Cloud API requests served by the simulator: {len(sim.request_log)}")
+    for tenant in ("confluent_org", "search_cluster"):
+        print_summary(root / "output" / tenant, title=tenant)
     return 0
 
 
-def print_summary(output_dir: Path) -> None:
+def print_summary(output_dir: Path, title: str | None = None) -> None:
     totals: dict[str, Decimal] = defaultdict(Decimal)
     files = sorted(output_dir.glob("*.csv"))
     for path in files:
         with path.open(newline="") as fh:
             for row in csv.DictReader(fh):
                 totals[row["identity_id"]] += Decimal(row["amount"])
-    print(f"\nWrote {len(files)} CSV files to {output_dir}")
-    print(f"{'identity':<20}{'amount (USD)':>16}")
-    for identity, amount in sorted(totals.items(), key=lambda kv: -kv[1]):
-        print(f"{identity:<20}{amount:>16}")
-    print(f"{'TOTAL':<20}{sum(totals.values(), Decimal(0)):>16}")
+    print(f"\n{title + ': ' if title else ''}wrote {len(files)} CSV files to {output_dir}")
+    width = max([20, *(len(i) + 2 for i in totals)])
+    print(f"{'identity':<{width}}{'amount (USD)':>16}")
+    for identity, amount in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"{identity:<{width}}{amount:>16}")
+    print(f"{'TOTAL':<{width}}{sum(totals.values(), Decimal(0)):>16}")

@@ -1,0 +1,303 @@
+"""Confluent Cloud billing ingestion from the Costs API (confluent-cloud.md §4).
+
+* The run's dates ``[d_first, d_last]`` become ``[d_first, d_last + 1)``, split into consecutive windows of
+  ``days_per_query`` days, fetched in ascending order, each fully paginated (``page_size`` 2000).
+* Each cost object is mapped to a ``BillingLine``; numbers come from the JSON text as ``Decimal`` (the
+  client parses with ``parse_float=Decimal``; JSON integers and numeric strings are accepted too).
+* Malformed objects are kept as ``MALFORMED_BILLING_ROW`` lines (never dropped); rows dated outside their
+  request window are ignored with a WARNING.
+* Rows sharing (date, env_id, resource_id, product_category, product_type) are collapsed into one line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import date, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from chargeback_dagster.domain import BillingLine
+
+ECOSYSTEM = "confluent_cloud"
+COSTS_PATH = "/billing/v1/costs"
+COSTS_PAGE_SIZE = 2000
+MALFORMED = "MALFORMED_BILLING_ROW"
+DAY = timedelta(days=1)
+ZERO = Decimal(0)
+
+__all__ = ["MALFORMED", "billing_windows", "collapse_tiers", "fetch_billing_lines", "map_cost_row"]
+
+
+def billing_windows(dates: Iterable[date], days_per_query: int) -> list[tuple[date, date]]:
+    """``[(start, end)]`` (end exclusive) covering ``[min(dates), max(dates) + 1)``; §4 windows."""
+    ds = sorted(set(dates))
+    if not ds:
+        return []
+    if days_per_query < 1:
+        raise ValueError(f"days_per_query must be >= 1, got {days_per_query}")
+    end = ds[-1] + DAY
+    windows = []
+    start = ds[0]
+    while start < end:
+        stop = min(start + days_per_query * DAY, end)
+        windows.append((start, stop))
+        start = stop
+    return windows
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _number(item: dict, key: str) -> Decimal | None:
+    """``item[key]`` as Decimal; None when absent/null; ``_Malformed`` when not parseable."""
+    value = item.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise _Malformed(f"{key} is not a number: {value!r}")
+    if isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, int):
+        result = Decimal(value)
+    elif isinstance(value, float):  # only when the client was not told to keep the JSON text
+        result = Decimal(repr(value))
+    elif isinstance(value, str):
+        try:
+            result = Decimal(value.strip())
+        except InvalidOperation:
+            raise _Malformed(f"{key} is not a number: {value!r}") from None
+    else:
+        raise _Malformed(f"{key} is not a number: {value!r}")
+    if not result.is_finite():
+        raise _Malformed(f"{key} is not a finite number: {value!r}")
+    return result
+
+
+def _date(value: Any) -> date:
+    if not isinstance(value, str):
+        raise _Malformed(f"start_date missing or not a date: {value!r}")
+    try:
+        return date.fromisoformat(value.strip()[:10])
+    except ValueError:
+        raise _Malformed(f"start_date missing or not a date: {value!r}") from None
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _env_id(item: dict) -> str:
+    resource = item.get("resource")
+    if isinstance(resource, dict):
+        env = resource.get("environment")
+        if isinstance(env, dict) and isinstance(env.get("id"), str) and env["id"]:
+            return env["id"]
+    env = item.get("environment")
+    if isinstance(env, dict) and isinstance(env.get("id"), str):
+        return env["id"]
+    return ""
+
+
+def _total(item: dict, logger: logging.Logger | logging.LoggerAdapter) -> tuple[Decimal, dict[str, Any]]:
+    amount = _number(item, "amount")
+    if amount is not None:
+        return amount, {}
+    original = _number(item, "original_amount")
+    if original is not None:
+        discount = _number(item, "discount_amount") or ZERO
+        return original - discount, {"amount_derived": True}
+    logger.warning(
+        f"Billing row {item.get('id')!r} ({item.get('line_type')}) has neither amount nor original_amount; "
+        "using 0"
+    )
+    return ZERO, {"amount_missing": True}
+
+
+def map_cost_row(
+    item: Any,
+    window_start: date,
+    tenant_id: str,
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> BillingLine:
+    """One Costs API object → one billing line (a ``MALFORMED_BILLING_ROW`` line when it is malformed)."""
+    try:
+        if not isinstance(item, dict):
+            raise _Malformed(f"row is not an object: {type(item).__name__}")
+        for key in ("resource", "environment"):
+            if item.get(key) is not None and not isinstance(item[key], dict):
+                raise _Malformed(f"{key} is not an object: {item[key]!r}")
+        day = _date(item.get("start_date"))
+        quantity = _number(item, "quantity") or ZERO
+        price = _number(item, "price") or ZERO
+        total, flags = _total(item, logger)
+    except _Malformed as exc:
+        return _malformed_line(item, window_start, tenant_id, str(exc))
+
+    resource = item.get("resource") or {}
+    metadata: dict[str, Any] = {}
+    if isinstance(resource.get("display_name"), str):
+        metadata["resource_name"] = resource["display_name"]
+    if item.get("id") is not None:
+        metadata["line_id"] = str(item["id"])
+    for key in ("unit", "network_access_type", "description"):
+        if item.get(key) is not None:
+            metadata[key] = str(item[key])
+    for key in ("original_amount", "discount_amount"):
+        value = _number(item, key)
+        if value is not None:
+            metadata[key] = str(value)
+    metadata.update(flags)
+    return BillingLine(
+        ecosystem=ECOSYSTEM,
+        tenant_id=tenant_id,
+        date=day,
+        resource_id=_text(resource.get("id")),
+        product_category=_text(item.get("product")),
+        product_type=_text(item.get("line_type")),
+        quantity=quantity,
+        unit_price=price,
+        total_cost=total,
+        env_id=_env_id(item),
+        metadata=metadata,
+    )
+
+
+def _malformed_line(item: Any, window_start: date, tenant_id: str, error: str) -> BillingLine:
+    obj = item if isinstance(item, dict) else {}
+    try:
+        day = _date(obj.get("start_date"))
+    except _Malformed:
+        day = window_start
+    amount = ZERO
+    for key in ("amount", "original_amount"):
+        try:
+            value = _number(obj, key)
+        except _Malformed:
+            continue
+        if value is not None:
+            amount = value if key == "amount" else value - _safe_number(obj, "discount_amount")
+            break
+    try:
+        env_id = _env_id(obj)
+    except Exception:  # noqa: BLE001 - a malformed row must never fail the gather
+        env_id = ""
+    product = obj.get("product")
+    metadata: dict[str, Any] = {
+        "malformed": True,
+        "parse_error": error,
+        "raw_line_type": str(obj.get("line_type")) if obj.get("line_type") is not None else None,
+    }
+    if obj.get("id") is not None:
+        metadata["line_id"] = str(obj["id"])
+    return BillingLine(
+        ecosystem=ECOSYSTEM,
+        tenant_id=tenant_id,
+        date=day,
+        resource_id="",
+        product_category=product if isinstance(product, str) and product else "MALFORMED",
+        product_type=MALFORMED,
+        quantity=_safe_number(obj, "quantity"),
+        unit_price=ZERO,
+        total_cost=amount,
+        env_id=env_id,
+        metadata=metadata,
+    )
+
+
+def _safe_number(obj: dict, key: str) -> Decimal:
+    try:
+        return _number(obj, key) or ZERO
+    except _Malformed:
+        return ZERO
+
+
+def _tier(line: BillingLine) -> dict[str, str]:
+    md = line.metadata
+    return {
+        "line_id": str(md.get("line_id", "")),
+        "price": str(line.unit_price),
+        "quantity": str(line.quantity),
+        "amount": str(line.total_cost),
+        "network_access_type": str(md.get("network_access_type", "")),
+    }
+
+
+def collapse_tiers(lines: Iterable[BillingLine]) -> list[BillingLine]:
+    """Rows with one key (date, env_id, resource_id, product_category, product_type) → one line.
+
+    quantity and total_cost are summed, unit_price is 0 and ``metadata.tiers`` lists the rows (strings,
+    sorted by line_id). A single row passes unchanged. Output keeps first-seen key order.
+    """
+    groups: dict[tuple, list[BillingLine]] = {}
+    for line in lines:
+        key = (line.date, line.env_id, line.resource_id, line.product_category, line.product_type)
+        groups.setdefault(key, []).append(line)
+    out: list[BillingLine] = []
+    for rows in groups.values():
+        if len(rows) == 1:
+            out.append(rows[0])
+            continue
+        rows = sorted(rows, key=lambda ln: str(ln.metadata.get("line_id", "")))
+        first = rows[0]
+        metadata: dict[str, Any] = {
+            k: v
+            for k, v in first.metadata.items()
+            if k in ("resource_name", "unit", "description", "raw_line_type")
+        }
+        for flag in ("amount_derived", "amount_missing", "malformed"):
+            if any(r.metadata.get(flag) for r in rows):
+                metadata[flag] = True
+        errors = [r.metadata["parse_error"] for r in rows if r.metadata.get("parse_error")]
+        if errors:
+            metadata["parse_error"] = "; ".join(errors)
+        metadata["tiers"] = [_tier(r) for r in rows]
+        out.append(
+            BillingLine(
+                ecosystem=first.ecosystem,
+                tenant_id=first.tenant_id,
+                date=first.date,
+                resource_id=first.resource_id,
+                product_category=first.product_category,
+                product_type=first.product_type,
+                quantity=sum((r.quantity for r in rows), ZERO),
+                unit_price=ZERO,
+                total_cost=sum((r.total_cost for r in rows), ZERO),
+                env_id=first.env_id,
+                metadata=metadata,
+            )
+        )
+    return out
+
+
+def fetch_billing_lines(
+    client: Any,
+    dates: list[date],
+    days_per_query: int,
+    tenant_id: str,
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> list[BillingLine]:
+    """Every line of ``dates`` from the Costs API, collapsed; raises on any failed request."""
+    if not dates:
+        return []
+    first, last = min(dates), max(dates)
+    mapped: list[BillingLine] = []
+    for start, end in billing_windows(dates, days_per_query):
+        items = client.list_all(
+            COSTS_PATH,
+            {"start_date": start.isoformat(), "end_date": end.isoformat()},
+            page_size=COSTS_PAGE_SIZE,
+        )
+        for item in items:
+            line = map_cost_row(item, start, tenant_id, logger)
+            if not (start <= line.date < end):
+                logger.warning(
+                    f"Ignoring billing row {line.metadata.get('line_id', '?')} dated {line.date} outside its "
+                    f"request window [{start}, {end})"
+                )
+                continue
+            if not (first <= line.date <= last):
+                continue
+            mapped.append(line)
+    return collapse_tiers(mapped)
