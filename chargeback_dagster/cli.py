@@ -194,6 +194,18 @@ def cmd_demo(args) -> int:
     return run_demo(args.workdir, days=args.days)
 
 
+def cmd_simulate(args) -> int:
+    from chargeback_dagster.devtools.ccloud_simulator import main as simulate
+
+    return simulate(args.simulator_args)
+
+
+def _simulate_argv(argv: list[str] | None) -> list[str] | None:
+    """`simulate` hands every following argument to the simulator's own parser (options included)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return args[1:] if args[:1] == ["simulate"] else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chargeback-dagster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -226,14 +238,27 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_instance_config)
 
-    p = sub.add_parser("demo", help="run the local demo: Prometheus + a generic tenant + CSVs")
+    p = sub.add_parser(
+        "demo", help="run the local demo: Prometheus + Confluent Cloud simulator + two tenants + CSVs"
+    )
     p.add_argument("--workdir", default=".demo", help="folder for the demo's config, data and CSVs")
     p.add_argument("--days", type=int, default=7, help="how many past days to materialize")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "simulate",
+        help="serve a simulated Confluent Cloud organisation (see: chargeback-dagster simulate --help)",
+        add_help=False,
+    )
+    p.add_argument("simulator_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_simulate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    simulator_args = _simulate_argv(argv)
+    if simulator_args is not None:
+        return cmd_simulate(argparse.Namespace(simulator_args=simulator_args))
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -685,8 +685,10 @@ class TenantStore:
         latest: dict[tuple, tuple] = {}
         for d, resource_id, query_key, rows, error in fetches:
             latest[(d, resource_id, query_key)] = (rows, error)
-        value_rows: list[dict] = []
+        value_rows: list[tuple] = []
         fetch_rows: list[dict] = []
+        label_texts: dict[tuple, str] = {}  # the same label sets recur on every date: serialise once
+        eco, tid = self.ecosystem, self.tenant_id
         for (d, resource_id, query_key), (rows, error) in latest.items():
             fetch_rows.append(
                 {
@@ -701,24 +703,33 @@ class TenantStore:
             )
             labels_seen: set[str] = set()
             for m in rows or ():
-                labels_key = canonical_json(dict(m.labels))
+                try:
+                    label_items = tuple(m.labels.items())
+                    labels_key = label_texts.get(label_items)
+                except TypeError:  # unhashable label value: no memo
+                    label_items, labels_key = None, None
+                if labels_key is None:
+                    labels_key = canonical_json(dict(m.labels))
+                    if label_items is not None:
+                        label_texts[label_items] = labels_key
                 if labels_key in labels_seen:
                     raise StoreError(
                         f"Duplicate label set {labels_key} for {d} {resource_id} query {query_key}"
                     )
                 labels_seen.add(labels_key)
                 value_rows.append(
-                    {
-                        **self._tenant(),
-                        "date": d,
-                        "resource_id": resource_id,
-                        "query_key": query_key,
-                        "labels_key": labels_key,
-                        "labels_json": labels_key,
-                        "value_sum": float(m.value_sum),
-                        "value_max": float(m.value_max),
-                        "sample_count": int(m.sample_count),
-                    }
+                    (
+                        eco,
+                        tid,
+                        d,
+                        resource_id,
+                        query_key,
+                        labels_key,
+                        labels_key,
+                        float(m.value_sum),
+                        float(m.value_max),
+                        int(m.sample_count),
+                    )
                 )
         del_stmt = delete(v).where(
             v.c.ecosystem == bindparam("b_eco"),
@@ -743,7 +754,24 @@ class TenantStore:
         with self._write() as conn:
             conn.execute(del_stmt, del_params)
             if value_rows:
-                self._bulk_insert(conn, v, value_rows)
+                self._bulk_insert(
+                    conn,
+                    v,
+                    value_rows,
+                    columns=(
+                        "ecosystem",
+                        "tenant_id",
+                        "date",
+                        "resource_id",
+                        "query_key",
+                        "labels_key",
+                        "labels_json",
+                        "value_sum",
+                        "value_max",
+                        "sample_count",
+                    ),
+                    constant=("ecosystem", "tenant_id"),
+                )
             conn.execute(up, fetch_rows)
 
     def metric_rows(self, d: date) -> dict[tuple[str, str], list[MetricRow]]:
@@ -1321,9 +1349,16 @@ class TenantStore:
         return [dict(r._mapping) for r in rows]
 
     def end_pipeline_runs(
-        self, run_ids: Iterable[str], *, status: str, at: datetime, error: str | None
+        self,
+        run_ids: Iterable[str],
+        *,
+        status: str,
+        at: datetime,
+        error: str | None,
+        only_running: bool = True,
     ) -> int:
-        """Close `running` audit rows: ended_at, final status and error (≤ 2000 chars)."""
+        """Close audit rows (only `running` ones unless `only_running` is False): ended_at, final status and
+        error (≤ 2000 chars)."""
         pr = t.pipeline_runs
         ids = list(run_ids)
         if not ids:
@@ -1334,7 +1369,11 @@ class TenantStore:
         with self._write() as conn:
             res = conn.execute(
                 update(pr)
-                .where(self._mine(pr), pr.c.dagster_run_id.in_(ids), pr.c.status == "running")
+                .where(
+                    self._mine(pr),
+                    pr.c.dagster_run_id.in_(ids),
+                    pr.c.status == "running" if only_running else pr.c.status.is_not(None),
+                )
                 .values(**values)
             )
             return res.rowcount

@@ -1,0 +1,198 @@
+"""Sensors (operations.md §1, §3, §7): the per-tenant refresh sensor and the run-status sensors.
+
+* `<t>_refresh` requests one run of `<t>_pipeline` over the whole refresh window, at most every
+  `features.refresh_interval` seconds, honouring suspension, runs in progress and `min_refresh_gap_seconds`.
+* `tenant_run_failure_sensor` closes the run's audit row, releases the tenant lock and is the suspension
+  writer (ALERT lines); `tenant_run_success_sensor` closes the audit row and releases the lock.
+"""
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+
+from chargeback_dagster import suspension
+from chargeback_dagster.config import FeaturesConfig, TenantConfig
+from chargeback_dagster.defs import guard
+from chargeback_dagster.defs.resources import AppConfigResource, TenantStoreResource
+from chargeback_dagster.logging_setup import apply_logging
+
+log = logging.getLogger("chargeback_dagster.sensors")
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+STATUS_SENSOR_INTERVAL_SECONDS = 10
+
+
+# --- refresh ---------------------------------------------------------------------------------------
+def refresh_window(tenant: TenantConfig, today: date) -> tuple[date, date] | None:
+    """W = max(today − lookback, partitions_start) ≤ d < today − cutoff, as an inclusive (first, last) pair,
+    never beyond yesterday (the newest partition). None when empty."""
+    first = max(today - timedelta(days=tenant.lookback_days), tenant.partitions_start_date)
+    last = min(today - timedelta(days=tenant.cutoff_days + 1), today - timedelta(days=1))
+    return (first, last) if first <= last else None
+
+
+def tenant_busy(instance: dg.DagsterInstance, store, tenant_name: str) -> bool:
+    """A run tagged with the tenant is queued/in progress, or an in-progress run holds the tenant lock."""
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={guard.TENANT_TAG: tenant_name}, statuses=list(guard.IN_PROGRESS)), limit=1
+    )
+    if records:
+        return True
+    holder = store.run_lock_holder()
+    return holder is not None and guard.run_in_progress(instance, holder[0])
+
+
+def evaluate_refresh(
+    context: dg.SensorEvaluationContext, tenant: TenantConfig, store, tick: datetime
+) -> dg.SkipReason | dg.SensorResult:
+    t = tenant.name
+    if suspension.is_suspended(store, tenant.gather_failure_threshold):
+        return dg.SkipReason(f"Tenant {t} is suspended")
+    if tenant_busy(context.instance, store, t):
+        return dg.SkipReason(f"Pipeline is already running for tenant {t}")
+
+    gap = tenant.plugin_settings.min_refresh_gap_seconds
+    previous = [datetime.fromisoformat(context.cursor)] if context.cursor else []
+    other = store.latest_gather_start(exclude_trigger="refresh")  # explicit runs' gathers
+    if other is not None:
+        previous.append(other)
+    if previous:
+        last = max(previous)
+        if int((tick - last).total_seconds()) < gap:
+            return dg.SkipReason(
+                f"min_refresh_gap_seconds ({gap}) not elapsed since last gather at {last.isoformat()}"
+            )
+
+    window = refresh_window(tenant, tick.date())
+    if window is None:
+        return dg.SkipReason("Refresh window is empty")
+    first, last_date = window
+    tags = {
+        RANGE_START_TAG: first.isoformat(),
+        RANGE_END_TAG: last_date.isoformat(),
+        guard.TENANT_TAG: t,
+        guard.PIPELINE_TAG: "tenant",
+        guard.TRIGGER_TAG: "refresh",
+        **guard.max_runtime_tags(tenant),
+    }
+    request = dg.RunRequest(run_key=f"{t}:{tick.isoformat()}", job_name=f"{t}_pipeline", tags=tags)
+    return dg.SensorResult(run_requests=[request], cursor=tick.isoformat())
+
+
+def build_refresh_sensor(
+    tenant: TenantConfig, features: FeaturesConfig, clock: Callable[[], datetime] = guard.utc_now
+) -> dg.SensorDefinition:
+    t = tenant.name
+
+    @dg.sensor(
+        name=f"{t}_refresh",
+        job_name=f"{t}_pipeline",
+        minimum_interval_seconds=features.refresh_interval,
+        default_status=(
+            dg.DefaultSensorStatus.RUNNING
+            if features.enable_periodic_refresh
+            else dg.DefaultSensorStatus.STOPPED
+        ),
+        description=f"Re-materializes the refresh window of tenant {t} as one run (operations.md §3)",
+    )
+    def refresh(
+        context: dg.SensorEvaluationContext,
+        app_config: AppConfigResource,
+        tenant_store: TenantStoreResource,
+    ):
+        apply_logging(app_config.load().logging)
+        current = app_config.tenant(t)  # the config file may have changed since load
+        return evaluate_refresh(context, current, tenant_store.open(t), clock().astimezone(UTC))
+
+    return refresh
+
+
+# --- run status: audit, lock release, suspension ----------------------------------------------------
+def failure_text(context: dg.RunFailureSensorContext) -> str:
+    errors = []
+    for event in context.get_step_failure_events():
+        data = event.step_failure_data
+        user = data.user_failure_data
+        text = user.description if user is not None and user.description else None
+        if not text and data.error is not None:
+            text = data.error.message.strip()
+        errors.append(f"{event.step_key}: {text or event.message}")
+    if not errors and context.failure_event is not None:
+        errors.append(context.failure_event.message or "run failed")
+    return "; ".join(errors)[:2000]
+
+
+def close_run(
+    instance: dg.DagsterInstance,
+    run: dg.DagsterRun,
+    status: str,
+    error: str | None,
+    app_config: AppConfigResource,
+    tenant_store: TenantStoreResource,
+) -> str | None:
+    """Write the final audit status, release the lock; after a failure, suspend when due.
+
+    Returns the tenant name when the run belonged to a configured tenant."""
+    config = app_config.load()
+    apply_logging(config.logging)
+    tenant_name = guard.run_tenant(run)
+    if tenant_name is None or tenant_name not in config.tenants:
+        return None
+    tenant = config.tenants[tenant_name]
+    store = tenant_store.open(tenant_name)
+    if store.get_pipeline_run(run.run_id) is None:
+        started = guard.run_start(instance, run.run_id)
+        store.upsert_pipeline_run(
+            run.run_id,
+            trigger=guard.run_trigger(dict(run.tags)),
+            started_at=datetime.fromtimestamp(started, UTC),
+            range_start=_tag_date(run.tags.get(RANGE_START_TAG)),
+            range_end=_tag_date(run.tags.get(RANGE_END_TAG)),
+        )
+    # the sensor is authoritative: it overwrites what a later run's guard wrote for an "orphan"
+    store.end_pipeline_runs([run.run_id], status=status, at=guard.utc_now(), error=error, only_running=False)
+    store.release_run_lock(run.run_id)
+    if status == "failed" and suspension.suspend_if_due(store, tenant.gather_failure_threshold):
+        suspension.alert_if_all_suspended(tenant_store.open(name) for name in config.tenants)
+    return tenant_name
+
+
+def _tag_date(value: str | None) -> date | None:
+    try:
+        return date.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+@dg.run_failure_sensor(
+    name="tenant_run_failure_sensor",
+    minimum_interval_seconds=STATUS_SENSOR_INTERVAL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Run audit and suspension writer for every failed run of the code location (§7)",
+)
+def tenant_run_failure_sensor(
+    context: dg.RunFailureSensorContext,
+    app_config: AppConfigResource,
+    tenant_store: TenantStoreResource,
+):
+    close_run(
+        context.instance, context.dagster_run, "failed", failure_text(context), app_config, tenant_store
+    )
+
+
+@dg.run_status_sensor(
+    name="tenant_run_success_sensor",
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    minimum_interval_seconds=STATUS_SENSOR_INTERVAL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Run audit for every successful run of the code location",
+)
+def tenant_run_success_sensor(
+    context: dg.RunStatusSensorContext,
+    app_config: AppConfigResource,
+    tenant_store: TenantStoreResource,
+):
+    close_run(context.instance, context.dagster_run, "completed", None, app_config, tenant_store)

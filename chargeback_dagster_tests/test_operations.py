@@ -1,0 +1,543 @@
+"""Operations layer (operations.md §3–§9, §12): refresh sensor, guard, suspension, timeouts, retention, CLI.
+
+Runs are real in-process Dagster runs on a temporary Dagster instance against real tenant stores; sensors are
+evaluated with Dagster's `build_*_context` helpers. The fault test uses a real Prometheus for the good runs
+and a closed port for the outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._core.test_utils import create_run_for_test
+
+from chargeback_dagster import cli, suspension
+from chargeback_dagster.config import load_config
+from chargeback_dagster.defs import guard, maintenance, sensors
+from chargeback_dagster.defs.build import build_definitions
+from chargeback_dagster.devtools.local_run import materialize_range
+from chargeback_dagster.devtools.openmetrics import OpenMetricsWriter
+from chargeback_dagster.store import TenantStore
+
+DATES = (date(2026, 2, 1), date(2026, 2, 2))
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def tenant_config(
+    prometheus_url: str,
+    db_url: str = "sqlite:///data/shop.db",
+    *,
+    discovery: bool = False,
+    name: str = "shop",
+    **tenant_fields,
+) -> dict:
+    identity_source: dict = {
+        "source": "static",
+        "static_identities": [
+            {"identity_id": "team-a", "identity_type": "principal"},
+            {"identity_id": "team-b", "identity_type": "principal"},
+        ],
+    }
+    if discovery:
+        identity_source = {
+            "source": "prometheus",
+            "label": "team",
+            "discovery_query": "group by (team) (requests)",
+        }
+    return {
+        "ecosystem": "generic_metrics_only",
+        "tenant_id": f"{name}-prod",
+        "partitions_start_date": "2026-01-01",
+        "lookback_days": 16,
+        "cutoff_days": 1,
+        "gather_failure_threshold": 2,
+        "storage": {"connection_string": db_url},
+        "plugin_settings": {
+            "cluster_id": f"{name}-cluster",
+            "metrics": {"url": prometheus_url},
+            "identity_source": identity_source,
+            "discovery_window_hours": 2,
+            "cost_types": [
+                {
+                    "name": "broker_hours",
+                    "product_category": "compute",
+                    "rate": 1.25,
+                    "cost_quantity": {"type": "fixed", "count": 2},
+                }
+            ],
+            "emitters": [{"type": "csv", "params": {"output_dir": "out"}}],
+        },
+        **tenant_fields,
+    }
+
+
+def write_config(path: Path, tenants: dict, **features) -> Path:
+    doc = {"features": {"enable_periodic_refresh": False, **features}, "tenants": tenants}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def open_store(config_path: Path, name: str = "shop") -> TenantStore:
+    t = load_config(config_path).tenants[name]
+    return TenantStore.open(t.database_url, tenant_name=name, ecosystem=t.ecosystem, tenant_id=t.tenant_id)
+
+
+def step_failures(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+    return {
+        e.step_key: e.event_specific_data.error.to_string()
+        for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE"
+    }
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture
+def shop(tmp_path):
+    """A static-identity, fixed-cost tenant: runs need no Prometheus."""
+    return write_config(tmp_path / "chargeback.yaml", {"shop": tenant_config(closed_port_url())})
+
+
+# --- refresh sensor (§3) ---------------------------------------------------------------------------
+def evaluate_refresh(config_path: Path, instance, tick: datetime, cursor: str | None = None):
+    config = load_config(config_path)
+    defs = build_definitions(config)
+    sensor = sensors.build_refresh_sensor(config.tenants["shop"], config.features, clock=lambda: tick)
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources) as context:
+        return sensor(context)
+
+
+def test_refresh_requests_the_whole_window_as_one_range(shop, instance):
+    tick = datetime(2026, 7, 18, 9, 30, tzinfo=UTC)
+    result = evaluate_refresh(shop, instance, tick)
+    (request,) = result.run_requests
+    assert request.job_name == "shop_pipeline"
+    assert request.run_key == "shop:2026-07-18T09:30:00+00:00"
+    # spec example: today 2026-07-18, lookback 16, cutoff 1 → 2026-07-02 … 2026-07-16
+    assert request.tags == {
+        "dagster/asset_partition_range_start": "2026-07-02",
+        "dagster/asset_partition_range_end": "2026-07-16",
+        "chargeback/tenant": "shop",
+        "chargeback/pipeline": "tenant",
+        "chargeback/trigger": "refresh",
+        "dagster/max_runtime": "3900",
+    }
+    assert result.cursor == tick.isoformat()
+
+
+def test_refresh_window_edges(tmp_path):
+    config = write_config(
+        tmp_path / "c.yaml",
+        {"shop": tenant_config(closed_port_url(), lookback_days=16, cutoff_days=3)},
+    )
+    tenant = load_config(config).tenants["shop"]
+    # clamped to partitions_start_date (2026-01-01); last = today − cutoff − 1
+    assert sensors.refresh_window(tenant, date(2026, 1, 10)) == (date(2026, 1, 1), date(2026, 1, 6))
+    assert sensors.refresh_window(tenant, date(2026, 1, 5)) == (date(2026, 1, 1), date(2026, 1, 1))
+    assert sensors.refresh_window(tenant, date(2026, 1, 4)) is None  # 2026-01-01 ≥ today − cutoff
+    assert sensors.refresh_window(tenant, date(2026, 3, 1)) == (date(2026, 2, 13), date(2026, 2, 25))
+
+
+def test_refresh_skips_an_empty_window(shop, instance):
+    result = evaluate_refresh(shop, instance, datetime(2026, 1, 1, 12, tzinfo=UTC))
+    assert isinstance(result, dg.SkipReason)
+    assert result.skip_message == "Refresh window is empty"
+
+
+def test_refresh_gap_rule(shop, instance):
+    tick = datetime(2026, 7, 18, 9, 30, tzinfo=UTC)
+    # this sensor's previous request, 1799 s ago (default min_refresh_gap_seconds 1800)
+    result = evaluate_refresh(shop, instance, tick, cursor=(tick - timedelta(seconds=1799)).isoformat())
+    assert result.skip_message == (
+        "min_refresh_gap_seconds (1800) not elapsed since last gather at 2026-07-18T09:00:01+00:00"
+    )
+    result = evaluate_refresh(shop, instance, tick, cursor=(tick - timedelta(seconds=1800)).isoformat())
+    assert len(result.run_requests) == 1
+
+    store = open_store(shop)
+    # a gather of an explicit run 10 minutes ago counts; a refresh run's own gather does not
+    store.append_gather_log(
+        kind="billing",
+        run_id="r-refresh",
+        trigger="refresh",
+        started_at=tick - timedelta(seconds=5),
+        status="ok",
+    )
+    assert len(evaluate_refresh(shop, instance, tick).run_requests) == 1
+    store.append_gather_log(
+        kind="inventory",
+        run_id="r-manual",
+        trigger="manual",
+        started_at=tick - timedelta(minutes=10),
+        status="ok",
+    )
+    result = evaluate_refresh(shop, instance, tick, cursor=(tick - timedelta(hours=5)).isoformat())
+    assert result.skip_message == (
+        "min_refresh_gap_seconds (1800) not elapsed since last gather at 2026-07-18T09:20:00+00:00"
+    )
+    later = tick + timedelta(minutes=20)
+    assert len(evaluate_refresh(shop, instance, later).run_requests) == 1
+
+
+def test_refresh_skips_suspended_and_busy_tenants(shop, instance):
+    tick = datetime(2026, 7, 18, 9, 30, tzinfo=UTC)
+    store = open_store(shop)
+    store.record_gather_failure("run-1", "billing: boom")
+    assert len(evaluate_refresh(shop, instance, tick).run_requests) == 1
+    store.record_gather_failure("run-2", "billing: boom")  # counter at threshold 2: skipped already
+    assert evaluate_refresh(shop, instance, tick).skip_message == "Tenant shop is suspended"
+    assert suspension.suspend_if_due(store, 2) is not None
+    assert evaluate_refresh(shop, instance, tick).skip_message == "Tenant shop is suspended"
+    suspension.resume(store)
+
+    create_run_for_test(
+        instance,
+        job_name="shop_pipeline",
+        status=dg.DagsterRunStatus.STARTED,
+        tags={"chargeback/tenant": "shop"},
+    )
+    assert (
+        evaluate_refresh(shop, instance, tick).skip_message == "Pipeline is already running for tenant shop"
+    )
+
+
+def test_refresh_sensor_default_status_follows_the_feature_flag(tmp_path):
+    for enabled, status in ((True, dg.DefaultSensorStatus.RUNNING), (False, dg.DefaultSensorStatus.STOPPED)):
+        path = write_config(
+            tmp_path / f"{enabled}.yaml",
+            {"shop": tenant_config(closed_port_url())},
+            enable_periodic_refresh=enabled,
+            refresh_interval=900,
+        )
+        sensor = build_definitions(load_config(path)).resolve_sensor_def("shop_refresh")
+        assert sensor.default_status == status
+        assert sensor.minimum_interval_seconds == 900
+
+
+# --- guard (§4) ------------------------------------------------------------------------------------
+def test_guard_lock_takeover_and_orphans(shop, instance):
+    defs = build_definitions(load_config(shop))
+    store = open_store(shop)
+    running = create_run_for_test(instance, job_name="shop_pipeline", status=dg.DagsterRunStatus.STARTED)
+    store.try_take_run_lock(running.run_id, guard.utc_now())
+
+    result = materialize_range(defs, "shop", *DATES, instance=instance)
+    assert not result.success
+    assert all("Pipeline is already running for tenant shop" in e for e in step_failures(result).values())
+    assert store.csv_rows(DATES[0], DATES[1]) == []
+
+    # the holder ends without releasing the lock: the next run takes it over
+    instance.report_run_failed(instance.get_run_by_id(running.run_id))
+    store.upsert_pipeline_run("ghost-run", started_at=guard.utc_now())  # audit row of a run Dagster never saw
+    result = materialize_range(defs, "shop", *DATES, instance=instance)
+    assert result.success
+    assert store.run_lock_holder()[0] == result.run_id
+    ghost = store.get_pipeline_run("ghost-run")
+    assert (ghost["status"], ghost["error_message"]) == ("failed", "Orphaned — run ended without completing")
+    audit = store.get_pipeline_run(result.run_id)
+    assert (audit["trigger"], audit["range_start"], audit["range_end"]) == ("manual", *DATES)
+    assert (audit["dates_gathered"], audit["dates_calculated"], audit["rows_written"]) == (2, 2, 4)
+
+
+def test_guard_rejects_unknown_tenant(shop, instance, tmp_path):
+    defs = build_definitions(load_config(shop))
+    # the tenant disappears from the config after the code location loaded
+    write_config(shop, {"other": tenant_config(closed_port_url(), "sqlite:///data/other.db", name="other")})
+    result = materialize_range(defs, "shop", *DATES, instance=instance)
+    assert not result.success
+    assert "Unknown tenant 'shop'" in next(iter(step_failures(result).values()))
+
+
+# --- suspension counting (§7), SQLite and PostgreSQL ----------------------------------------------
+def test_gather_failure_counting(store_url):
+    store = TenantStore.open(store_url, tenant_name="shop", ecosystem="generic_metrics_only", tenant_id="s")
+    assert store.record_gather_failure("r1", "billing: a") == 1
+    assert store.record_gather_failure("r1", "inventory: b") == 1  # at most once per run
+    assert store.get_tenant_status()["last_gather_error"] == "inventory: b"
+    assert not store.reset_gather_failures("r1")  # the same run already incremented
+    # run r2: billing succeeds, inventory fails → still a failing run, the counter climbs
+    store.append_gather_log(kind="billing", run_id="r2", started_at=guard.utc_now(), status="ok")
+    assert not suspension.record_success(store, "r2", {"billing", "inventory"})
+    assert store.record_gather_failure("r2", "inventory: c") == 2
+    assert suspension.suspend_if_due(store, 3) is None
+    row = suspension.suspend_if_due(store, 2)
+    assert row["suspended"] and row["suspended_reason"] == (
+        "Tenant shop gather failed 2 consecutive times (threshold: 2). Last error: inventory: c"
+    )
+    assert suspension.suspend_if_due(store, 2) is None  # conditional: only one writer wins
+    assert suspension.resume(store).resumed
+    assert store.get_tenant_status()["consecutive_gather_failures"] == 0
+    assert suspension.resume(store).message == "Tenant shop is not suspended"
+    # a run whose gathers all succeed resets the counter
+    store.record_gather_failure("r3", "billing: d")
+    for kind in ("billing", "inventory"):
+        store.append_gather_log(kind=kind, run_id="r4", started_at=guard.utc_now(), status="ok")
+    assert suspension.record_success(store, "r4", {"billing", "inventory"})
+    assert store.get_tenant_status()["consecutive_gather_failures"] == 0
+    store.dispose()
+
+
+# --- the fault test: outage → suspension → fail fast → resume (§7, D8) -----------------------------
+def discovery_metrics() -> str:
+    w = OpenMetricsWriter()
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    for team in ("team-a", "team-b", "team-c"):
+        w.add("requests", {"team": team}, [(now - timedelta(minutes=m), 1) for m in range(0, 120, 5)])
+    return w.text()
+
+
+def run_failure_sensor(defs, instance, result) -> None:
+    run = instance.get_run_by_id(result.run_id)
+    failure = result.get_run_failure_event()
+    with dg.build_run_status_sensor_context(
+        sensor_name="tenant_run_failure_sensor",
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=failure,
+        resources=defs.resources,
+    ) as context:
+        sensors.tenant_run_failure_sensor(context.for_run_failure())
+
+
+@pytest.mark.slow
+def test_outage_suspends_then_resume(
+    tmp_path, instance, local_prometheus_factory, monkeypatch, caplog, capsys
+):
+    prom = local_prometheus_factory(discovery_metrics())
+    good = tenant_config(prom.url, discovery=True)
+    config_path = write_config(tmp_path / "chargeback.yaml", {"shop": good})
+    defs = build_definitions(load_config(config_path))
+    assert materialize_range(defs, "shop", *DATES, instance=instance).success
+    out = tmp_path / "out"
+    csvs = {p.name: p.read_bytes() for p in out.glob("*.csv")}
+    assert sorted(csvs) == ["shop-prod_2026-02-01.csv", "shop-prod_2026-02-02.csv"]
+    store = open_store(config_path)
+    rows = {d: store.chargeback_rows(d) for d in DATES}
+
+    # Prometheus (identity discovery) becomes unreachable; retry waits shortened for the test
+    monkeypatch.setattr("chargeback_dagster.sources.prometheus.random.uniform", lambda a, b: 0.01)
+    write_config(config_path, {"shop": tenant_config(closed_port_url(), discovery=True)})
+    caplog.set_level(logging.INFO, logger="chargeback_dagster")
+    for attempt in (1, 2):
+        result = materialize_range(defs, "shop", *DATES, instance=instance)
+        assert not result.success
+        assert (
+            "Identity discovery query failed: Exhausted 4 attempts"
+            in step_failures(result)["shop__inventory"]
+        )
+        assert store.get_tenant_status()["consecutive_gather_failures"] == attempt
+        run_failure_sensor(defs, instance, result)
+
+    alerts = [r for r in caplog.records if r.getMessage().startswith("ALERT: Tenant shop")]
+    assert len(alerts) == 1 and alerts[0].levelno == logging.CRITICAL
+    assert (
+        alerts[0]
+        .getMessage()
+        .startswith(
+            "ALERT: Tenant shop has been permanently suspended after 2 consecutive gather failures "
+            "(threshold: 2). "
+            "Last error: inventory: Identity discovery query failed: Exhausted 4 attempts"
+        )
+    )
+    assert alerts[0].getMessage().endswith("Resume with: chargeback-dagster resume shop")
+    assert any(
+        r.getMessage() == "ALERT: All 1 tenants are suspended; no chargeback is being calculated"
+        for r in caplog.records
+    )
+    status = store.get_tenant_status()
+    assert status["suspended"]
+
+    # further runs fail fast at the guard; the failure sensor does not alert again
+    result = materialize_range(defs, "shop", *DATES, instance=instance)
+    assert not result.success
+    expected = (
+        f"Tenant shop is suspended since {status['suspended_at'].isoformat()}: {status['suspended_reason']}. "
+        "Resume with 'chargeback-dagster resume shop' or the resume_tenant job."
+    )
+    assert all(expected in e for e in step_failures(result).values())
+    run_failure_sensor(defs, instance, result)
+    assert len([r for r in caplog.records if r.getMessage().startswith("ALERT: Tenant shop")]) == 1
+    # data and CSVs from before are untouched
+    assert {p.name: p.read_bytes() for p in out.glob("*.csv")} == csvs
+    assert {d: store.chargeback_rows(d) for d in DATES} == rows
+
+    assert cli.main(["status", "--config", str(config_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "suspended: yes" in printed and "consecutive gather failures: 2" in printed
+
+    # fix the cause, resume, and the next run succeeds
+    write_config(config_path, {"shop": good})
+    assert cli.main(["resume", "shop", "--config", str(config_path)]) == 0
+    assert (
+        f"Tenant shop resumed (was suspended since {status['suspended_at'].isoformat()})"
+        in capsys.readouterr().out
+    )
+    result = materialize_range(defs, "shop", *DATES, instance=instance)
+    assert result.success
+    assert store.get_tenant_status()["consecutive_gather_failures"] == 0
+    assert not store.get_tenant_status()["suspended"]
+    audit = store.get_pipeline_run(result.run_id)
+    assert audit["status"] == "running"  # closed by the success sensor
+    assert [r["status"] for r in store.pipeline_runs()][1:4] == ["failed", "failed", "failed"]
+
+
+def test_guard_is_the_suspension_backstop(shop, instance, caplog):
+    store = open_store(shop)
+    store.record_gather_failure("r1", "billing: x")
+    store.record_gather_failure("r2", "billing: y")  # threshold 2 reached, no sensor ran
+    caplog.set_level(logging.INFO, logger="chargeback_dagster")
+    result = materialize_range(build_definitions(load_config(shop)), "shop", *DATES, instance=instance)
+    assert not result.success
+    assert "Tenant shop is suspended since" in next(iter(step_failures(result).values()))
+    assert len([r for r in caplog.records if r.getMessage().startswith("ALERT: Tenant shop")]) == 1
+
+
+def test_resume_tenant_job(shop, instance, caplog):
+    defs = build_definitions(load_config(shop))
+    store = open_store(shop)
+    store.record_gather_failure("r1", "billing: x")
+    store.record_gather_failure("r2", "billing: x")
+    suspension.suspend_if_due(store, 2)
+    caplog.set_level(logging.INFO, logger="chargeback_dagster")
+    job = defs.resolve_job_def("resume_tenant")
+    run_config = {"ops": {"resume_tenant": {"config": {"tenant_name": "shop"}}}}
+    assert job.execute_in_process(run_config=run_config, instance=instance).success
+    assert not store.get_tenant_status()["suspended"]
+    assert any(r.getMessage().startswith("Tenant shop resumed (was suspended since") for r in caplog.records)
+    assert job.execute_in_process(run_config=run_config, instance=instance).success
+    assert any(r.getMessage() == "Tenant shop is not suspended" for r in caplog.records)
+    bad = {"ops": {"resume_tenant": {"config": {"tenant_name": "nope"}}}}
+    result = job.execute_in_process(run_config=bad, instance=instance, raise_on_error=False)
+    assert not result.success
+    assert "Unknown tenant 'nope'" in step_failures(result)["resume_tenant"]
+
+
+# --- timeouts (§6) ---------------------------------------------------------------------------------
+def test_deadline():
+    assert not guard.Deadline(0, 0.0).expired()  # T = 0: no deadline
+    deadline = guard.Deadline(5, guard.clock() - 6)
+    assert deadline.expired()
+    with pytest.raises(guard.ExecutionTimeout, match=r"^Execution timed out after 5s$"):
+        deadline.check()
+    slept = []
+    bounded = guard.Deadline(5, guard.clock() - 4.9).wrap_sleep(lambda s: (slept.append(s), time.sleep(s)))
+    with pytest.raises(guard.ExecutionTimeout):
+        bounded(8.0)  # waits only until the deadline, then fails
+    assert slept and slept[0] <= 0.1
+
+
+def test_timeout_keeps_committed_dates(tmp_path, instance, monkeypatch):
+    config_path = write_config(
+        tmp_path / "c.yaml", {"shop": tenant_config(closed_port_url(), tenant_execution_timeout_seconds=30)}
+    )
+    defs = build_definitions(load_config(config_path))
+    assert defs.resolve_job_def("shop_pipeline").tags["dagster/max_runtime"] == "330"
+    # time jumps past the deadline right after the first date is committed
+    offset = [0.0]
+    monkeypatch.setattr(guard, "clock", lambda: time.time() + offset[0])
+    original = TenantStore.write_chargeback
+
+    def write_then_jump(self, *args, **kwargs):
+        written = original(self, *args, **kwargs)
+        offset[0] = 31.0
+        return written
+
+    monkeypatch.setattr(TenantStore, "write_chargeback", write_then_jump)
+    result = materialize_range(defs, "shop", date(2026, 2, 1), date(2026, 2, 3), instance=instance)
+    assert not result.success
+    assert "Execution timed out after 30s" in step_failures(result)["shop__chargeback"]
+    store = open_store(config_path)
+    assert store.calculated_dates(date(2026, 2, 1), date(2026, 2, 4)) == [date(2026, 2, 1)]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.csv")) == ["shop-prod_2026-02-01.csv"]
+    assert store.get_tenant_status()["consecutive_gather_failures"] == 0  # a timeout is no gather failure
+
+
+def test_timeout_during_provider_retry_is_not_a_gather_failure(tmp_path, instance):
+    config_path = write_config(
+        tmp_path / "c.yaml",
+        {"shop": tenant_config(closed_port_url(), discovery=True, tenant_execution_timeout_seconds=1)},
+    )
+    result = materialize_range(build_definitions(load_config(config_path)), "shop", *DATES, instance=instance)
+    assert not result.success
+    assert "Execution timed out after 1s" in step_failures(result)["shop__inventory"]
+    assert (open_store(config_path).get_tenant_status() or {}).get("consecutive_gather_failures", 0) == 0
+
+
+# --- retention (§9) --------------------------------------------------------------------------------
+def test_retention(shop, instance, caplog):
+    defs = build_definitions(load_config(shop))
+    assert materialize_range(defs, "shop", date(2026, 2, 1), date(2026, 2, 4), instance=instance).success
+    store = open_store(shop)
+    csvs = {p.name: p.read_bytes() for p in (shop.parent / "out").glob("*.csv")}
+    caplog.set_level(logging.INFO, logger="chargeback_dagster")
+    # retention_days 250: with now = 2026-10-11, cutoff_date = 2026-02-03
+    now = datetime(2026, 10, 11, 12, tzinfo=UTC)
+    deleted = maintenance.purge(store, 250, now)
+    assert deleted["chargeback_facts"] == 4 and deleted["billing"] == 2
+    assert store.calculated_dates(date(2026, 1, 1), date(2026, 3, 1)) == [date(2026, 2, 3), date(2026, 2, 4)]
+    assert any("Retention deleted" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
+    assert {p.name: p.read_bytes() for p in (shop.parent / "out").glob("*.csv")} == csvs  # CSVs untouched
+    assert sum(maintenance.purge(store, 250, now).values()) == 0
+
+    job = defs.resolve_job_def("shop_retention")
+    assert job.tags["chargeback/pipeline"] == "maintenance" and job.tags["chargeback/tenant"] == "shop"
+    assert job.execute_in_process(instance=instance).success
+
+
+def test_retention_schedule_skips_suspended_tenant(shop, instance):
+    defs = build_definitions(load_config(shop))
+    schedule = defs.resolve_schedule_def("shop_retention_schedule")
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 2 * * *", "UTC")
+    with dg.build_schedule_context(instance=instance, resources=defs.resources) as context:
+        assert isinstance(schedule.evaluate_tick(context).run_requests[0], dg.RunRequest)
+    store = open_store(shop)
+    store.record_gather_failure("r1", "x")
+    store.record_gather_failure("r2", "x")
+    suspension.suspend_if_due(store, 2)
+    with dg.build_schedule_context(instance=instance, resources=defs.resources) as context:
+        data = schedule.evaluate_tick(context)
+    assert not data.run_requests and data.skip_message == "Tenant shop is suspended"
+
+
+# --- CLI (§5, §12) ---------------------------------------------------------------------------------
+def test_cli_instance_config_and_concurrency_warning(tmp_path, capsys, monkeypatch):
+    config_path = write_config(
+        tmp_path / "c.yaml", {"shop": tenant_config(closed_port_url())}, max_parallel_tenants=3
+    )
+    assert cli.main(["instance-config", "--config", str(config_path)]) == 0
+    block = yaml.safe_load(capsys.readouterr().out)
+    assert block["concurrency"]["runs"]["tag_concurrency_limits"] == [
+        {"key": "chargeback/tenant", "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
+        {"key": "chargeback/pipeline", "value": "tenant", "limit": 3},
+    ]
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((Path(__file__).parents[1] / "dagster.yaml").read_text())
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    assert cli.main(["validate", "--config", str(config_path)]) == 0
+    assert (
+        "WARNING: dagster.yaml concurrency.runs limit for chargeback/pipeline=tenant is 4, "
+        "features.max_parallel_tenants is 3" in capsys.readouterr().out
+    )
+    write_config(config_path, {"shop": tenant_config(closed_port_url())}, max_parallel_tenants=4)
+    assert cli.main(["validate", "--config", str(config_path)]) == 0
+    assert "WARNING" not in capsys.readouterr().out
+    assert cli.main(["resume", "nope", "--config", str(config_path)]) == 1
+    assert capsys.readouterr().out.strip() == "Unknown tenant 'nope'"
