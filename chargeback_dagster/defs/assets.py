@@ -153,8 +153,12 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
     inventory_key = dg.AssetKey([t, "inventory"])
     metrics_key = dg.AssetKey([t, "usage_metrics"])
     chargeback_key = dg.AssetKey([t, "chargeback"])
+    # Steps that call the provider's API share its concurrency pool (Confluent: `ccloud_api`, §5).
+    provider_pool = ecosystem_for(tenant).api_pool
 
-    @dg.asset(name="billing", description=f"Billing lines of tenant {t}, per UTC day", **common)
+    @dg.asset(
+        name="billing", description=f"Billing lines of tenant {t}, per UTC day", pool=provider_pool, **common
+    )
     def billing(
         context: dg.AssetExecutionContext,
         app_config: AppConfigResource,
@@ -179,7 +183,9 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
             }
         )
 
-    @dg.asset(name="inventory", description=f"Resources and identities of tenant {t}", **common)
+    @dg.asset(
+        name="inventory", description=f"Resources and identities of tenant {t}", pool=provider_pool, **common
+    )
     def inventory(
         context: dg.AssetExecutionContext,
         app_config: AppConfigResource,
