@@ -48,8 +48,16 @@ def to_units(x: Decimal) -> int:
 
 def round4_units(x: Decimal) -> int:
     """`to_units(round4(x))`, computed exactly for any finite Decimal."""
-    num, den = _as_fraction(x)
-    return div_round_half_up(num * UNITS_PER_ONE, den)
+    try:
+        num, den = x.as_integer_ratio()
+    except (OverflowError, ValueError) as exc:
+        raise ValueError(f"Amount must be finite, got {x}") from exc
+    if den == 1:
+        return num * UNITS_PER_ONE
+    q, r = divmod(-num * UNITS_PER_ONE if num < 0 else num * UNITS_PER_ONE, den)
+    if 2 * r >= den:  # ROUND_HALF_UP: half away from zero
+        q += 1
+    return -q if num < 0 else q
 
 
 def scaled_round4_units(x: Decimal, numerator: int, denominator: int) -> int:
@@ -77,15 +85,21 @@ def split_units(total: int, weights: Sequence[int]) -> list[int]:
     the weights in identity order (sorted by identity_id, decision D4). Weights must be ≥ 0 with a
     positive sum; an empty sequence gives `[]`.
     """
-    n = len(weights)
-    if n == 0:
+    if len(weights) == 0:
         return []
     if min(weights) < 0:
         raise ValueError(f"Weights must be >= 0, got {min(weights)}")
     wsum = sum(weights)
     if wsum == 0:
         raise ValueError("Weights must sum to > 0")
+    return apportion_units(total, weights, wsum)
+
+
+def apportion_units(total: int, weights: Sequence[int], wsum: int) -> list[int]:
+    """`split_units` for weights already checked: all ≥ 0, `wsum` = Σ weights > 0, at least one."""
     magnitude = -total if total < 0 else total
+    if magnitude == 0:
+        return [0] * len(weights)
     pairs = [divmod(magnitude * w, wsum) for w in weights]
     shares = [s for s, _ in pairs]
     k = magnitude - sum(shares)
@@ -93,7 +107,7 @@ def split_units(total: int, weights: Sequence[int]) -> list[int]:
         remainders = [r for _, r in pairs]
         # sorted() is stable, also with reverse=True: equal remainders keep index order, so ties go to
         # the earlier identity.
-        for i in sorted(range(n), key=remainders.__getitem__, reverse=True)[:k]:
+        for i in sorted(range(len(remainders)), key=remainders.__getitem__, reverse=True)[:k]:
             shares[i] += 1
     if total < 0:
         return [-s for s in shares]

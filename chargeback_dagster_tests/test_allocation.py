@@ -1021,3 +1021,89 @@ def test_property_rows_sum_to_t_and_shares_within_one_unit() -> None:
             assert list(allocated) == members
             for u in allocated.values():
                 assert abs(u - Fraction(a_units, len(members))) < 1
+
+
+# ---- fast paths: weight cache, block merging ---
+
+
+def _reference_split(units: int, weights: dict[str, Any]) -> list[tuple[str, int]]:
+    """allocation.md §1 with Fractions: trunc, then largest remainder, ties to the earlier identity."""
+    items = sorted((i, Fraction(Decimal(str(w)) if isinstance(w, float) else w)) for i, w in weights.items())
+    items = [(i, w) for i, w in items if w > 0]
+    wsum = sum(w for _, w in items)
+    exact = [Fraction(units) * w / wsum for _, w in items]
+    shares = [int(q) for q in exact]  # int() truncates toward zero
+    k = units - sum(shares)
+    order = sorted(range(len(items)), key=lambda j: -abs(exact[j] - shares[j]))  # stable: ties in order
+    for j in order[: abs(k)]:
+        shares[j] += 1 if k > 0 else -1
+    return [(i, s) for (i, _), s in zip(items, shares, strict=True)]
+
+
+def test_usage_ratio_cache_matches_reference_and_sees_mutation() -> None:
+    rng = random.Random(5)
+    ratio = UsageRatio("w")
+    weights = {f"u-{j:02d}": Decimal(str(rng.uniform(0, 1e9))) for j in range(25)}
+    weights["u-00"] = Decimal(0)
+    weights["u-01"] = Decimal(-3)
+    usage = {"w": weights}
+    for _ in range(50):  # the same mapping object: cache hits after the first line
+        units = rng.randint(-(10**9), 10**9)
+        amount = format_units(units)
+        got = [(r.identity_id, r.amount_units) for r in ratio(ctx_for(amount, usage=usage))]
+        assert got == _reference_split(units, weights)
+    # a mutated mapping (same object) is prepared again
+    weights["u-02"] = Decimal("1E+20")
+    got = [(r.identity_id, r.amount_units) for r in ratio(ctx_for("100.00", usage=usage))]
+    assert got == _reference_split(1000000, weights)
+    del weights["u-02"]
+    weights["u-03"] = Decimal("sNaN")  # dropped like any non-finite weight
+    got = [(r.identity_id, r.amount_units) for r in ratio(ctx_for("100.00", usage=usage))]
+    assert "u-03" not in dict(got) and sum(u for _, u in got) == 1000000
+    weights.clear()
+    weights["a"] = Decimal(0)
+    assert ratio(ctx_for("1.00", usage=usage)) == []  # nothing positive left
+
+
+def test_usage_ratio_summed_cache_and_mixed_types() -> None:
+    summed = UsageRatio(("in", "out"))
+    bytes_in = {"a": Decimal(300), "b": Decimal("0.5")}
+    bytes_out = {"b": Decimal(700), "c": 2}
+    usage = {"in": bytes_in, "out": bytes_out}
+    expected = _reference_split(10000, {"a": 300, "b": Fraction(1401, 2), "c": 2})
+    for _ in range(3):
+        assert [(r.identity_id, r.amount_units) for r in summed(ctx_for("1.00", usage=usage))] == expected
+    bytes_out["c"] = Decimal(1000)  # one source mutated: recomputed
+    expected = _reference_split(10000, {"a": 300, "b": Fraction(1401, 2), "c": 1000})
+    assert [(r.identity_id, r.amount_units) for r in summed(ctx_for("1.00", usage=usage))] == expected
+    mixed = {"w": {"a": 1, "b": 2.5, "c": Decimal("0.25"), "d": float("nan")}}
+    got = [(r.identity_id, r.amount_units) for r in UsageRatio("w")(ctx_for("0.0101", usage=mixed))]
+    assert got == _reference_split(101, {"a": 1, "b": 2.5, "c": Decimal("0.25")})
+
+
+class _RawBlocks(EvenSplit):
+    """A built-in-style model returning fixed blocks (repeated identities, mismatched lengths)."""
+
+    def __init__(self, ids: tuple[str, ...], shares: tuple[int, ...]) -> None:
+        super().__init__("merged_active", "usage", "d")
+        self.raw = (ids, shares)
+
+    def blocks(self, ctx: AllocationContext, units: int, part: str) -> list:
+        ids, shares = self.raw
+        return [(ids, (units - sum(shares[1:]), *shares[1:]), "usage", "m", "d", part)]
+
+
+def test_merge_repeated_identity_in_block_and_repeated_block_keys() -> None:
+    model = _RawBlocks(("sa-1", "sa-2", "sa-1"), (0, 3, 4))
+    lines = [line("X", "0.0010", "r-1"), line("X", "0.0020", "r-1", env_id="e"), line("X", "0.0010", "r-1")]
+    result = run(inputs(lines), [], allocator_overrides={}, unknown=model)
+    assert result.rows == {
+        ("", "r-1", "kafka", "X", "sa-1", "usage", "m", "d", ""): 2 * (3 + 4),  # two lines, sa-1 twice each
+        ("", "r-1", "kafka", "X", "sa-2", "usage", "m", "d", ""): 2 * 3,
+        ("e", "r-1", "kafka", "X", "sa-1", "usage", "m", "d", ""): 13 + 4,
+        ("e", "r-1", "kafka", "X", "sa-2", "usage", "m", "d", ""): 3,
+    }
+    check_totals(result)
+    bad = _RawBlocks(("sa-1", "sa-2"), (0, 1, 2))
+    with pytest.raises(DateCalculationError, match="block with 2 identities and 3 amounts"):
+        run(inputs([line("X", "1.00", "r-1")]), [], unknown=bad)

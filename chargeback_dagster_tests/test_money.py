@@ -10,6 +10,7 @@ import pytest
 
 from chargeback_dagster.money import (
     UNIT,
+    apportion_units,
     composition_parts,
     decimal_weights_to_ints,
     div_round_half_up,
@@ -191,3 +192,12 @@ def test_composition_parts() -> None:
     assert composition_parts(33333, [Decimal("0.7"), Decimal("0.3")]) == [23333, 10000]
     assert composition_parts(100, [Decimal("1")]) == [100]
     assert composition_parts(100, []) == []
+
+
+def test_apportion_units_equals_split_units() -> None:
+    rng = random.Random(8)
+    for _ in range(500):
+        total = rng.choice([0, 1, -1, rng.randint(-(10**12), 10**12)])
+        weights = [rng.randint(0, 10 ** rng.randint(0, 20)) for _ in range(rng.randint(1, 30))]
+        weights[0] += 1  # positive sum
+        assert apportion_units(total, weights, sum(weights)) == split_units(total, weights)

@@ -11,6 +11,9 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from itertools import repeat
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -31,7 +34,7 @@ from chargeback_dagster.domain import (
     MetricRow,
     day_start,
 )
-from chargeback_dagster.money import format_units, round4_units, scaled_round4_units, units_to_decimal
+from chargeback_dagster.money import format_units, round4_units, scaled_round4_units
 
 _LOG = logging.getLogger("chargeback_dagster.allocation")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -90,6 +93,9 @@ class DateAllocation:
     def row_dicts(self) -> list[dict[str, Any]]:
         """Rows as dicts (`ROW_KEY_FIELDS` + `amount_units`), for tests and debugging."""
         return [dict(zip(ROW_KEY_FIELDS, key, strict=True), amount_units=u) for key, u in self.rows.items()]
+
+
+_LINE_ORDER = attrgetter("resource_id", "product_type", "env_id")  # allocation.md §2
 
 
 def _error_text(exc: BaseException) -> str:
@@ -223,6 +229,8 @@ class _DateAllocator:
             tenant_period=self.tenant_period, tenant_period_owners=self.tenant_period_owners
         )
         self._sets_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], IdentitySets] = {}
+        self._routes: dict[str, tuple[Handler | None, Allocator, bool]] = {}
+        self.resources = inputs.resources
 
     # -- identity sets (allocation.md §3) -------------------------------------------------------------
     def identity_sets(self, resource_active: Any, metrics_derived: Any) -> IdentitySets:
@@ -262,25 +270,41 @@ class _DateAllocator:
             return 0
         return (end - start) // _MICROSECOND
 
+    # -- routing (allocation.md §2 step 1) ---------------------------------------------------------------
+    def route(self, line: BillingLine) -> tuple[Handler | None, Allocator, bool]:
+        """(claiming handler, allocator, allocator is a built-in Model) of the line's product type."""
+        product_type = line.product_type
+        route = self._routes.get(product_type)
+        if route is None:
+            handler = self.by_type.get(product_type)
+            allocator = self.allocator_overrides.get(product_type)
+            if allocator is None:
+                if handler is not None:
+                    allocator = handler.allocators[product_type]
+                else:
+                    allocator = self.unknown_allocator
+                    if product_type not in self.warned:
+                        self.warned.add(product_type)
+                        self.log.warning(
+                            f"No allocator for product_type '{product_type}'; charged to "
+                            f"{_unknown_target(allocator, line)}"
+                        )
+            route = self._routes[product_type] = (handler, allocator, isinstance(allocator, Model))
+        return route
+
     # -- one line ---------------------------------------------------------------------------------------
     def line_blocks(self, line: BillingLine, t_units: int) -> list[Block]:
-        product_type = line.product_type
-        handler = self.by_type.get(product_type)
-        allocator = self.allocator_overrides.get(product_type)
-        if allocator is None:
-            if handler is not None:
-                allocator = handler.allocators[product_type]
-            else:
-                allocator = self.unknown_allocator
-                if product_type not in self.warned:
-                    self.warned.add(product_type)
-                    self.log.warning(
-                        f"No allocator for product_type '{product_type}'; charged to "
-                        f"{_unknown_target(allocator, line)}"
-                    )
+        handler, allocator, is_model = self.route(line)
 
         blocks: list[Block] = []
-        active_us = DAY_MICROSECONDS if handler is None else self.active_microseconds(line, handler)
+        if handler is None:
+            active_us = DAY_MICROSECONDS
+        else:
+            resource = self.resources.get(line.resource_id)
+            if resource is None or (resource.created_at is None and resource.deleted_at is None):
+                active_us = DAY_MICROSECONDS
+            else:
+                active_us = self.active_microseconds(line, handler)
         if active_us >= DAY_MICROSECONDS:
             a_units = t_units
         else:
@@ -305,42 +329,59 @@ class _DateAllocator:
                 metrics = self.inputs.metrics
                 failed = self.inputs.failed_metrics
                 line_metrics = {key: metrics.get((resource_id, key), []) for key in queries}
-                metrics_failed = any((resource_id, key) in failed for key in queries)
+                if failed:
+                    metrics_failed = any((resource_id, key) in failed for key in queries)
             else:
                 line_metrics = {}
-            override = self.resolver_overrides.get(handler.service_type)
+            override = self.resolver_overrides.get(handler.service_type) if self.resolver_overrides else None
             if override is not None:
                 result = override(
                     self.tenant_id, line.resource_id, line.timestamp, DAY, line_metrics, self.inputs
                 )
             else:
                 result = handler.resolve(line, self.inputs, line_metrics)
-            resource_active, metrics_derived, context = _unpack_resolution(result)
-            sets = self.identity_sets(resource_active, metrics_derived)
+            if type(result) is Resolution:
+                resource_active = result.resource_active
+                metrics_derived = result.metrics_derived
+                context = result.context or {}
+            else:
+                resource_active, metrics_derived, context = _unpack_resolution(result)
+            sets = self._sets_cache.get(
+                (
+                    tuple(resource_active) if resource_active else (),
+                    tuple(metrics_derived) if metrics_derived else (),
+                )
+            ) or self.identity_sets(resource_active, metrics_derived)
 
         ctx = AllocationContext(
-            tenant_id=self.tenant_id,
-            ecosystem=self.ecosystem,
-            date=self.day,
-            billing_line=line,
-            amount=units_to_decimal(a_units),
-            identities=sets,
-            metrics=line_metrics,
-            metrics_fetch_failed=metrics_failed,
-            params=self.params,
-            context=context,
+            self.tenant_id,
+            self.ecosystem,
+            self.day,
+            line,
+            Decimal(a_units).scaleb(-4),  # units_to_decimal
+            sets,
+            line_metrics,
+            metrics_failed,
+            self.params,
+            context,
         )
-        if isinstance(allocator, Model):
-            allocated = allocator.blocks(ctx, a_units, "")
+        if is_model:
+            allocated = allocator.blocks(ctx, a_units, "")  # type: ignore[attr-defined]
         else:
-            allocated = _override_blocks(product_type, allocator(ctx))
+            allocated = _override_blocks(line.product_type, allocator(ctx))
 
         total = 0
         for block in allocated:
-            total += sum(block[1])
+            amounts = block[1]
+            if len(amounts) != len(block[0]):
+                raise ValueError(
+                    f"Allocator for '{line.product_type}' returned a block with {len(block[0])} "
+                    f"identities and {len(amounts)} amounts"
+                )
+            total += sum(amounts)
         if total != a_units:
             raise ValueError(
-                f"Allocator for '{product_type}' returned rows summing to {format_units(total)}, "
+                f"Allocator for '{line.product_type}' returned rows summing to {format_units(total)}, "
                 f"expected {format_units(a_units)}"
             )
         if metrics_failed:  # decision D9
@@ -348,8 +389,10 @@ class _DateAllocator:
                 (ids, am, ct, method, METRICS_FAILED_DETAIL, part)
                 for ids, am, ct, method, _, part in allocated
             ]
-        blocks.extend(allocated)
-        return blocks
+        if blocks:
+            blocks.extend(allocated)
+            return blocks
+        return allocated
 
 
 def allocate_date(
@@ -390,14 +433,16 @@ def allocate_date(
         set() if warned is None else warned,
     )
     day = inputs.date
-    # Merge (decision D2) in two levels for speed: block key (the dimension key without identity_id) →
-    # identity_id → units; flattened into dimension keys at the end.
-    merged: dict[tuple[str, ...], dict[str, int]] = {}
+    # Rows are merged (decision D2) straight into the result dict. A block whose key (the dimension key
+    # without identity_id) was not seen before this date cannot collide with an existing row, so its rows
+    # are inserted in one C-level `dict.update`; a repeated block key is summed row by row.
+    rows: dict[RowKey, int] = {}
+    seen_blocks: set[tuple[str, ...]] = set()
     succeeded: list[BillingLine] = []
     failed_lines: list[tuple[BillingLine, int, str]] = []
     billed = 0
 
-    for line in sorted(inputs.lines, key=lambda ln: (ln.resource_id, ln.product_type, ln.env_id)):
+    for line in sorted(inputs.lines, key=_LINE_ORDER):
         try:
             t_units = round4_units(line.total_cost)
         except (ValueError, ArithmeticError) as exc:
@@ -443,23 +488,63 @@ def allocate_date(
         product_type = line.product_type
         for ids, amounts, cost_type, method, detail, part in blocks:
             block_key = (env_id, resource_id, category, product_type, cost_type, method, detail, part)
-            per_identity = merged.get(block_key)
-            if per_identity is None:
-                per_identity = merged[block_key] = dict(zip(ids, amounts, strict=True))
-                if len(per_identity) == len(ids):
+            if block_key not in seen_blocks:
+                seen_blocks.add(block_key)
+                if len(ids) == 1:
+                    rows[
+                        (env_id, resource_id, category, product_type, ids[0], cost_type, method, detail, part)
+                    ] = amounts[0]
                     continue
-                per_identity.clear()  # repeated identity inside one block: sum below instead
-            get = per_identity.get
+                before = len(rows)
+                rows.update(
+                    zip(
+                        zip(
+                            repeat(env_id),
+                            repeat(resource_id),
+                            repeat(category),
+                            repeat(product_type),
+                            ids,
+                            repeat(cost_type),
+                            repeat(method),
+                            repeat(detail),
+                            repeat(part),
+                        ),
+                        amounts,
+                        strict=True,
+                    )
+                )
+                if len(rows) - before == len(ids):
+                    continue
+                # An identity repeated inside this new block: all its keys are new, sum them afresh.
+                for identity_id in ids:
+                    rows[
+                        (
+                            env_id,
+                            resource_id,
+                            category,
+                            product_type,
+                            identity_id,
+                            cost_type,
+                            method,
+                            detail,
+                            part,
+                        )
+                    ] = 0
+            get = rows.get
             for identity_id, amount in zip(ids, amounts, strict=True):
-                per_identity[identity_id] = get(identity_id, 0) + amount
+                key = (
+                    env_id,
+                    resource_id,
+                    category,
+                    product_type,
+                    identity_id,
+                    cost_type,
+                    method,
+                    detail,
+                    part,
+                )
+                rows[key] = get(key, 0) + amount
 
-    rows: dict[RowKey, int] = {
-        (env_id, resource_id, category, product_type, identity_id, cost_type, method, detail, part): amount
-        for (env_id, resource_id, category, product_type, cost_type, method, detail, part), per_identity in (
-            merged.items()
-        )
-        for identity_id, amount in per_identity.items()
-    }
     allocated = sum(rows.values())
     if allocated != billed:  # decision D1; cannot happen unless a model is broken
         raise DateCalculationError(

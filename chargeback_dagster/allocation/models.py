@@ -12,15 +12,16 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
+from operator import attrgetter, is_
 from typing import Any
 
 from chargeback_dagster.allocation.types import AllocationContext, Allocator, IdentitySets
 from chargeback_dagster.domain import UNALLOCATED, ChargebackRow, MetricRow
 from chargeback_dagster.money import (
-    composition_parts,
+    apportion_units,
     decimal_weights_to_ints,
+    div_round_half_up,
     even_split_units,
-    split_units,
     to_units,
     units_to_decimal,
 )
@@ -70,9 +71,8 @@ class EvenSplit(Model):
                 raise ValueError(
                     f"Unknown identity set '{identity_set}'; expected one of {sorted(IDENTITY_SET_NAMES)}"
                 )
-            name = identity_set
-            self._getter: Callable[[AllocationContext], Sequence[str]] = lambda ctx: getattr(
-                ctx.identities, name
+            self._getter: Callable[[AllocationContext], Sequence[str]] = attrgetter(
+                f"identities.{identity_set}"
             )
         elif callable(identity_set):
             # A callable's result is de-duplicated and sorted here (decision D4).
@@ -104,9 +104,14 @@ class UsageRatio(Model):
     `weight_name` may also be a sequence of names whose weights are summed per identity (CKU: bytes_in +
     bytes_out). Weights ≤ 0 are dropped; identities are sorted by id (decision D4). Yields nothing when
     the line's metrics failed (decision D9) or no positive weight is left. Rows are cost_type `usage`.
+
+    Turning Decimal weights into integers is the expensive part, and the lines of one resource usually
+    share their weight mappings, so the prepared `(ids, int weights, Σ)` is cached per weight-mapping
+    object. A cache entry holds the mapping (its `id` cannot be reused while cached) and a shallow copy,
+    and is used only while the mapping still equals that copy, so a mutated mapping is prepared again.
     """
 
-    __slots__ = ("weight_names", "detail", "cost_type", "method")
+    __slots__ = ("weight_names", "detail", "cost_type", "method", "_cache")
 
     def __init__(self, weight_name: str | Sequence[str], detail: str = "usage_ratio_allocation") -> None:
         names = (weight_name,) if isinstance(weight_name, str) else tuple(weight_name)
@@ -116,40 +121,124 @@ class UsageRatio(Model):
         self.detail = detail
         self.cost_type = "usage"
         self.method = "usage_ratio"
+        # id(mapping) or tuple of ids -> (mappings, shallow copies, prepared weights or None)
+        self._cache: dict[Any, tuple[Any, Any, _Prepared | None]] = {}
 
     def weights(self, ctx: AllocationContext) -> Mapping[str, Any]:
         """identity → weight as given by the resolver (several weight names are summed)."""
         usage = (ctx.context or {}).get("usage") or {}
         if len(self.weight_names) == 1:
             return usage.get(self.weight_names[0]) or {}
-        total: dict[str, Decimal] = {}
-        for name in self.weight_names:
-            for identity_id, w in (usage.get(name) or {}).items():
-                total[identity_id] = total.get(identity_id, Decimal(0)) + _as_decimal(w)
-        return total
+        return _summed([usage.get(name) for name in self.weight_names])
+
+    def prepared(self, ctx: AllocationContext) -> _Prepared | None:
+        """`(ids, int weights, Σ weights)` of the positive weights in identity order, or None."""
+        context = ctx.context
+        usage = context.get("usage") if context else None
+        if not usage:
+            return None
+        names = self.weight_names
+        cache = self._cache
+        if len(names) == 1:
+            source = usage.get(names[0])
+            if not source:
+                return None
+            if type(source) is not dict:
+                return _prepare(source)
+            hit = cache.get(id(source))
+            if hit is not None and hit[0] is source and _unchanged(hit[1], source):
+                return hit[2]
+            result = _prepare(source)
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()
+            cache[id(source)] = (source, source.copy(), result)
+            return result
+        sources = [usage.get(name) for name in names]
+        if not all(type(src) is dict for src in sources):
+            return _prepare(_summed(sources))
+        key = tuple(map(id, sources))
+        hit = cache.get(key)
+        if hit is not None and all(map(is_, hit[0], sources)) and all(map(_unchanged, hit[1], sources)):
+            return hit[2]
+        result = _prepare(_summed(sources))
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        cache[key] = (sources, [src.copy() for src in sources], result)
+        return result
 
     def blocks(self, ctx: AllocationContext, units: int, part: str) -> list[Block]:
         if ctx.metrics_fetch_failed:
             return []
-        weights = self.weights(ctx)
-        if not weights:
+        prepared = self.prepared(ctx)
+        if prepared is None:
             return []
+        ids, ints, total = prepared
+        return [(ids, apportion_units(units, ints, total), self.cost_type, self.method, self.detail, part)]
+
+    def __repr__(self) -> str:
+        name = self.weight_names[0] if len(self.weight_names) == 1 else self.weight_names
+        return f"UsageRatio({name!r}, {self.detail!r})"
+
+
+# (identity ids in sorted order, integer weights > 0, their sum)
+_Prepared = tuple[tuple[str, ...], Sequence[int], int]
+_CACHE_SIZE = 8
+_DECIMAL_ONLY = {Decimal}
+_DECIMAL_ZERO = Decimal(0)
+
+
+def _unchanged(copy: dict[str, Any], source: dict[str, Any]) -> bool:
+    """`source` still equals its cached copy (fast: unchanged values are the same objects)."""
+    try:
+        return copy == source
+    except ArithmeticError:  # a signaling NaN put in since
+        return False
+
+
+def _summed(sources: Sequence[Mapping[str, Any] | None]) -> dict[str, Decimal]:
+    total: dict[str, Decimal] = {}
+    get = total.get
+    for source in sources:
+        if not source:
+            continue
+        if set(map(type, source.values())) == _DECIMAL_ONLY:  # skip _as_decimal: same sums
+            for identity_id, w in source.items():
+                total[identity_id] = get(identity_id, _DECIMAL_ZERO) + w
+        else:
+            for identity_id, w in source.items():
+                total[identity_id] = get(identity_id, _DECIMAL_ZERO) + _as_decimal(w)
+    return total
+
+
+def _prepare(weights: Mapping[str, Any]) -> _Prepared | None:
+    """Positive weights sorted by identity (decision D4), scaled exactly to integers."""
+    ids: Sequence[str]
+    values: Sequence[Any]
+    try:
+        ids = sorted(weights)
+        values = list(map(weights.__getitem__, ids))
+        if set(map(type, values)) != _DECIMAL_ONLY:
+            raise TypeError  # ints, floats, strs...: the general path below
+        if not all(map(_DECIMAL_ZERO.__lt__, values)):  # NaN raises InvalidOperation
+            positive = [item for item in zip(ids, values, strict=True) if item[1] > _DECIMAL_ZERO]
+            if not positive:
+                return None
+            ids, values = zip(*positive, strict=True)
+    except (InvalidOperation, TypeError):
         try:
             positive = [item for item in sorted(weights.items()) if item[1] > 0]
         except (InvalidOperation, TypeError):  # NaN weights, or str mixed in
             converted = ((i, _as_decimal(w)) for i, w in weights.items())
             positive = sorted((i, w) for i, w in converted if w.is_finite() and w > 0)
         if not positive:
-            return []
+            return None
         ids, values = zip(*positive, strict=True)
         if not set(map(type, values)) <= _EXACT_TYPES:
             values = [_as_decimal(w) for w in values]  # floats → Decimal(str(v))
-        amounts = split_units(units, decimal_weights_to_ints(values))
-        return [(ids, amounts, self.cost_type, self.method, self.detail, part)]
-
-    def __repr__(self) -> str:
-        name = self.weight_names[0] if len(self.weight_names) == 1 else self.weight_names
-        return f"UsageRatio({name!r}, {self.detail!r})"
+    if not ids:
+        return None
+    ints = decimal_weights_to_ints(values)
+    return tuple(ids), ints, sum(ints)
 
 
 class Terminal(Model):
@@ -248,7 +337,7 @@ class Composition(Model):
     Rows carry the part name as `composition_part` (decision D2).
     """
 
-    __slots__ = ("parts", "names", "ratios", "chains")
+    __slots__ = ("parts", "names", "ratios", "chains", "_fractions")
 
     def __init__(self, parts: Sequence[tuple[str, Decimal, Chain]]) -> None:
         parts = [(name, _as_decimal(ratio), _as_model(chain)) for name, ratio, chain in parts]
@@ -264,12 +353,19 @@ class Composition(Model):
         self.names = tuple(name for name, _, _ in parts)
         self.ratios = tuple(ratio for _, ratio, _ in parts)
         self.chains = tuple(chain for _, _, chain in parts)
+        self._fractions = tuple(ratio.as_integer_ratio() for ratio in self.ratios[:-1])
 
     def blocks(self, ctx: AllocationContext, units: int, part: str) -> list[Block]:
         result: list[Block] = []
-        for name, chain, part_units in zip(
-            self.names, self.chains, composition_parts(units, self.ratios), strict=True
-        ):
+        rest = units
+        last = len(self._fractions)
+        for j, (name, chain) in enumerate(zip(self.names, self.chains, strict=True)):
+            if j < last:  # composition_parts(units, self.ratios) with the ratios' fractions precomputed
+                num, den = self._fractions[j]
+                part_units = div_round_half_up(units * num, den)
+                rest -= part_units
+            else:
+                part_units = rest
             result.extend(chain.blocks(ctx, part_units, name))
         return result
 
