@@ -7,8 +7,11 @@ Data passes between steps through the tenant store, never in memory.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
+from bisect import bisect_left
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -23,6 +26,7 @@ from chargeback_dagster.sources.prometheus import (
     MetricsQueryError,
     PrometheusClient,
     RangeQuery,
+    Series,
     day_window,
     reduce_series,
 )
@@ -148,6 +152,11 @@ def route(handlers: list[Handler]) -> dict[str, Handler]:
     return {pt: h for h in handlers for pt in h.product_types}
 
 
+# Consecutive dates covered by one batched (all-resources) query. Results are reduced and stored per such
+# chunk, so memory stays bounded whatever the length of the run.
+BATCH_DAYS = 7
+
+
 def fetch_usage_metrics(
     store: TenantStore,
     ecosystem: Ecosystem,
@@ -157,71 +166,209 @@ def fetch_usage_metrics(
     now: datetime,
     refetch: bool = False,
 ) -> MetricsSummary:
-    """Fetch every metric query the lines of `dates` need, once per (date, resource, query key)."""
+    """Fetch every metric query the lines of `dates` need, once per (date, resource, query key).
+
+    Batchable keys (Ecosystem.batched_query) are fetched with one query per key for every resource and
+    up to BATCH_DAYS consecutive dates (when the step divides a day, the long query evaluates exactly the
+    per-day grids), split by sample timestamp into days and by the resource label into groups. A failed
+    multi-day query is retried per day; a failed query fails every group it serves. Dates are processed
+    in chunks: the next chunk's queries run while the current chunk is reduced and stored.
+    """
     by_type = route(ecosystem.handlers())
     summary = MetricsSummary()
-    wanted: dict[tuple[date, str, str], RangeQuery] = {}
-    # Batchable keys (Ecosystem.batched_query): one query per (date, key) for every resource of that day.
-    batch_specs: dict[str, tuple[str, str] | None] = {}
-    batched: dict[tuple[date, str], RangeQuery] = {}
-    batch_label: dict[tuple[date, str], str] = {}
-    seen: set[tuple[date, str, str]] = set()
+    batch_specs: dict[str, tuple[str, str | None] | None] = {}
+    plan: dict[date, dict[tuple[str, str], str]] = {}  # date -> (resource, key) -> PromQL, to fetch
     for d in dates:
+        if d in plan:
+            continue
         status = store.metric_fetch_status(d)
         settled_at = day_window(d)[1] + SETTLED_AFTER
+        groups = plan.setdefault(d, {})
+        seen: set[tuple[str, str]] = set()
         for line in store.billing_lines(d):
             handler = by_type.get(line.product_type)
             if handler is None:
                 continue
             for key, promql in handler.metric_queries(line).items():
-                group = (d, line.resource_id, key)
+                group = (line.resource_id, key)
                 if group in seen:
                     continue
                 seen.add(group)
                 summary.requested += 1
-                previous = status.get((line.resource_id, key))
+                previous = status.get(group)
                 if not refetch and previous and previous[0] == "ok" and previous[2] >= settled_at:
                     summary.skipped_settled += 1
                     continue
                 if key not in batch_specs:
                     batch_specs[key] = ecosystem.batched_query(key)
-                spec = batch_specs[key]
-                if spec is not None and (d, key) not in batched:
-                    batched[(d, key)] = RangeQuery(spec[0], *day_window(d), step_seconds)
-                    batch_label[(d, key)] = spec[1]
-                wanted[group] = (
-                    batched[(d, key)]
-                    if spec is not None
-                    else RangeQuery(promql, *day_window(d), step_seconds)
-                )
-    if not wanted:
+                groups[group] = promql
+    todo = sorted(d for d, groups in plan.items() if groups)
+    if not todo:
         return summary
 
-    results = client_factory().query_range_many(set(wanted.values()))
-    # Batched results split by the resource label: (date, key) -> resource -> series
-    split: dict[tuple[date, str], dict[str, list]] = {}
-    for (d, key), query in batched.items():
-        result = results[query]
-        if not isinstance(result, MetricsQueryError):
-            per_resource: dict[str, list] = {}
-            for series in result:
-                per_resource.setdefault(series.labels.get(batch_label[(d, key)], ""), []).append(series)
+    client = client_factory()
+    span = BATCH_DAYS if step_seconds > 0 and 86400 % step_seconds == 0 else 1
+    chunks = _date_chunks(todo, span)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-prefetch") as prefetch:
+        pending = prefetch.submit(_run_chunk_queries, client, plan, batch_specs, chunks[0], step_seconds)
+        for i, chunk in enumerate(chunks):
+            queries, results = pending.result()
+            _retry_failed_spans_per_day(client, queries, results, step_seconds)
+            if i + 1 < len(chunks):  # the next chunk's requests start only after this chunk's retries
+                pending = prefetch.submit(
+                    _run_chunk_queries, client, plan, batch_specs, chunks[i + 1], step_seconds
+                )
+            fetches = _chunk_fetches(plan, batch_specs, chunk, queries, results, summary)
+            del queries, results
+            store.store_metric_fetches(fetches, now)
+            summary.fetched += len(fetches)
+            store.set_states(sorted({f[0] for f in fetches}), metrics_fetched_at=now)
+    return summary
+
+
+def _date_chunks(dates: list[date], span: int) -> list[list[date]]:
+    """Ascending dates cut into runs of consecutive dates of at most `span` dates."""
+    chunks: list[list[date]] = []
+    for d in dates:
+        if chunks and len(chunks[-1]) < span and (d - chunks[-1][-1]).days == 1:
+            chunks[-1].append(d)
+        else:
+            chunks.append([d])
+    return chunks
+
+
+@dataclass
+class _BatchQuery:
+    query: RangeQuery
+    days: list[date]
+    label: str | None
+
+
+def _run_chunk_queries(
+    client: PrometheusClient,
+    plan: dict[date, dict[tuple[str, str], str]],
+    batch_specs: dict[str, tuple[str, str | None] | None],
+    chunk: list[date],
+    step_seconds: int,
+) -> tuple[dict, dict]:
+    """The chunk's queries: `(date, resource, key)` or `key` (batched) → query, and their results."""
+    queries: dict = {}
+    key_days: dict[str, list[date]] = {}
+    for d in chunk:
+        for (resource_id, key), promql in plan[d].items():
+            spec = batch_specs[key]
+            if spec is None:
+                queries[(d, resource_id, key)] = RangeQuery(promql, *day_window(d), step_seconds)
+            elif not key_days.setdefault(key, []) or key_days[key][-1] != d:
+                key_days[key].append(d)
+    for key, days in key_days.items():
+        spec = batch_specs[key]
+        assert spec is not None
+        window = (day_window(days[0])[0], day_window(days[-1])[1])
+        queries[key] = _BatchQuery(RangeQuery(spec[0], *window, step_seconds), days, spec[1])
+    wanted = [q.query if isinstance(q, _BatchQuery) else q for q in queries.values()]
+    return queries, client.query_range_many(wanted)
+
+
+def _retry_failed_spans_per_day(client: PrometheusClient, queries: dict, results: dict, step: int) -> None:
+    """A failed batched query over several days: query each of its days separately (results added)."""
+    retry = {}
+    for q in queries.values():
+        if isinstance(q, _BatchQuery) and len(q.days) > 1 and isinstance(results[q.query], MetricsQueryError):
+            for d in q.days:
+                retry[RangeQuery(q.query.query, *day_window(d), step)] = q
+    if retry:
+        results.update(client.query_range_many(retry))
+
+
+def _chunk_fetches(
+    plan: dict[date, dict[tuple[str, str], str]],
+    batch_specs: dict[str, tuple[str, str | None] | None],
+    chunk: list[date],
+    queries: dict,
+    results: dict,
+    summary: MetricsSummary,
+) -> list[tuple]:
+    # batched results reduced per day and resource label: (date, key) -> resource -> rows | error
+    split: dict[tuple[date, str], dict[str | None, list] | MetricsQueryError] = {}
+    for key, q in queries.items():
+        if not isinstance(q, _BatchQuery):
+            continue
+        result = results[q.query]
+        if isinstance(result, MetricsQueryError) and len(q.days) > 1:
+            for d in q.days:  # retried per day
+                day_query = RangeQuery(q.query.query, *day_window(d), q.query.step_seconds)
+                day_result = results.get(day_query, result)
+                split[(d, key)] = (
+                    day_result
+                    if isinstance(day_result, MetricsQueryError)
+                    else _reduce_by_day_and_resource(day_result, [d], q.label)[d]
+                )
+            continue
+        if isinstance(result, MetricsQueryError):
+            for d in q.days:
+                split[(d, key)] = result
+            continue
+        for d, per_resource in _reduce_by_day_and_resource(result, q.days, q.label).items():
             split[(d, key)] = per_resource
     fetches = []
-    for (d, resource_id, key), query in wanted.items():
-        result = results[query]
-        if isinstance(result, MetricsQueryError):
-            summary.failures.append(f"{d} {resource_id} {key}: {result}")
-            fetches.append((d, resource_id, key, None, str(result)))
-            continue
-        if (d, key) in split and batched.get((d, key)) == query:
-            result = split[(d, key)].get(resource_id, [])  # no series for the resource: ok, empty
-        rows = [MetricRow(labels, s, m, n) for labels, s, m, n in reduce_series(result)]
-        fetches.append((d, resource_id, key, rows, None))
-    store.store_metric_fetches(fetches, now)
-    summary.fetched = len(fetches)
-    store.set_states(sorted({f[0] for f in fetches}), metrics_fetched_at=now)
-    return summary
+    for d in chunk:
+        for resource_id, key in plan[d]:
+            spec = batch_specs[key]
+            if spec is not None:
+                reduced = split[(d, key)]
+                if not isinstance(reduced, MetricsQueryError):
+                    # no series for the resource: ok, empty; label None: all series are the resource's
+                    reduced = reduced.get(resource_id if spec[1] is not None else None, [])
+            else:
+                result = results[queries[(d, resource_id, key)]]
+                reduced = result if isinstance(result, MetricsQueryError) else reduce_series(result)
+            if isinstance(reduced, MetricsQueryError):
+                summary.failures.append(f"{d} {resource_id} {key}: {reduced}")
+                fetches.append((d, resource_id, key, None, str(reduced)))
+                continue
+            rows = [MetricRow(labels, s, m, n) for labels, s, m, n in reduced]
+            fetches.append((d, resource_id, key, rows, None))
+    return fetches
+
+
+def _reduce_by_day_and_resource(
+    series: list[Series], days: list[date], label: str | None
+) -> dict[date, dict[str | None, list[tuple[dict[str, str], float, float, int]]]]:
+    """`reduce_series` of each (day, resource) part of a batched result, without building per-day Series.
+
+    Samples are cut into the UTC days of `days` (d ≤ ts < d+1) and grouped by the resource label (None:
+    one group); within a group, series with equal label sets are combined as reduce_series does."""
+    bounds = [(d, *(w.timestamp() for w in day_window(d))) for d in days]
+    acc: dict[date, dict[str | None, dict[tuple, list[float]]]] = {d: {} for d in days}
+    for s in series:
+        samples = s.samples  # ascending by timestamp
+        if len(days) == 1:
+            cuts = [(days[0], 0, len(samples))]
+        else:
+            stamps = [ts for ts, _ in samples]
+            cuts = [(d, bisect_left(stamps, lo), bisect_left(stamps, hi)) for d, lo, hi in bounds]
+        values = [v for _, v in samples]
+        resource = s.labels.get(label, "") if label is not None else None
+        key = tuple(sorted(s.labels.items()))
+        for d, i, j in cuts:
+            if j <= i:
+                continue
+            groups = acc[d].setdefault(resource, {})
+            known = groups.get(key)
+            if known is None:
+                groups[key] = values[i:j]
+            else:
+                known.extend(values[i:j])
+    return {
+        d: {
+            resource: [
+                (dict(key), math.fsum(vals), max(vals), len(vals)) for key, vals in sorted(groups.items())
+            ]
+            for resource, groups in per_resource.items()
+        }
+        for d, per_resource in acc.items()
+    }
 
 
 # --- chargeback ------------------------------------------------------------------------------------
@@ -303,8 +450,15 @@ def billed_units(lines: list[BillingLine]) -> int:
 def reconciliation_gaps(store: TenantStore, dates: list[date]) -> dict[date, int]:
     """Dates whose stored chargeback total differs from the billed total, with the difference in units."""
     gaps = {}
-    for d in dates:
-        difference = store.chargeback_total_units(d) - billed_units(store.billing_lines(d))
-        if difference:
-            gaps[d] = difference
-    return gaps
+    ordered = sorted(set(dates))
+    for i in range(0, len(ordered), RECONCILE_CHUNK_DAYS):  # lines read per chunk, not per date
+        chunk = ordered[i : i + RECONCILE_CHUNK_DAYS]
+        lines = store.billing_lines_between(chunk[0], chunk[-1] + timedelta(days=1))
+        for d in chunk:
+            difference = store.chargeback_total_units(d) - billed_units(lines.get(d, []))
+            if difference:
+                gaps[d] = difference
+    return {d: gaps[d] for d in dates if d in gaps}
+
+
+RECONCILE_CHUNK_DAYS = 31

@@ -140,6 +140,8 @@ def db_snapshot(store: TenantStore) -> dict:
 
 @pytest.mark.slow
 def test_multi_day_range_end_to_end(tmp_path, org, prometheus, sim):
+    from chargeback_dagster import pipeline
+
     config_path = write_config(tmp_path, sim.url, prometheus.url)
     defs = build_definitions(load_config(config_path))
     before = query_range_count(prometheus.url)
@@ -157,11 +159,13 @@ def test_multi_day_range_end_to_end(tmp_path, org, prometheus, sim):
         ["2026-01-04", "2026-01-05"],
     ]
 
-    # Prometheus: one range query per metric key per day for all clusters/pools: 4 keys × N days,
-    # independent of the M = 7 Kafka clusters (O(N), not O(N·M)).
+    # Prometheus: one range query per metric key for all clusters/pools and up to BATCH_DAYS consecutive
+    # days (sliced by day afterwards): 4 keys × ⌈N / BATCH_DAYS⌉, independent of the M = 7 Kafka clusters
+    # (never O(N·M); at most one query per key per day).
     m_clusters = len(org.clusters)
     assert m_clusters == 7
-    assert prom_requests == 4 * DAYS
+    assert DAYS <= pipeline.BATCH_DAYS
+    assert prom_requests == 4
 
     store = open_store(config_path)
     out = tmp_path / "out"
@@ -305,7 +309,8 @@ def test_prometheus_requests_are_o_of_days_not_days_times_clusters(tmp_path, org
     summary = pipeline.fetch_usage_metrics(store, eco, dates, lambda: client, 3600, pipeline.now_utc())
     # groups = (date, resource, key): 7 Kafka clusters (the deleted one on its days) × 2 keys + 2 pools × 2
     assert summary.fetched >= n_days * (6 * 2 + 2 * 2)
-    assert client.request_count == 4 * n_days  # one query per key per day, whatever M is
+    # one query per key for the whole range (≤ BATCH_DAYS days), whatever M is
+    assert client.request_count == 4
     assert not summary.failures
     # resources without any series get an ok, empty result
     d = dates[0]
@@ -339,4 +344,44 @@ def test_a_failed_batched_query_fails_every_group_of_that_key_and_day(tmp_path, 
     assert failed == out_keys and len(out_keys) >= 6
     assert all(statuses[(rid, "bytes_in")][0] == "ok" for rid in out_keys)
     assert len(summary.failures) == len(out_keys)
+    store.dispose()
+
+
+def test_batched_queries_cover_batch_days_and_fall_back_per_day(tmp_path, org, prometheus, sim, monkeypatch):
+    """Multi-day batched queries are sliced into days exactly; a failed multi-day query is retried per day."""
+    from chargeback_dagster import pipeline
+    from chargeback_dagster.sources.prometheus import MetricsQueryError, PrometheusClient
+
+    monkeypatch.setattr(pipeline, "BATCH_DAYS", 3)  # 4 days → chunks of 3 and 1 days
+
+    class MultiDayBytesOutFails(PrometheusClient):
+        def query_range(self, q):
+            if "response_bytes" in q.query and q.end - q.start > timedelta(days=1):
+                raise MetricsQueryError("execution: query processing would load too many samples")
+            return super().query_range(q)
+
+    store, eco = gathered_store(tmp_path, sim, prometheus.url, DATES)
+    client = MultiDayBytesOutFails(prometheus.url)
+    summary = pipeline.fetch_usage_metrics(store, eco, DATES, lambda: client, 3600, pipeline.now_utc())
+    assert not summary.failures
+    # chunk 1: bytes_in + 2 Flink keys over 3 days, bytes_out once per day; chunk 2: 4 keys for 1 day
+    assert client.request_count == 3 + 3 + 4
+    checked = 0
+    for d in DATES:
+        metrics = store.metric_rows(d)
+        for cluster in org.clusters:
+            for key, direction in (("bytes_in", "request"), ("bytes_out", "response")):
+                rows = metrics.get((cluster.id, key))
+                if rows is None:
+                    continue
+                assert {r.labels["principal_id"]: r.value_sum for r in rows} == org.expected_bytes(
+                    d, cluster.id, direction
+                )
+                checked += 1
+        for pool in org.flink_pools:
+            rows = metrics.get((pool["id"], "flink_cfu_primary"))
+            if rows is not None:
+                expected = org.expected_cfu(d, pool["id"])
+                assert {r.labels["flink_statement_name"]: r.value_sum for r in rows} == expected
+    assert checked >= len(DATES) * 6 * 2
     store.dispose()

@@ -249,10 +249,12 @@ def test_multi_day_construction_and_empty_day(tmp_path, client):
 
 
 class OneDayDown(PrometheusClient):
-    """The real client, except that every query over 2026-02-02 fails as an HTTP 503 would."""
+    """The real client, except that every query over 2026-02-02 fails as an HTTP 503 would (a whole-range
+    query covering that day too: the ecosystem then falls back to one query per day)."""
 
     def query_range(self, q):
-        if (q.start, q.end) == day_window(D2):
+        d2_start, d2_end = day_window(D2)
+        if q.start < d2_end and q.end > d2_start:
             raise MetricsQueryError("HTTP 503: down for maintenance")
         return super().query_range(q)
 

@@ -10,6 +10,13 @@ Usage::
 
 ``LocalPrometheus(None, workdir)`` starts an empty server.
 
+Large histories (benchmarks): ``LocalPrometheus(None, workdir, openmetrics_files=[...], import_workers=2)``
+imports each file with its own promtool call (files may be written streaming, so the text never sits in
+memory; promtool re-parses a whole input once per 2-hour block it writes, so files of one aligned 2-hour
+block each import fastest; pass them in time order: start-up waits for the newest sample of the last file).
+``keep_data=True`` starts on an existing ``<workdir>/data`` as it is (no import),
+e.g. a copy of a data directory cached from an earlier import.
+
 How history is loaded: the text is written to ``<workdir>/history.om`` and turned into TSDB blocks with
 ``promtool tsdb create-blocks-from openmetrics <file> <workdir>/data``; Prometheus then opens
 ``<workdir>/data`` as its TSDB. The workdir is owned by this object: its ``data`` directory is recreated on
@@ -45,6 +52,8 @@ import socket
 import subprocess
 import time
 import weakref
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
@@ -101,6 +110,18 @@ def _newest_sample(text: str) -> tuple[str, float] | None:
     return best
 
 
+def _newest_sample_in_files(paths: Sequence[Path]) -> tuple[str, float] | None:
+    """Like _newest_sample over the concatenation of the files, read line by line."""
+    best: tuple[str, float] | None = None
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                found = _newest_sample(line)
+                if found is not None and (best is None or found[1] > best[1]):
+                    best = found
+    return best
+
+
 class LocalPrometheus:
     def __init__(
         self,
@@ -109,8 +130,13 @@ class LocalPrometheus:
         port: int | None = None,
         *,
         startup_timeout: float = 60.0,
+        openmetrics_files: Sequence[Path] | None = None,
+        import_workers: int = 1,
+        keep_data: bool = False,
     ) -> None:
         self.openmetrics_text = openmetrics_text
+        self.openmetrics_files = [Path(f) for f in openmetrics_files or ()]
+        self.import_workers = max(1, import_workers)
         self.workdir = Path(workdir)
         self.port = port
         self._fixed_port = port is not None
@@ -118,9 +144,11 @@ class LocalPrometheus:
         self.data_dir = self.workdir / "data"
         self.config_path = self.workdir / "prometheus.yml"
         self.log_path = self.workdir / "prometheus.log"
-        self._imported = False
+        self._imported = keep_data and self.data_dir.is_dir()
         self._proc: subprocess.Popen[bytes] | None = None
         self._probe = _newest_sample(openmetrics_text) if openmetrics_text else None
+        if self._probe is None and self.openmetrics_files and not self._imported:
+            self._probe = _newest_sample_in_files(self.openmetrics_files[-1:])
 
     # -- public
 
@@ -202,9 +230,29 @@ class LocalPrometheus:
                     f"promtool tsdb create-blocks-from openmetrics failed (exit {result.returncode}) "
                     f"for {source}:\n{(result.stderr or result.stdout).strip()}"
                 )
+        if self.openmetrics_files:
+            with ThreadPoolExecutor(max_workers=self.import_workers) as pool:
+                list(pool.map(self._promtool_import, self.openmetrics_files))
         self._imported = True
 
+    def _promtool_import(self, source: Path) -> None:
+        cmd = [PROMTOOL_BIN, "tsdb", "create-blocks-from", "openmetrics"]
+        if _promtool_has_max_block_duration():
+            cmd.append("--max-block-duration=24h")
+        cmd += ["--quiet", str(source), str(self.data_dir)]
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except OSError as exc:
+            raise LocalPrometheusError(f"cannot run {PROMTOOL_BIN}: {exc}") from exc
+        if result.returncode != 0:
+            raise LocalPrometheusError(
+                f"promtool tsdb create-blocks-from openmetrics failed (exit {result.returncode}) "
+                f"for {source}:\n{(result.stderr or result.stdout).strip()}"
+            )
+
     def _spawn_and_wait(self) -> None:
+        if not self.config_path.exists():
+            self.config_path.write_text(MINIMAL_CONFIG)
         cmd = [
             PROMETHEUS_BIN,
             f"--config.file={self.config_path}",

@@ -75,11 +75,12 @@ class Ecosystem(ABC):
     def unknown_allocator(self) -> Allocator:
         """Allocator for product types no handler claims (decision D5)."""
 
-    def batched_query(self, key: str) -> tuple[str, str] | None:
+    def batched_query(self, key: str) -> tuple[str, str | None] | None:
         """Optional: a metric query key that can be fetched for all resources at once.
 
         Returns ``(promql without the resource filter, resource label)``: the usage_metrics step then sends
-        one query per key per day and splits the series by that label into per-resource results. None
-        (the default) keeps one query per (date, resource, key).
+        one query per key for up to pipeline.BATCH_DAYS consecutive days, slices it by day and splits the
+        series by that label into per-resource results (label None: every series belongs to every resource
+        asking for the key). None (the default) keeps one query per (date, resource, key).
         """
         return None

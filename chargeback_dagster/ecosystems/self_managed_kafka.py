@@ -237,5 +237,12 @@ class SelfManagedKafkaEcosystem(Ecosystem):
             )
         ]
 
+    def batched_query(self, key: str) -> tuple[str, str | None] | None:
+        """The usage queries are cluster-wide already (one resource): fetched once per key for several days
+        and sliced by day (pipeline.BATCH_DAYS); every series belongs to the cluster (label None)."""
+        if key in USAGE_QUERIES and ids.uses_prometheus(self.settings.identity_source):
+            return USAGE_QUERIES[key], None
+        return None
+
     def unknown_allocator(self) -> Allocator:
         return self_managed_unknown_allocator

@@ -104,7 +104,12 @@ def reduce_series(series: list[Series]) -> list[tuple[dict[str, str], float, flo
     acc: dict[tuple[tuple[str, str], ...], list[float]] = {}
     for s in series:
         key = tuple(sorted(s.labels.items()))
-        acc.setdefault(key, []).extend(v for _, v in s.samples)
+        values = [v for _, v in s.samples]
+        known = acc.get(key)
+        if known is None:
+            acc[key] = values
+        else:
+            known.extend(values)
     out = []
     for key in sorted(acc):
         values = acc[key]
@@ -407,10 +412,21 @@ class PrometheusClient:
                 "step": str(step),
             }
             data = self._post("/api/v1/query_range", form)
-            for metric, samples in _iter_result(data):
-                labels = reduce(metric)
-                bucket = merged.setdefault(tuple(sorted(labels.items())), {})
-                for ts, value in samples:
+            for metric, ts_list, values in _iter_result_columns(data):
+                key = tuple(sorted(reduce(metric).items()))
+                bucket = merged.get(key)
+                if (
+                    bucket is None
+                    and ts_list
+                    and start <= round(min(ts_list) * 1000)
+                    and round(max(ts_list) * 1000) < end
+                ):
+                    bucket = dict(zip(ts_list, values, strict=True))
+                    if len(bucket) == len(ts_list):  # fast path: a new label set, every sample inside
+                        merged[key] = bucket
+                        continue
+                bucket = merged.setdefault(key, {})
+                for ts, value in zip(ts_list, values, strict=True):
                     if start <= round(ts * 1000) < end:
                         bucket[ts] = bucket.get(ts, 0.0) + value
             chunk_start += MAX_POINTS_PER_REQUEST * step * 1000
@@ -524,6 +540,43 @@ def _parse_point(point: Any) -> tuple[float, float] | None:
     if not math.isfinite(value) or not math.isfinite(ts):
         return None
     return ts, value
+
+
+def _columns(raw_points: Any) -> tuple[list[float], list[float]]:
+    """Timestamps and values of a ``values`` array; non-finite and unparseable points skipped.
+
+    Fast path: convert the whole array with C-level ``map``; any oddity falls back to per-point parsing."""
+    try:
+        ts_list = list(map(float, [p[0] for p in raw_points]))
+        values = list(map(float, [p[1] for p in raw_points]))
+        if (
+            set(map(len, raw_points)) == {2}
+            and all(map(math.isfinite, values))
+            and all(map(math.isfinite, ts_list))
+        ):
+            return ts_list, values
+    except (TypeError, ValueError, IndexError, KeyError):
+        pass
+    points = [p for p in map(_parse_point, raw_points or []) if p is not None]
+    return [ts for ts, _ in points], [v for _, v in points]
+
+
+def _iter_result_columns(data: dict[str, Any]) -> Iterable[tuple[dict[str, str], list[float], list[float]]]:
+    """Like _iter_result, with each series' samples as (timestamps, values) columns."""
+    if data.get("resultType") != "matrix" or not isinstance(data.get("result"), list):
+        for metric, points in _iter_result(data):
+            yield metric, [ts for ts, _ in points], [v for _, v in points]
+        return
+    for item in data["result"]:
+        if not isinstance(item, dict):
+            continue
+        metric = item.get("metric") or {}
+        raw_points = item.get("values") if "values" in item else [item.get("value")]
+        if isinstance(raw_points, list) and raw_points:
+            ts_list, values = _columns(raw_points)
+        else:
+            ts_list, values = [], []
+        yield {str(k): str(v) for k, v in metric.items()}, ts_list, values
 
 
 def _iter_result(data: dict[str, Any]) -> Iterable[tuple[dict[str, str], list[tuple[float, float]]]]:

@@ -29,12 +29,14 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.types import NullType
 
 from chargeback_dagster.domain import UNALLOCATED, BillingLine, Identity, MetricRow, Resource, day_start
 from chargeback_dagster.store import tables as t
@@ -738,10 +740,6 @@ class TenantStore:
             v.c.resource_id == bindparam("b_res"),
             v.c.query_key == bindparam("b_key"),
         )
-        del_params = [
-            {"b_eco": self.ecosystem, "b_tid": self.tenant_id, "b_date": d, "b_res": r, "b_key": k}
-            for (d, r, k) in latest
-        ]
         up = self._insert(f)
         up = up.on_conflict_do_update(
             index_elements=["ecosystem", "tenant_id", "date", "resource_id", "query_key"],
@@ -752,7 +750,24 @@ class TenantStore:
             },
         )
         with self._write() as conn:
-            conn.execute(del_stmt, del_params)
+            # Delete only groups that have stored values (a first fetch has none: no per-group DELETEs).
+            stored: set[tuple] = set()
+            for chunk in _chunks(sorted({k[0] for k in latest})):
+                stored.update(
+                    tuple(r)
+                    for r in conn.execute(
+                        select(v.c.date, v.c.resource_id, v.c.query_key)
+                        .distinct()
+                        .where(self._mine(v), v.c.date.in_(chunk))
+                    )
+                )
+            del_params = [
+                {"b_eco": self.ecosystem, "b_tid": self.tenant_id, "b_date": d, "b_res": r, "b_key": k}
+                for (d, r, k) in latest
+                if (d, r, k) in stored
+            ]
+            if del_params:
+                conn.execute(del_stmt, del_params)
             if value_rows:
                 self._bulk_insert(
                     conn,
@@ -795,10 +810,14 @@ class TenantStore:
                     v.c.sample_count,
                 ).where(self._mine(v), v.c.date == d)
             ).all()
+        parsed: dict[str, dict] = {}  # label sets recur across resources and keys: parse each text once
         for r in sorted(values, key=lambda r: (r.resource_id, r.query_key, r.labels_key)):
+            labels = parsed.get(r.labels_json)
+            if labels is None:
+                labels = parsed[r.labels_json] = json.loads(r.labels_json)
             out.setdefault((r.resource_id, r.query_key), []).append(
                 MetricRow(
-                    labels=json.loads(r.labels_json),
+                    labels=dict(labels),
                     value_sum=float(r.value_sum),
                     value_max=float(r.value_max),
                     sample_count=int(r.sample_count),
@@ -1000,18 +1019,27 @@ class TenantStore:
             dim.c.allocation_method,
             dim.c.allocation_detail,
         )
+        # The timestamp is read raw and converted once per distinct value (a day has one), not per row.
+        raw_ts = type_coerce(facts.c.timestamp, NullType())
         q = (
-            select(*group, func.sum(facts.c.amount_units))
+            select(raw_ts, *group[1:], func.sum(facts.c.amount_units))
             .select_from(facts.join(dim, facts.c.dimension_id == dim.c.dimension_id))
             .where(self._mine(facts), facts.c.date >= start, facts.c.date < end)
             .group_by(*group)
         )
         with self._read() as conn:
             rows = conn.execute(q).all()
-        out = [
-            (self.ecosystem, self.tenant_id, ts, res, cat, typ, ident, ct, int(units), meth, det)
-            for ts, res, cat, typ, ident, ct, meth, det, units in rows
-        ]
+            dialect = conn.dialect
+        ts_type = facts.c.timestamp.type
+        to_ts = ts_type.dialect_impl(dialect).result_processor(dialect, None)
+        stamps: dict[Any, Any] = {}
+        eco, tid = self.ecosystem, self.tenant_id
+        out = []
+        for raw, res, cat, typ, ident, ct, meth, det, units in rows:
+            ts = stamps.get(raw)
+            if ts is None:
+                ts = stamps[raw] = to_ts(raw) if to_ts is not None else raw
+            out.append((eco, tid, ts, res, cat, typ, ident, ct, int(units), meth, det))
         out.sort(key=lambda r: (r[2], r[3], r[4], r[5], r[6], r[7], r[9], r[10]))
         return out
 

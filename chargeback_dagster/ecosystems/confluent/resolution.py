@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from chargeback_dagster.allocation.tiers import CONFLUENT_BYTES_IN, CONFLUENT_BYTES_OUT, CONFLUENT_FLINK_CFU
@@ -66,9 +67,13 @@ class _Sentinels:
         return identity_id
 
 
+@lru_cache(maxsize=64)
+def _day_bounds(d: date) -> tuple[datetime, datetime]:
+    return day_start(d), day_start(date.fromordinal(d.toordinal() + 1))
+
+
 def _exists_on(obj: Identity | Resource, d: date) -> bool:
-    start = day_start(d)
-    end = day_start(date.fromordinal(d.toordinal() + 1))
+    start, end = _day_bounds(d)
     created: datetime | None = obj.created_at
     deleted: datetime | None = obj.deleted_at
     return (created is None or _aware(created) < end) and (deleted is None or _aware(deleted) >= start)
@@ -92,6 +97,38 @@ class _Index:
             if r.resource_type == "flink_statement":
                 pool = str((r.metadata or {}).get("compute_pool_id") or r.parent_id or "")
                 self.statements_by_pool.setdefault(pool, []).append(r)
+        # Several lines of one resource and date resolve the same owners and weights: computed once.
+        self._owners_date: date | None = None
+        self._owners: dict[str, list[str]] = {}
+        self._weights: dict[tuple[int, str], tuple[list[MetricRow], dict[str, Decimal]]] = {}
+
+    def active_key_owners(self, resource_id: str, d: date) -> list[str]:
+        """Owners of the resource's API keys that exist on `d` (keys without owner skipped), in key order."""
+        if self._owners_date != d:
+            self._owners_date = d
+            self._owners = {}
+            self._weights = {}
+        owners = self._owners.get(resource_id)
+        if owners is None:
+            owners = []
+            for key in self.keys_by_resource.get(resource_id, []):
+                owner = _owner(key)
+                if owner and _exists_on(key, d):
+                    owners.append(owner)
+            self._owners[resource_id] = owners
+        return owners
+
+    def weights(self, rows: list[MetricRow], label: str, d: date) -> dict[str, Decimal]:
+        """_weights(rows, label), memoised per metrics list of the current date (do not mutate)."""
+        if self._owners_date != d:
+            self.active_key_owners("", d)  # resets the per-date memo
+        key = (id(rows), label)
+        hit = self._weights.get(key)
+        if hit is not None and hit[0] is rows:
+            return hit[1]
+        result = _weights(rows, label)
+        self._weights[key] = (rows, result)
+        return result
 
 
 _cache: dict[tuple[int, int], tuple[Any, Any, _Index]] = {}
@@ -127,11 +164,8 @@ def resolve_kafka(
 ) -> Resolution:
     """``kafka`` and ``schema_registry``: API-key owners of the resource; principals from bytes metrics."""
     sentinels = _Sentinels(inputs.identities)
-    active = []
-    for key in _index(inputs).keys_by_resource.get(line.resource_id, []):
-        owner = _owner(key)
-        if owner and _exists_on(key, inputs.date):
-            active.append(sentinels.person(owner))
+    index = _index(inputs)
+    active = [sentinels.person(owner) for owner in index.active_key_owners(line.resource_id, inputs.date)]
     usage: dict[str, dict[str, Decimal]] = {}
     api_key_to_owner: dict[str, str] = {}
     derived: set[str] = set()
@@ -139,7 +173,7 @@ def resolve_kafka(
         if query_key not in metrics:
             continue
         per_owner: dict[str, Decimal] = {}
-        for principal, value in _weights(metrics[query_key], "principal_id").items():
+        for principal, value in index.weights(metrics[query_key], "principal_id", inputs.date).items():
             if value <= 0:
                 continue
             identity = inputs.identities.get(principal)
