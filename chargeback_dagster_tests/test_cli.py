@@ -21,9 +21,11 @@ def test_validate_reports_every_problem_and_exits_1(tmp_path, capsys):
     config.write_text(
         "tenants:\n"
         "  a: {ecosystem: generic_metrics_only, tenant_id: a, lookback_days: 3, cutoff_days: 5,\n"
-        "      plugin_settings: {cluster_id: c, metrics: {url: 'http://p'}, identity_source: {source: static,\n"
-        "        static_identities: [{identity_id: x, identity_type: principal}]},\n"
-        "        cost_types: [{name: n, product_category: c, rate: 1, cost_quantity: {type: fixed, count: 1}}]}}\n"
+        "      plugin_settings: {cluster_id: c, metrics: {url: 'http://p'},\n"
+        "        identity_source: {source: static,\n"
+        "          static_identities: [{identity_id: x, identity_type: principal}]},\n"
+        "        cost_types: [{name: n, product_category: c, rate: 1,\n"
+        "                      cost_quantity: {type: fixed, count: 1}}]}}\n"
         "  b: {ecosystem: nope, tenant_id: b}\n"
     )
     assert main(["validate", "--config", str(config)]) == 1
