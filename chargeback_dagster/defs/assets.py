@@ -5,6 +5,7 @@ calls the matching step of pipeline.py. All of a tenant's assets use a single-ru
 date range is one run that walks the dates in ascending order.
 """
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -69,9 +70,8 @@ class TenantStep:
     def prometheus_client(self):
         if self._client is None:
             self.check_deadline()
-            client = self._prometheus.client(self.tenant.name)
-            client._sleep = self.deadline.wrap_sleep(client._sleep)  # retry waits respect the deadline
-            self._client = client
+            # retry waits respect the run's deadline
+            self._client = self._prometheus.client(self.tenant.name, self.deadline.wrap_sleep(time.sleep))
         return self._client
 
     def gather_context(self) -> GatherContext:

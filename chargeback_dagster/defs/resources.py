@@ -6,6 +6,8 @@ validates the file once per modification (config.md §1) and opens each tenant s
 
 import functools
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -57,9 +59,10 @@ class PrometheusResource(dg.ConfigurableResource):
 
     app_config: AppConfigResource
 
-    def client(self, tenant_name: str) -> PrometheusClient:
+    def client(self, tenant_name: str, sleep: Callable[[float], None] = time.sleep) -> PrometheusClient:
+        """`sleep` waits between retries; a run passes one bounded by its deadline."""
         tenant = self.app_config.tenant(tenant_name)
         metrics = tenant.plugin_settings.metrics
         if metrics is None:
             raise dg.Failure(f"Tenant {tenant_name} has no plugin_settings.metrics configured")
-        return PrometheusClient.from_config(metrics, max_workers=tenant.metrics_prefetch_workers)
+        return PrometheusClient.from_config(metrics, max_workers=tenant.metrics_prefetch_workers, sleep=sleep)

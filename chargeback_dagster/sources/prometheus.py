@@ -350,7 +350,9 @@ class PrometheusClient:
         )
 
     @classmethod
-    def from_config(cls, metrics_config: Any, max_workers: int) -> PrometheusClient:
+    def from_config(
+        cls, metrics_config: Any, max_workers: int, sleep: Callable[[float], None] = time.sleep
+    ) -> PrometheusClient:
         """Build from a config object with ``url``, ``auth_type``, ``username``, ``password`` (SecretStr |
         None) and ``bearer_token`` (SecretStr | None)."""
 
@@ -367,6 +369,7 @@ class PrometheusClient:
             password=secret(getattr(metrics_config, "password", None)),
             bearer_token=secret(getattr(metrics_config, "bearer_token", None)),
             max_workers=max_workers,
+            sleep=sleep,
         )
 
     # -- lifecycle
