@@ -377,7 +377,6 @@ class CalculationSummary:
     calculated: list[date] = field(default_factory=list)
     errors: dict[date, str] = field(default_factory=dict)
     rows_written: int = 0
-    billed_units: dict[date, int] = field(default_factory=dict)
 
 
 def calculate_chargeback(
@@ -438,7 +437,6 @@ def calculate_chargeback(
             calculated_at=now_utc(),
         )
         summary.calculated.append(d)
-        summary.billed_units[d] = result.billed_units
     return summary
 
 

@@ -399,8 +399,3 @@ def usage_weights(metric_rows: Iterable[MetricRow], label: str) -> dict[str, Dec
             continue
         totals[key] = totals.get(key, Decimal(0)) + Decimal(str(row.value_sum))
     return totals
-
-
-def positive_identities(weights: Mapping[str, Decimal]) -> tuple[str, ...]:
-    """Identities with a positive weight, sorted (e.g. `metrics_derived` from usage weights)."""
-    return tuple(sorted(i for i, w in weights.items() if w > 0))

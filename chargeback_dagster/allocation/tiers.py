@@ -25,11 +25,6 @@ SELF_KAFKA_BYTES_IN = "bytes_in_per_principal"
 SELF_KAFKA_BYTES_OUT = "bytes_out_per_principal"
 
 
-def generic_weight_name(cost_type_name: str) -> str:
-    """Weight name (= metric query key) of a generic `usage_ratio` cost type: `alloc_<name>`."""
-    return f"alloc_{cost_type_name}"
-
-
 def _unallocated(detail: str = "no_identities_located") -> Terminal:
     return Terminal(UNALLOCATED, "shared", detail)
 

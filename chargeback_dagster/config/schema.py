@@ -58,11 +58,6 @@ class MetricsConfig(_Model):
     password: SecretStr | None = None
     bearer_token: SecretStr | None = None
 
-    @property
-    def query_range_url(self) -> str:
-        """``<url>/api/v1/query_range`` keeping any path prefix of ``url``."""
-        return self.url.rstrip("/") + "/api/v1/query_range"
-
 
 class EmitterParams(_Model):
     output_dir: Path  # absolute (resolved against the config directory)

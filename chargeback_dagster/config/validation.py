@@ -540,17 +540,6 @@ def _storage(tenant: Node, name: str) -> dict[str, Any]:
 
 
 # --- plugin settings
-COMMON_KEYS = (
-    "allocator_params",
-    "allocator_overrides",
-    "identity_resolution_overrides",
-    "min_refresh_gap_seconds",
-    "metrics_step_seconds",
-    "metrics",
-    "emitters",
-)
-
-
 def _plugin_settings(
     tenant: Node, ecosystem: str, config_dir: Path, name: str, tenant_id: Any
 ) -> dict[str, Any]:

@@ -92,7 +92,7 @@ class GenericMetricsEcosystem(Ecosystem):
             display_name=self.settings.display_name or self.settings.cluster_id,
         )
         discovered = []
-        if ids.uses_prometheus(source):
+        if source.includes_prometheus:
             window = timedelta(hours=self.settings.discovery_window_hours)
             query = RangeQuery(source.discovery_query, ctx.now - window, ctx.now, DISCOVERY_STEP_SECONDS)
             try:
@@ -107,7 +107,7 @@ class GenericMetricsEcosystem(Ecosystem):
                     self.settings.cluster_id,
                     source.label,
                 )
-        static = ids.static_identities(source) if ids.uses_static(source) else []
+        static = ids.static_identities(source) if source.includes_static else []
         return InventoryGather(
             resources=[cluster],
             identities=ids.merge_identities(discovered, static),
@@ -124,7 +124,7 @@ class GenericMetricsEcosystem(Ecosystem):
             ct = cost_types[line.product_type]
             if ct.allocation_strategy == "usage_ratio":
                 return {f"alloc_{ct.name}": ct.allocation_query}
-            if ids.uses_prometheus(source):
+            if source.includes_prometheus:
                 return {"discovery": source.discovery_query}
             return {}
 

@@ -10,14 +10,6 @@ from collections.abc import Iterable
 from chargeback_dagster.domain import Identity
 
 
-def uses_prometheus(identity_source) -> bool:
-    return identity_source.source in ("prometheus", "both")
-
-
-def uses_static(identity_source) -> bool:
-    return identity_source.source in ("static", "both")
-
-
 def principal_identities(principals: Iterable[str], identity_source) -> list[Identity]:
     """One `principal` identity per discovered label value, with its team mapping."""
     mapping = identity_source.principal_to_team
@@ -56,6 +48,6 @@ def merge_identities(discovered: list[Identity], static: list[Identity]) -> list
 
 def static_ids(identity_source) -> tuple[str, ...]:
     """resource_active of every line when the source includes `static`."""
-    if not uses_static(identity_source):
+    if not identity_source.includes_static:
         return ()
     return tuple(sorted({item.identity_id for item in identity_source.static_identities}))

@@ -138,7 +138,7 @@ class SelfManagedKafkaEcosystem(Ecosystem):
         brokers: set[str] = set()
         topics: set[str] = set()
         principals: set[str] = set()
-        if not from_admin or ids.uses_prometheus(source):
+        if not from_admin or source.includes_prometheus:
             brokers, topics, principals = self._discover(ctx)
 
         handler_errors: dict[str, str] = {}
@@ -152,11 +152,11 @@ class SelfManagedKafkaEcosystem(Ecosystem):
             resources.extend(self._resource(f"topic:{t}", "topic", t) for t in sorted(topics))
 
         discovered = []
-        if ids.uses_prometheus(source):
+        if source.includes_prometheus:
             discovered = ids.principal_identities(principals, source)
             if not discovered:
                 ctx.logger.warning(f"No principals found in Prometheus for cluster {cluster_id}")
-        static = ids.static_identities(source) if ids.uses_static(source) else []
+        static = ids.static_identities(source) if source.includes_static else []
         return InventoryGather(
             resources=resources,
             identities=ids.merge_identities(discovered, static),
@@ -207,7 +207,7 @@ class SelfManagedKafkaEcosystem(Ecosystem):
     def handlers(self) -> list[Handler]:
         source = self.settings.identity_source
         static_active = ids.static_ids(source)
-        queries = dict(USAGE_QUERIES) if ids.uses_prometheus(source) else {}
+        queries = dict(USAGE_QUERIES) if source.includes_prometheus else {}
 
         def metric_queries(line: BillingLine) -> dict[str, str]:
             return dict(queries)
@@ -240,7 +240,7 @@ class SelfManagedKafkaEcosystem(Ecosystem):
     def batched_query(self, key: str) -> tuple[str, str | None] | None:
         """The usage queries are cluster-wide already (one resource): fetched once per key for several days
         and sliced by day (pipeline.BATCH_DAYS); every series belongs to the cluster (label None)."""
-        if key in USAGE_QUERIES and ids.uses_prometheus(self.settings.identity_source):
+        if key in USAGE_QUERIES and self.settings.identity_source.includes_prometheus:
             return USAGE_QUERIES[key], None
         return None
 
