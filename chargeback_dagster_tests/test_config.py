@@ -596,7 +596,7 @@ def test_metrics_config_values(tmp_path: Path) -> None:
     m = app.tenants["t1"].plugin_settings.metrics
     assert m.auth_type == "basic"
     assert m.password.get_secret_value() == "pw"
-    assert m.query_range_url == "https://host/prom/api/v1/query_range"
+    assert m.url == "https://host/prom"  # the client keeps the prefix: test_prometheus.py
 
 
 # --- emitters
