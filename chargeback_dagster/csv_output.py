@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -52,42 +53,42 @@ def format_row(row: Sequence) -> list[str]:
     return out
 
 
-class _format_rows:  # noqa: N801 - used like a generator function
-    """Iterator of `format_row(row)` for `rows` (streamed, never materialised), counting rows.
-
-    Same output as format_row; faster for well-formed rows: the timestamp text is computed once per
-    distinct timestamp (a daily file has one) and the column positions are fixed."""
-
-    def __init__(self, rows: Iterable[Sequence]) -> None:
-        self.rows = iter(rows)
-        self.count = 0
-        self.stamps: dict[datetime, str] = {}
-        self.texts: dict[str, str] = {}  # neutralised text per value: dimension values repeat a lot
-
-    def __iter__(self) -> _format_rows:
-        return self
-
-    def __next__(self) -> list[str]:
-        row = next(self.rows)
-        self.count += 1
-        if len(row) != len(COLUMNS) or None in row:
-            return format_row(row)
-        eco, tenant, ts, res, cat, typ, ident, ct, units, meth, det = row
-        stamp = self.stamps.get(ts)
-        if stamp is None:
-            stamp = self.stamps[ts] = ts.astimezone(UTC).isoformat()
-        texts = self.texts
-        out = [eco, tenant, stamp, res, cat, typ, ident, ct, format_units(units), meth, det]
-        for i in _TEXT_INDEXES:
-            value = out[i]
-            text = texts.get(value)
-            if text is None:
-                text = texts[value] = neutralise(str(value))
-            out[i] = text
-        return out
+def _render(fields: Sequence[str]) -> str:
+    """`fields` as one CSV line fragment (quoted as csv.writer quotes them), without a line ending."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="", quoting=csv.QUOTE_MINIMAL).writerow(fields)
+    return buffer.getvalue()
 
 
-_TEXT_INDEXES = tuple(i for i in range(len(COLUMNS)) if i not in (AMOUNT_INDEX, TIMESTAMP_INDEX))
+class CsvLines:
+    """Renders store rows as CSV lines, the same text as csv.writer writing `format_row(row)`.
+
+    A line is cut in four parts around the timestamp and the amount: (ecosystem, tenant_id), the fields
+    between timestamp and amount, the fields after the amount. Each distinct part is rendered once and
+    remembered for every file written with this object, so a line costs three lookups, the amount and a
+    concatenation."""
+
+    def __init__(self) -> None:
+        self.heads: dict[tuple, str] = {}
+        self.middles: dict[tuple, str] = {}
+        self.tails: dict[tuple, str] = {}
+
+    def render(self, rows: Iterable[Sequence]) -> Iterator[str]:
+        heads, middles, tails = self.heads, self.middles, self.tails
+        for row in rows:
+            if len(row) != len(COLUMNS):
+                yield _render(format_row(row)) + "\n"
+                continue
+            head_key = tuple(row[: TIMESTAMP_INDEX + 1])
+            middle_key = tuple(row[TIMESTAMP_INDEX + 1 : AMOUNT_INDEX])
+            tail_key = tuple(row[AMOUNT_INDEX + 1 :])
+            head, middle, tail = heads.get(head_key), middles.get(middle_key), tails.get(tail_key)
+            if head is None or middle is None or tail is None:
+                fields = format_row(row)
+                head = heads[head_key] = _render(fields[: TIMESTAMP_INDEX + 1]) + ","
+                middle = middles[middle_key] = _render(fields[TIMESTAMP_INDEX + 1 : AMOUNT_INDEX]) + ","
+                tail = tails[tail_key] = "," + _render(fields[AMOUNT_INDEX + 1 :]) + "\n"
+            yield head + middle + format_units(row[AMOUNT_INDEX]) + tail
 
 
 def month_rows(rows: Iterable[Sequence], month_start: date) -> list[tuple]:
@@ -102,19 +103,26 @@ def month_rows(rows: Iterable[Sequence], month_start: date) -> list[tuple]:
     return [k[:AMOUNT_INDEX] + (totals[k],) + k[AMOUNT_INDEX:] for k in ordered]
 
 
-def write_csv(path: Path, rows: Iterable[Sequence]) -> int:
-    """Write atomically: a temporary file in the same directory, then rename. Returns the row count."""
+def write_csv(path: Path, rows: Iterable[Sequence], lines: CsvLines | None = None) -> int:
+    """Write atomically: a temporary file in the same directory, then rename. Returns the row count.
+
+    Pass one `lines` to every file of a batch so rendered fields are shared between them."""
+    lines = lines or CsvLines()
     count = 0
+
+    def counted(rows: Iterable[Sequence]) -> Iterator[Sequence]:
+        nonlocal count
+        for row in rows:
+            count += 1
+            yield row
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="", buffering=1 << 20) as fh:
-                writer = csv.writer(fh, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-                writer.writerow(COLUMNS)
-                formatted = _format_rows(rows)
-                writer.writerows(formatted)
-                count = formatted.count
+                fh.write(_render(COLUMNS) + "\n")
+                fh.writelines(lines.render(counted(rows)))
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

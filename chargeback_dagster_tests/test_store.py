@@ -84,6 +84,40 @@ def test_migrate_idempotent_and_version_table(store):
     again.dispose()
 
 
+def test_upgrade_from_0001_keeps_facts_and_drops_their_index(store_url):
+    """Migration 0002 (facts without foreign key and dimension index) on a database written at 0001."""
+    from alembic import command
+
+    s = TenantStore(store_url, tenant_name="t1", ecosystem=ECO, tenant_id=TID)
+    with s.engine.connect() as conn:
+        cfg = s._alembic_config()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.commit()
+        dim_id = conn.execute(
+            sa.insert(t.chargeback_dimensions)
+            .values(
+                ecosystem=ECO, tenant_id=TID, **dict(zip(t.DIMENSION_KEY_COLUMNS, key("sa-1"), strict=True))
+            )
+            .returning(t.chargeback_dimensions.c.dimension_id)
+        ).scalar_one()
+        conn.execute(
+            sa.insert(t.chargeback_facts).values(
+                ecosystem=ECO, tenant_id=TID, date=D1, dimension_id=dim_id, timestamp=NOW, amount_units=1234
+            )
+        )
+        conn.commit()
+    assert s.current_revision() == "0001"
+    s.migrate()
+    assert s.current_revision() == s.head_revision() == "0002"
+    assert s.chargeback_rows(D1) == [(*key("sa-1"), 1234)]
+    inspector = sa.inspect(s.engine)
+    assert inspector.get_indexes("chargeback_facts") == []
+    assert inspector.get_foreign_keys("chargeback_facts") == []
+    assert inspector.get_pk_constraint("chargeback_facts")["constrained_columns"] == ["date", "dimension_id"]
+    s.dispose()
+
+
 def test_unknown_revision(store):
     with store.engine.begin() as conn:
         conn.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = 'zz99'"))

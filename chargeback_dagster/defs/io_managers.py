@@ -26,6 +26,7 @@ def next_month(d: date) -> date:
 def write_tenant_csvs(tenant: TenantConfig, store: TenantStore, dates: list[date]) -> dict[str, int]:
     """Rewrite each emitter's files for `dates`; returns path -> data rows written."""
     written: dict[str, int] = {}
+    lines = csv_output.CsvLines()  # rendered fields shared by all files of this call
     for emitter in tenant.plugin_settings.emitters:
         if emitter.type != "csv":
             continue
@@ -41,11 +42,12 @@ def write_tenant_csvs(tenant: TenantConfig, store: TenantStore, dates: list[date
             for start in sorted({month_start(d) for d in dates}):
                 rows = csv_output.month_rows(store.csv_rows(start, next_month(start)), start)
                 path = path_for(start)
-                written[str(path)] = csv_output.write_csv(path, rows)
+                written[str(path)] = csv_output.write_csv(path, rows, lines)
         else:
             for d in sorted(dates):
                 path = path_for(d)
-                written[str(path)] = csv_output.write_csv(path, store.csv_rows(d, d + timedelta(days=1)))
+                rows = store.csv_rows(d, d + timedelta(days=1))
+                written[str(path)] = csv_output.write_csv(path, rows, lines)
     return written
 
 

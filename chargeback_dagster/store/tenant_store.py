@@ -24,7 +24,6 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
-    exists,
     func,
     or_,
     select,
@@ -35,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import NullType
 
 from chargeback_dagster.domain import UNALLOCATED, BillingLine, Identity, MetricRow, Resource, day_start
@@ -61,8 +60,24 @@ BILLING_KEY_COLUMNS = ("date", "env_id", "resource_id", "product_category", "pro
 _CHUNK = 500  # ids per IN (...) list
 
 
+# The dimension columns a CSV row shows (env_id and composition_part are summed over).
+CSV_DIMENSION_COLUMNS = (
+    "resource_id",
+    "product_category",
+    "product_type",
+    "identity_id",
+    "cost_type",
+    "allocation_method",
+    "allocation_detail",
+)
+
+
 class StoreError(Exception):
     """A tenant database problem the caller should report as is."""
+
+
+class _StaleDimensionCache(Exception):
+    """A cached dimension id no longer exists (purged by another store instance)."""
 
 
 def normalize_url(url: str) -> str:
@@ -115,6 +130,7 @@ class TenantStore:
             self.engine = create_engine(self.url, pool_pre_ping=True)
         self._dims: dict[tuple[str, ...], int] = {}
         self._dims_max_id = 0
+        self._csv_fields_by_id: dict[int, tuple[str, ...]] = {}
         self._dims_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -273,15 +289,17 @@ class TenantStore:
         const_vals = {i: (procs[i](first[i]) if procs[i] else first[i]) for i in const_idx}
         active = [(i, p) for i, p in enumerate(procs) if p is not None and i not in const_idx]
         if active or const_vals:
-            out = []
-            for r in rows:
-                r = list(r)
-                for i, p in active:
-                    r[i] = p(r[i])
-                for i, v in const_vals.items():
-                    r[i] = v
-                out.append(tuple(r))
-            rows = out
+            # Column by column; a value is processed once however often it recurs (dates, timestamps).
+            cols: list[Sequence[Any]] = list(zip(*rows, strict=True))
+            for i, p in active:
+                memo: dict[Any, Any] = {}
+                try:
+                    cols[i] = [memo[v] if v in memo else memo.setdefault(v, p(v)) for v in cols[i]]
+                except TypeError:  # unhashable values (JSON columns)
+                    cols[i] = list(map(p, cols[i]))
+            for i, v in const_vals.items():
+                cols[i] = [v] * len(rows)
+            rows = list(zip(*cols, strict=True))
         cols_sql = ", ".join(f'"{c}"' for c in columns)
         cursor = conn.connection.cursor()
         try:
@@ -811,17 +829,12 @@ class TenantStore:
                 ).where(self._mine(v), v.c.date == d)
             ).all()
         parsed: dict[str, dict] = {}  # label sets recur across resources and keys: parse each text once
-        for r in sorted(values, key=lambda r: (r.resource_id, r.query_key, r.labels_key)):
-            labels = parsed.get(r.labels_json)
+        for resource_id, query_key, _, labels_json, value_sum, value_max, count in sorted(map(tuple, values)):
+            labels = parsed.get(labels_json)
             if labels is None:
-                labels = parsed[r.labels_json] = json.loads(r.labels_json)
-            out.setdefault((r.resource_id, r.query_key), []).append(
-                MetricRow(
-                    labels=dict(labels),
-                    value_sum=float(r.value_sum),
-                    value_max=float(r.value_max),
-                    sample_count=int(r.sample_count),
-                )
+                labels = parsed[labels_json] = json.loads(labels_json)
+            out.setdefault((resource_id, query_key), []).append(
+                MetricRow(dict(labels), float(value_sum), float(value_max), int(count))
             )
         return out
 
@@ -899,8 +912,8 @@ class TenantStore:
                 raise StoreError(f"Chargeback row key must have {len(DIMENSION_KEY_COLUMNS)} fields: {key!r}")
         try:
             return self._write_chargeback(d, rows, calculation_id, run_id, succeeded_lines, calculated_at)
-        except IntegrityError:
-            # A cached dimension may have been purged by another process: reload and retry once.
+        except _StaleDimensionCache:
+            # A cached dimension was purged by another store instance since: reload and retry once.
             with self._dims_lock:
                 self._dims = {}
                 self._dims_max_id = 0
@@ -920,6 +933,7 @@ class TenantStore:
         keys = [k if None not in k else tuple("" if x is None else x for x in k) for k in rows]
         with self._write() as conn:
             conn.execute(delete(facts).where(self._mine(facts), facts.c.date == d))
+            cached = bool(self._dims)
             ids = self._dimension_ids(conn, keys)
             amounts: dict[int, int] = defaultdict(int)
             for key, units in zip(keys, rows.values(), strict=True):
@@ -932,6 +946,8 @@ class TenantStore:
                     columns=("ecosystem", "tenant_id", "date", "timestamp", "dimension_id", "amount_units"),
                     constant=("ecosystem", "tenant_id", "date", "timestamp"),
                 )
+                if cached and self._dangling_fact(conn, d):
+                    raise _StaleDimensionCache  # rolls the date back
             if succeeded_lines:
                 nonzero = conn.execute(
                     select(*(b.c[c] for c in BILLING_KEY_COLUMNS)).where(
@@ -981,6 +997,13 @@ class TenantStore:
             self._dims_max_id = max(self._dims_max_id, max(ids.values(), default=0))
         return len(amounts)
 
+    def _dangling_fact(self, conn: Connection, d: date) -> bool:
+        """Whether a fact of `d` points at no dimension (facts carry no foreign key, see tables.py)."""
+        facts, dim = t.chargeback_facts, t.chargeback_dimensions
+        known = select(dim.c.dimension_id).where(dim.c.dimension_id == facts.c.dimension_id)
+        q = select(facts.c.dimension_id).where(self._mine(facts), facts.c.date == d, ~known.exists()).limit(1)
+        return conn.execute(q).first() is not None
+
     def chargeback_total_units(self, d: date) -> int:
         facts = t.chargeback_facts
         with self._read() as conn:
@@ -1003,45 +1026,45 @@ class TenantStore:
         return sorted((*r[:-1], int(r[-1])) for r in rows)
 
     def csv_rows(self, start: date, end: date) -> list[tuple]:
-        """CSV rows of dates start ≤ d < end (operations.md §10), grouped in SQL, ordered by code point.
+        """CSV rows of dates start ≤ d < end (operations.md §10): facts summed per (timestamp, CSV fields),
+        ordered by code point.
 
         Each tuple: (ecosystem, tenant_id, timestamp, resource_id, product_category, product_type,
-        identity_id, cost_type, amount_units, allocation_method, allocation_detail).
+        identity_id, cost_type, amount_units, allocation_method, allocation_detail). Facts are read as
+        (timestamp, dimension_id, units) and grouped here: a join and GROUP BY over text columns in SQL
+        cost several times more than the cached dimension fields.
         """
-        facts, dim = t.chargeback_facts, t.chargeback_dimensions
-        group = (
-            facts.c.timestamp,
-            dim.c.resource_id,
-            dim.c.product_category,
-            dim.c.product_type,
-            dim.c.identity_id,
-            dim.c.cost_type,
-            dim.c.allocation_method,
-            dim.c.allocation_detail,
-        )
+        facts = t.chargeback_facts
         # The timestamp is read raw and converted once per distinct value (a day has one), not per row.
         raw_ts = type_coerce(facts.c.timestamp, NullType())
-        q = (
-            select(raw_ts, *group[1:], func.sum(facts.c.amount_units))
-            .select_from(facts.join(dim, facts.c.dimension_id == dim.c.dimension_id))
-            .where(self._mine(facts), facts.c.date >= start, facts.c.date < end)
-            .group_by(*group)
+        q = select(raw_ts, facts.c.dimension_id, facts.c.amount_units).where(
+            self._mine(facts), facts.c.date >= start, facts.c.date < end
         )
         with self._read() as conn:
             rows = conn.execute(q).all()
+            fields = self._csv_fields(conn, {r[1] for r in rows})
             dialect = conn.dialect
-        ts_type = facts.c.timestamp.type
-        to_ts = ts_type.dialect_impl(dialect).result_processor(dialect, None)
-        stamps: dict[Any, Any] = {}
+        to_ts = facts.c.timestamp.type.dialect_impl(dialect).result_processor(dialect, None)
+        stamps = {raw: to_ts(raw) if to_ts is not None else raw for raw in {r[0] for r in rows}}
+        totals: dict[tuple, int] = defaultdict(int)
+        for raw, dimension_id, units in rows:
+            totals[(stamps[raw], fields[dimension_id])] += units
         eco, tid = self.ecosystem, self.tenant_id
-        out = []
-        for raw, res, cat, typ, ident, ct, meth, det, units in rows:
-            ts = stamps.get(raw)
-            if ts is None:
-                ts = stamps[raw] = to_ts(raw) if to_ts is not None else raw
-            out.append((eco, tid, ts, res, cat, typ, ident, ct, int(units), meth, det))
-        out.sort(key=lambda r: (r[2], r[3], r[4], r[5], r[6], r[7], r[9], r[10]))
-        return out
+        return [(eco, tid, ts, *f[:5], int(totals[ts, f]), *f[5:]) for ts, f in sorted(totals)]
+
+    def _csv_fields(self, conn: Connection, ids: set[int]) -> dict[int, tuple[str, ...]]:
+        """dimension_id → its CSV_DIMENSION_COLUMNS values, cached: a dimension row never changes and ids
+        are never reused, so the cache cannot go stale."""
+        missing = ids - self._csv_fields_by_id.keys()
+        if missing:
+            dim = t.chargeback_dimensions
+            q = select(dim.c.dimension_id, *(dim.c[c] for c in CSV_DIMENSION_COLUMNS)).where(
+                self._mine(dim), dim.c.dimension_id >= min(missing)
+            )
+            loaded = {int(r[0]): tuple(r[1:]) for r in conn.execute(q)}
+            with self._dims_lock:
+                self._csv_fields_by_id.update(loaded)
+        return self._csv_fields_by_id
 
     # ------------------------------------------------------------------ pipeline state
 
@@ -1111,9 +1134,10 @@ class TenantStore:
                     self._mine(t.pipeline_state), t.pipeline_state.c.date < cutoff_date
                 )
             ).rowcount
+            # One anti-join over the facts (they have no index by dimension, see tables.py).
             out["chargeback_dimensions"] = conn.execute(
                 delete(dim).where(
-                    self._mine(dim), ~exists().where(facts.c.dimension_id == dim.c.dimension_id)
+                    self._mine(dim), dim.c.dimension_id.not_in(select(facts.c.dimension_id).distinct())
                 )
             ).rowcount
             out["resources"] = conn.execute(
