@@ -60,61 +60,59 @@ def _render(fields: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
+# One CSV row before formatting: (timestamp, the CSV_DIMENSION_COLUMNS of the store, amount_units); the file's
+# ecosystem and tenant_id are the same on every row.
+Group = tuple[datetime, tuple[str, ...], int]
+
+
 class CsvLines:
-    """Renders store rows as CSV lines, the same text as csv.writer writing `format_row(row)`.
+    """Renders groups as CSV lines, the same text as csv.writer writing `format_row` of the full row.
 
-    A line is cut in four parts around the timestamp and the amount: (ecosystem, tenant_id), the fields
-    between timestamp and amount, the fields after the amount. Each distinct part is rendered once and
-    remembered for every file written with this object, so a line costs three lookups, the amount and a
-    concatenation."""
+    A line is cut around the amount: (ecosystem, tenant_id, timestamp) and the dimension fields before the
+    amount, the fields after it. Each distinct part is rendered once and remembered for every file written
+    with this object, so a line costs two lookups, the amount and a concatenation."""
 
-    def __init__(self) -> None:
-        self.heads: dict[tuple, str] = {}
-        self.middles: dict[tuple, str] = {}
-        self.tails: dict[tuple, str] = {}
+    def __init__(self, ecosystem: str, tenant_id: str) -> None:
+        self.ecosystem = ecosystem
+        self.tenant_id = tenant_id
+        self.heads: dict[datetime, str] = {}
+        self.parts: dict[tuple[str, ...], tuple[str, str]] = {}
 
-    def render(self, rows: Iterable[Sequence]) -> Iterator[str]:
-        heads, middles, tails = self.heads, self.middles, self.tails
-        for row in rows:
-            if len(row) != len(COLUMNS):
-                yield _render(format_row(row)) + "\n"
-                continue
-            head_key = tuple(row[: TIMESTAMP_INDEX + 1])
-            middle_key = tuple(row[TIMESTAMP_INDEX + 1 : AMOUNT_INDEX])
-            tail_key = tuple(row[AMOUNT_INDEX + 1 :])
-            head, middle, tail = heads.get(head_key), middles.get(middle_key), tails.get(tail_key)
-            if head is None or middle is None or tail is None:
-                fields = format_row(row)
-                head = heads[head_key] = _render(fields[: TIMESTAMP_INDEX + 1]) + ","
-                middle = middles[middle_key] = _render(fields[TIMESTAMP_INDEX + 1 : AMOUNT_INDEX]) + ","
-                tail = tails[tail_key] = "," + _render(fields[AMOUNT_INDEX + 1 :]) + "\n"
-            yield head + middle + format_units(row[AMOUNT_INDEX]) + tail
+    def render(self, groups: Iterable[Group]) -> Iterator[str]:
+        heads, parts = self.heads, self.parts
+        for stamp, fields, units in groups:
+            head = heads.get(stamp)
+            known = parts.get(fields)
+            if head is None or known is None:
+                row = format_row((self.ecosystem, self.tenant_id, stamp, *fields[:5], units, *fields[5:]))
+                head = heads[stamp] = _render(row[: TIMESTAMP_INDEX + 1]) + ","
+                known = parts[fields] = (
+                    _render(row[TIMESTAMP_INDEX + 1 : AMOUNT_INDEX]) + ",",
+                    "," + _render(row[AMOUNT_INDEX + 1 :]) + "\n",
+                )
+            yield head + known[0] + format_units(units) + known[1]
 
 
-def month_rows(rows: Iterable[Sequence], month_start: date) -> list[tuple]:
-    """Re-group a month's daily rows: one row per dimension, timestamp = month start, amounts summed."""
+def month_groups(groups: Iterable[Group], month_start: date) -> list[Group]:
+    """Re-group a month's daily groups: one per dimension fields, timestamp = month start, amounts summed."""
     stamp = datetime(month_start.year, month_start.month, 1, tzinfo=UTC)
-    totals: dict[tuple, int] = defaultdict(int)
-    for row in rows:
-        key = tuple(row[:TIMESTAMP_INDEX]) + (stamp,) + tuple(row[TIMESTAMP_INDEX + 1 : AMOUNT_INDEX])
-        tail = tuple(row[AMOUNT_INDEX + 1 :])
-        totals[key + tail] += row[AMOUNT_INDEX]
-    ordered = sorted(totals, key=lambda k: k[TIMESTAMP_INDEX:])
-    return [k[:AMOUNT_INDEX] + (totals[k],) + k[AMOUNT_INDEX:] for k in ordered]
+    totals: dict[tuple[str, ...], int] = defaultdict(int)
+    for _, fields, units in groups:
+        totals[fields] += units
+    return [(stamp, fields, totals[fields]) for fields in sorted(totals)]
 
 
-def write_csv(path: Path, rows: Iterable[Sequence], lines: CsvLines | None = None) -> int:
+def write_csv(path: Path, groups: Iterable[Group], lines: CsvLines) -> int:
     """Write atomically: a temporary file in the same directory, then rename. Returns the row count.
 
-    Pass one `lines` to every file of a batch so rendered fields are shared between them."""
-    lines = lines or CsvLines()
+    Use one `lines` for every file of a batch so rendered parts are shared between them."""
     count = 0
 
-    def counted(rows: Iterable[Sequence]) -> Iterator[Sequence]:
+    def counted(groups: Iterable[Group]) -> Iterator[Group]:
         nonlocal count
-        for row in rows:
+        for group in groups:
             count += 1
-            yield row
+            yield group
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +120,7 @@ def write_csv(path: Path, rows: Iterable[Sequence], lines: CsvLines | None = Non
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="", buffering=1 << 20) as fh:
                 fh.write(_render(COLUMNS) + "\n")
-                fh.writelines(lines.render(counted(rows)))
+                fh.writelines(lines.render(counted(groups)))
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

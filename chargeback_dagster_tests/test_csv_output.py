@@ -3,25 +3,19 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from chargeback_dagster.csv_output import CsvWriteError, month_rows, write_csv
+from chargeback_dagster.csv_output import CsvLines, CsvWriteError, month_groups
+from chargeback_dagster.csv_output import write_csv as write_groups
 
 STAMP = datetime(2026, 2, 1, tzinfo=UTC)
 
 
 def row(identity="sa-1", amount=100000, detail="even_split_allocation", resource="lkc-1", stamp=STAMP):
-    return (
-        "confluent_cloud",
-        "acme",
-        stamp,
-        resource,
-        "KAFKA",
-        "KAFKA_BASE",
-        identity,
-        "shared",
-        amount,
-        "even_split",
-        detail,
-    )
+    """(timestamp, CSV dimension fields, amount_units), as TenantStore.csv_groups returns them."""
+    return (stamp, (resource, "KAFKA", "KAFKA_BASE", identity, "shared", "even_split", detail), amount)
+
+
+def write_csv(path, groups, lines=None):
+    return write_groups(path, groups, lines or CsvLines("confluent_cloud", "acme"))
 
 
 def test_format_quoting_and_amounts(tmp_path):
@@ -80,11 +74,27 @@ def test_unwritable_directory_message(tmp_path):
         write_csv(blocker / "out.csv", [row()])
 
 
-def test_month_rows_groups_dates_and_orders():
+def test_month_groups_sum_dates_and_order():
     rows = [
         row(stamp=datetime(2026, 2, 1, tzinfo=UTC)),
         row(stamp=datetime(2026, 2, 2, tzinfo=UTC)),
         row("sa-0", 7, stamp=datetime(2026, 2, 3, tzinfo=UTC)),
     ]
-    grouped = month_rows(rows, date(2026, 2, 1))
-    assert [(r[6], r[8], r[2]) for r in grouped] == [("sa-0", 7, STAMP), ("sa-1", 200000, STAMP)]
+    grouped = month_groups(rows, date(2026, 2, 1))
+    assert [(g[1][3], g[2], g[0]) for g in grouped] == [("sa-0", 7, STAMP), ("sa-1", 200000, STAMP)]
+
+
+def test_rendered_parts_are_shared_across_files_without_changing_bytes(tmp_path):
+    """One CsvLines for a batch of files gives each file the bytes a fresh one gives."""
+    shared = CsvLines("confluent_cloud", "acme")
+    day2 = datetime(2026, 2, 2, tzinfo=UTC)
+    write_csv(tmp_path / "a.csv", [row("=x"), row("sa-2", -1)], shared)
+    write_csv(tmp_path / "b.csv", [row("=x", 5, stamp=day2), row('q"', 3, stamp=day2)], shared)
+    write_csv(tmp_path / "b-fresh.csv", [row("=x", 5, stamp=day2), row('q"', 3, stamp=day2)])
+    assert (tmp_path / "b.csv").read_bytes() == (tmp_path / "b-fresh.csv").read_bytes()
+    assert (tmp_path / "b.csv").read_text().splitlines()[1:] == [
+        "confluent_cloud,acme,2026-02-02T00:00:00+00:00,lkc-1,KAFKA,KAFKA_BASE,'=x,shared,0.0005,even_split,"
+        "even_split_allocation",
+        'confluent_cloud,acme,2026-02-02T00:00:00+00:00,lkc-1,KAFKA,KAFKA_BASE,"q""",shared,0.0003,even_split,'
+        "even_split_allocation",
+    ]

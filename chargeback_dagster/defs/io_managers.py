@@ -26,7 +26,7 @@ def next_month(d: date) -> date:
 def write_tenant_csvs(tenant: TenantConfig, store: TenantStore, dates: list[date]) -> dict[str, int]:
     """Rewrite each emitter's files for `dates`; returns path -> data rows written."""
     written: dict[str, int] = {}
-    lines = csv_output.CsvLines()  # rendered fields shared by all files of this call
+    lines = csv_output.CsvLines(store.ecosystem, store.tenant_id)  # rendered parts shared by all files
     for emitter in tenant.plugin_settings.emitters:
         if emitter.type != "csv":
             continue
@@ -40,14 +40,14 @@ def write_tenant_csvs(tenant: TenantConfig, store: TenantStore, dates: list[date
 
         if emitter.aggregation == "monthly":
             for start in sorted({month_start(d) for d in dates}):
-                rows = csv_output.month_rows(store.csv_rows(start, next_month(start)), start)
+                groups = csv_output.month_groups(store.csv_groups(start, next_month(start)), start)
                 path = path_for(start)
-                written[str(path)] = csv_output.write_csv(path, rows, lines)
+                written[str(path)] = csv_output.write_csv(path, groups, lines)
         else:
             for d in sorted(dates):
                 path = path_for(d)
-                rows = store.csv_rows(d, d + timedelta(days=1))
-                written[str(path)] = csv_output.write_csv(path, rows, lines)
+                groups = store.csv_groups(d, d + timedelta(days=1))
+                written[str(path)] = csv_output.write_csv(path, groups, lines)
     return written
 
 

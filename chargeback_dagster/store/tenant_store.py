@@ -828,13 +828,15 @@ class TenantStore:
                     v.c.sample_count,
                 ).where(self._mine(v), v.c.date == d)
             ).all()
-        parsed: dict[str, dict] = {}  # label sets recur across resources and keys: parse each text once
+        # Label sets recur across resources and keys: each text is parsed once and its dict shared by the
+        # rows that carry it (MetricRow labels are read-only).
+        parsed: dict[str, dict] = {}
         for resource_id, query_key, _, labels_json, value_sum, value_max, count in sorted(map(tuple, values)):
             labels = parsed.get(labels_json)
             if labels is None:
                 labels = parsed[labels_json] = json.loads(labels_json)
             out.setdefault((resource_id, query_key), []).append(
-                MetricRow(dict(labels), float(value_sum), float(value_max), int(count))
+                MetricRow(labels, float(value_sum), float(value_max), int(count))
             )
         return out
 
@@ -1025,14 +1027,12 @@ class TenantStore:
             ).all()
         return sorted((*r[:-1], int(r[-1])) for r in rows)
 
-    def csv_rows(self, start: date, end: date) -> list[tuple]:
-        """CSV rows of dates start ≤ d < end (operations.md §10): facts summed per (timestamp, CSV fields),
-        ordered by code point.
+    def csv_groups(self, start: date, end: date) -> list[tuple[datetime, tuple[str, ...], int]]:
+        """The CSV rows of dates start ≤ d < end (operations.md §10) as (timestamp, CSV_DIMENSION_COLUMNS
+        values, Σ amount_units), facts summed over env_id and composition_part, ordered by code point.
 
-        Each tuple: (ecosystem, tenant_id, timestamp, resource_id, product_category, product_type,
-        identity_id, cost_type, amount_units, allocation_method, allocation_detail). Facts are read as
-        (timestamp, dimension_id, units) and grouped here: a join and GROUP BY over text columns in SQL
-        cost several times more than the cached dimension fields.
+        Facts are read as (timestamp, dimension_id, units) and grouped here: a join and GROUP BY over text
+        columns in SQL cost several times more than the cached dimension fields.
         """
         facts = t.chargeback_facts
         # The timestamp is read raw and converted once per distinct value (a day has one), not per row.
@@ -1049,8 +1049,13 @@ class TenantStore:
         totals: dict[tuple, int] = defaultdict(int)
         for raw, dimension_id, units in rows:
             totals[(stamps[raw], fields[dimension_id])] += units
+        return [(ts, f, int(totals[ts, f])) for ts, f in sorted(totals)]
+
+    def csv_rows(self, start: date, end: date) -> list[tuple]:
+        """`csv_groups` as full rows: (ecosystem, tenant_id, timestamp, resource_id, product_category,
+        product_type, identity_id, cost_type, amount_units, allocation_method, allocation_detail)."""
         eco, tid = self.ecosystem, self.tenant_id
-        return [(eco, tid, ts, *f[:5], int(totals[ts, f]), *f[5:]) for ts, f in sorted(totals)]
+        return [(eco, tid, ts, *f[:5], units, *f[5:]) for ts, f, units in self.csv_groups(start, end)]
 
     def _csv_fields(self, conn: Connection, ids: set[int]) -> dict[int, tuple[str, ...]]:
         """dimension_id → its CSV_DIMENSION_COLUMNS values, cached: a dimension row never changes and ids
