@@ -256,6 +256,19 @@ def test_cku_usage_mixes_keys_direct_principals_and_sentinels(eco):
     ]
 
 
+def test_kafka_resolution_is_shared_per_resource_and_date_only_while_its_inputs_are_the_same():
+    ids = {i.identity_id: i for i in sa("sa-1") + [key("K1", "sa-1", "lkc-abc")]}
+    bytes_in = {"bytes_in": bytes_rows({"K1": 100})}
+    inputs = DateInputs(DAY, [], {}, ids, {}, {})
+    first = resolve_kafka(line("KAFKA_NUM_CKU", "1"), inputs, bytes_in)
+    assert resolve_kafka(line("KAFKA_BASE", "1"), inputs, bytes_in) is first  # same resource, date, rows
+    other_rows = {"bytes_in": bytes_rows({"sa-2": 5})}
+    assert resolve_kafka(line("KAFKA_BASE", "1"), inputs, other_rows).metrics_derived == ["sa-2"]
+    next_day = DateInputs(DAY + timedelta(days=1), [], {}, ids, {}, {})
+    again = resolve_kafka(line("KAFKA_BASE", "1"), next_day, bytes_in)
+    assert again is not first and again.metrics_derived == first.metrics_derived == ["sa-1"]
+
+
 def test_without_metrics_config_kafka_usage_tiers_are_skipped_not_failed(tmp_path):
     eco = make_eco(tmp_path, metrics=False)
     ids = sa("sa-1", "sa-2") + [key("K1", "sa-1", "lkc-abc"), key("K2", "sa-2", "lkc-abc")]
