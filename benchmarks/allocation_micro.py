@@ -10,13 +10,13 @@ run `--repeat` times; best and median are printed (the machine may be shared: tr
 the median for noise). The previous run's result is released before timing the next one.
 
 Scenarios (default 10,000 lines, each split over 30 identities; weights are `Decimal(str(float))` of
-~17 significant digits, the worst case for exact integer scaling):
+~17 significant digits, the worst case for converting them to exact integers or to floats):
 
 * even split only — every line an even split over merged_active;
 * 50% usage ratio — half the product types usage ratio, half even split (the historical mix);
 * usage ratio only — every line a usage-ratio split; the lines of a resource share one weights mapping;
 * usage ratio, fresh weights — as above but the resolver builds a new weights dict per line (as the
-  built-in resolvers do), so the per-mapping cache of scaled integer weights never hits;
+  built-in resolvers do), so the per-mapping cache of prepared weights never hits;
 * realistic mix — Confluent Kafka clusters with the real §9.1 tier tables: per cluster one
   KAFKA_NUM_CKU line (70 % usage ratio on bytes_in + bytes_out, 30 % even split: 60 rows),
   KAFKA_NETWORK_READ and KAFKA_NETWORK_WRITE (usage ratio on bytes_out / bytes_in), KAFKA_PARTITION,

@@ -68,7 +68,7 @@ def scaled_round4_units(x: Decimal, numerator: int, denominator: int) -> int:
 
 def units_to_decimal(u: int) -> Decimal:
     """Units → Decimal with exactly 4 decimal places (`100000` → `Decimal("10.0000")`)."""
-    return Decimal(u).scaleb(-4)
+    return UNIT * u  # = Decimal(u).scaleb(-4) (same coefficient, exponent and context rounding), faster
 
 
 def format_units(u: int) -> str:
@@ -112,6 +112,78 @@ def apportion_units(total: int, weights: Sequence[int], wsum: int) -> list[int]:
     if total < 0:
         return [-s for s in shares]
     return shares
+
+
+# Float fast path of the split (`apportion_float`). Weights are used as floats only inside
+# [_FLOAT_WEIGHT_MIN, _FLOAT_WEIGHT_MAX], so that no intermediate value overflows or leaves the normal
+# range, and only for |total| ≤ 2**53 units, so that the total is an exact float.
+_FLOAT_WEIGHT_MIN = 2.0**-500
+_FLOAT_WEIGHT_MAX = 2.0**500
+_FLOAT_UNITS_MAX = 2**53
+# Bound on |estimate − exact| of `apportion_float`, relative to |total| (8 u, u = 2**-53; proof there).
+_FLOAT_ERROR = 2.0**-50
+
+
+def float_weights(weights: Sequence[Decimal | int]) -> tuple[list[float], float] | None:
+    """Floats of positive weights and their sum, as `apportion_float` needs them.
+
+    Each float is the correctly rounded value of its weight (`float()` of a Decimal or an int is) and the
+    sum is `math.fsum`, correctly rounded. None when a weight is ≤ 0, not finite, or outside
+    [2**-500, 2**500]: the caller then splits with the exact integer weights only.
+    """
+    try:
+        floats = list(map(float, weights))
+    except (ValueError, OverflowError):  # a signaling NaN, an int beyond the float range
+        return None
+    # min() and max() skip a NaN that is not first, but then see every infinity: fsum gets none
+    if not floats or not (min(floats) >= _FLOAT_WEIGHT_MIN and max(floats) <= _FLOAT_WEIGHT_MAX):
+        return None
+    total = math.fsum(floats)
+    if not total <= _FLOAT_WEIGHT_MAX * len(floats):  # False for NaN
+        return None
+    return floats, total
+
+
+def apportion_float(total: int, weights: Sequence[float], wsum: float) -> list[int] | None:
+    """`apportion_units` computed with floats, or None when floats cannot prove the exact result.
+
+    `weights` and `wsum` come from `float_weights`: correctly rounded floats a_i of the exact weights
+    w_i > 0 and their `fsum`. Let M = |total| ≤ 2**53 (an exact float), n weights, u = 2**-53 and
+    E = 8u·M. Every rounding has relative error ≤ u: a_i = w_i(1 + ε_i), wsum = Σw·(1 + ε')(1 + δ)
+    (|ε'| ≤ u as all w_i > 0), r = M / wsum, f_i = a_i × r; so |f_i − q_i| ≤ ((1 + u)**3 / (1 − u)**2 − 1)
+    ·q_i < 6u·M for the exact q_i = M × w_i / Σw ≤ M. The bounds of `float_weights` keep every step in
+    the normal range (an underflow of f_i would add at most 2**-1075). Then, for t_i = f_i mod 1 (exact):
+      * all t_i in (E, 1 − E) ⇒ trunc(q_i) = trunc(f_i) and the exact fractional part φ_i is within 6u·M
+        of t_i; so k = Σφ_i (an integer) is round(fsum(t)), as n·E < 1/2;
+      * the k-th largest t_i above the next one by more than 2E ⇒ the k identities with the largest t_i
+        are exactly those with the largest φ_i, no tie to break. Adding o = 1 − (midpoint of the two)
+        to every f_i takes those k more than E/(1 + u) past the next integer and leaves the others more
+        than E/(1 + u) short of it (and above trunc(f_i), as t_i > E and the midpoint < 1 − E); the
+        roundings of the midpoint, of o and of f_i + o move values by less than u·(M + 4) < E/(1 + u),
+        so trunc() gives trunc(q_i) + 1 for those k and trunc(q_i) for the others (negated for a
+        negative total: rounding is symmetric).
+    """
+    magnitude = -total if total < 0 else total
+    if magnitude == 0:
+        return [0] * len(weights)
+    error = magnitude * _FLOAT_ERROR
+    if magnitude > _FLOAT_UNITS_MAX or len(weights) * error >= 0.5:
+        return None
+    ratio = magnitude / wsum
+    estimates = [w * ratio for w in weights]
+    fractions = [f % 1.0 for f in estimates]
+    ranked = sorted(fractions)
+    if not (ranked[0] > error and ranked[-1] < 1.0 - error):
+        return None
+    k = round(math.fsum(fractions))
+    offset = 0.0
+    if k:
+        cut, below = ranked[-k], ranked[-k - 1]
+        if not cut - below > 2.0 * error:
+            return None
+        offset = 1.0 - (cut + below) / 2
+    shifted = [f + offset for f in estimates] if total > 0 else [-f - offset for f in estimates]
+    return list(map(float.__trunc__, shifted))  # int(), toward zero, without the constructor call
 
 
 def even_split_units(total: int, n: int) -> list[int]:

@@ -1081,6 +1081,50 @@ def test_usage_ratio_summed_cache_and_mixed_types() -> None:
     assert got == _reference_split(101, {"a": 1, "b": 2.5, "c": Decimal("0.25")})
 
 
+def _random_weights(rng: random.Random, ids: list[str]) -> dict[str, Any]:
+    shape = rng.randrange(6)
+    if shape == 0:
+        return {i: Decimal(str(rng.uniform(1, 1e9))) for i in ids}  # 17 digits: the float fast path
+    if shape == 1:
+        return {i: Decimal(rng.randint(1, 3)) for i in ids}  # ties: the exact path
+    if shape == 2:
+        return {i: Decimal(str(rng.choice([0.0, -2.0, rng.uniform(0, 1e-6)]))) for i in ids}  # some dropped
+    if shape == 3:  # tiny, huge and beyond 28 digits
+        return {i: Decimal(rng.randint(1, 10**30)).scaleb(rng.randint(-440, 400)) for i in ids}
+    if shape == 4:
+        return {i: rng.choice([rng.randint(0, 10**6), rng.uniform(0, 10), Decimal("0.5")]) for i in ids}
+    return {i: Decimal(str(rng.uniform(1, 1e9))) for i in ids} | {ids[0]: Decimal("NaN")}
+
+
+def test_usage_ratio_fast_paths_match_reference() -> None:
+    """Float fast path, summed sources and the weight cache against the Fraction reference (§1)."""
+    rng = random.Random(31337)
+    single, summed = UsageRatio("w"), UsageRatio(("in", "out"))
+    for case in range(400):
+        ids = [f"sa-{j:03d}" for j in rng.sample(range(200), rng.choice([1, 2, 5, 30]))]
+        weights = _random_weights(rng, ids)
+        other_ids = ids if rng.random() < 0.7 else ids[: len(ids) // 2] + ["sa-999"]
+        other = {i: Decimal(str(rng.uniform(1, 1e9))) for i in other_ids}
+        usage = {"w": weights, "in": weights, "out": other}
+        for _ in range(rng.choice([1, 3])):  # the same mappings again: the cache
+            units = rng.choice([rng.randint(-(10**9), 10**9), rng.randint(-50, 50), 10**17 + 1])
+            amount = format_units(units)
+            got = [(r.identity_id, r.amount_units) for r in single(ctx_for(amount, usage=usage))]
+            finite = {i: w for i, w in weights.items() if not (isinstance(w, Decimal) and w.is_nan())}
+            expected = _reference_split(units, finite) if any(w > 0 for w in finite.values()) else []
+            assert got == expected, case
+            if not all(isinstance(w, Decimal) for w in weights.values()):
+                continue  # the sum of mixed types is covered by test_usage_ratio_summed_cache_and_mixed_types
+            total: dict[str, Decimal] = {}
+            for source in (weights, other):  # allocation.md: summed per identity, Decimal context as-is
+                for i, w in source.items():
+                    total[i] = total.get(i, Decimal(0)) + w
+            finite = {i: w for i, w in total.items() if w.is_finite()}
+            got = [(r.identity_id, r.amount_units) for r in summed(ctx_for(amount, usage=usage))]
+            expected = _reference_split(units, finite) if any(w > 0 for w in finite.values()) else []
+            assert got == expected, case
+
+
 class _RawBlocks(EvenSplit):
     """A built-in-style model returning fixed blocks (repeated identities, mismatched lengths)."""
 

@@ -10,11 +10,13 @@ import pytest
 
 from chargeback_dagster.money import (
     UNIT,
+    apportion_float,
     apportion_units,
     composition_parts,
     decimal_weights_to_ints,
     div_round_half_up,
     even_split_units,
+    float_weights,
     format_units,
     round4,
     round4_units,
@@ -201,3 +203,100 @@ def test_apportion_units_equals_split_units() -> None:
         weights = [rng.randint(0, 10 ** rng.randint(0, 20)) for _ in range(rng.randint(1, 30))]
         weights[0] += 1  # positive sum
         assert apportion_units(total, weights, sum(weights)) == split_units(total, weights)
+
+
+# ---- float fast path of the split: proven exact or refused ---
+
+
+def _random_weight(rng: random.Random, shape: int) -> Decimal | int:
+    if shape == 0:  # the benchmark's worst case: 17 significant digits
+        return Decimal(str(rng.uniform(1, 1e9)))
+    if shape == 1:  # small integers: many exact ties
+        return Decimal(rng.randint(1, 4))
+    if shape == 2:
+        return Decimal(str(rng.random()))  # may be 0: dropped by float_weights
+    if shape == 3:  # up to 30 digits, far beyond a float's precision
+        return Decimal(rng.randint(1, 10**30)).scaleb(-rng.randint(0, 40))
+    if shape == 4:  # tiny and huge magnitudes, some outside the float range of the fast path
+        return Decimal(f"{rng.randint(1, 9)}E{rng.randint(-400, 400)}")
+    if shape == 5:  # near-duplicates: remainders within a hair of each other
+        return Decimal("123456789.123456789") + Decimal(rng.randint(-2, 2)).scaleb(-rng.randint(9, 25))
+    if shape == 6:
+        return rng.randint(1, 10**20)  # ints (a resolver may give them)
+    return Decimal(rng.choice([0, -1, "-0.5", "NaN", "Infinity"]))  # never usable as floats
+
+
+def _random_total(rng: random.Random, n: int) -> int:
+    return rng.choice(
+        [
+            0,
+            1,
+            -1,
+            rng.randint(-100, 100),
+            rng.randint(-(10**9), 10**9),  # credits are negative
+            n * rng.randint(1, 10**6),  # shares land exactly on integers
+            rng.randint(-(2**53), 2**53),
+            rng.randint(-(10**20), 10**20),  # beyond 2**53: always refused
+        ]
+    )
+
+
+def test_apportion_float_is_exact_or_refuses() -> None:
+    rng = random.Random(20260311)
+    proven = refused = 0
+    for case in range(6000):
+        n = rng.choice([1, 2, 3, 7, 30, 100])
+        shapes = [rng.randrange(8)] if rng.random() < 0.6 else list(range(8))
+        weights = [_random_weight(rng, rng.choice(shapes)) for _ in range(n)]
+        total = _random_total(rng, n)
+        as_floats = float_weights(weights)
+        if as_floats is None:
+            # only weights that are all finite, > 0 and within [2**-500, 2**500] get floats
+            assert not all(
+                isinstance(w, int) or (w.is_finite() and w > 0 and Decimal("1E-150") < w < Decimal("1E+150"))
+                for w in weights
+            ), case
+            refused += 1
+            continue
+        ints = decimal_weights_to_ints(weights)
+        exact = apportion_units(total, ints, sum(ints))
+        shares = apportion_float(total, *as_floats)
+        if shares is None:
+            refused += 1
+            continue
+        assert shares == exact, (case, total, weights)
+        assert all(type(s) is int for s in shares)
+        proven += 1
+    assert proven > 1000 and refused > 1000  # both paths exercised
+
+
+def test_apportion_float_typical_and_edge_cases() -> None:
+    weights = [Decimal(str(w)) for w in (1234.5, 99.25, 0.001, 7e8)]
+    as_floats = float_weights(weights)
+    assert as_floats is not None
+    ints = decimal_weights_to_ints(weights)
+    for total in (12345678, -12345678, 1, -1, 3, 0):
+        shares = apportion_float(total, *as_floats)
+        assert shares is None or shares == apportion_units(total, ints, sum(ints))
+    assert apportion_float(12345678, *as_floats) is not None  # the common case is proven
+    assert apportion_float(0, *as_floats) == [0, 0, 0, 0]
+    assert apportion_float(2**53 + 1, *as_floats) is None  # the total is not an exact float
+    # exact ties (equal weights) cannot be ordered by floats: refused, the exact split decides
+    equal = float_weights([Decimal(1)] * 3)
+    assert equal is not None and apportion_float(100, *equal) is None
+    assert float_weights([]) is None
+    assert float_weights([Decimal(1), Decimal(0)]) is None
+    assert float_weights([Decimal(1), Decimal("sNaN")]) is None
+    assert float_weights([Decimal(1), Decimal("NaN"), Decimal(2)]) is None
+    for specials in (["NaN", "-Infinity", "Infinity"], ["1", "NaN", "Infinity", "-Infinity", "2"]):
+        assert float_weights([Decimal(x) for x in specials]) is None
+    assert float_weights([Decimal("1E+400")]) is None
+    assert float_weights([10**400]) is None
+
+
+def test_units_to_decimal_equals_scaleb() -> None:
+    rng = random.Random(4)
+    for _ in range(2000):
+        u = rng.choice([0, 1, -1, rng.randint(-(10**12), 10**12), rng.randint(-(10**40), 10**40)])
+        fast, slow = units_to_decimal(u), Decimal(u).scaleb(-4)
+        assert fast.as_tuple() == slow.as_tuple()  # same digits and exponent, also when rounded

@@ -11,8 +11,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
-from itertools import repeat
+from itertools import product
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
@@ -34,7 +33,7 @@ from chargeback_dagster.domain import (
     MetricRow,
     day_start,
 )
-from chargeback_dagster.money import format_units, round4_units, scaled_round4_units
+from chargeback_dagster.money import UNIT, format_units, round4_units, scaled_round4_units
 
 _LOG = logging.getLogger("chargeback_dagster.allocation")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -123,7 +122,7 @@ def _claims(handlers: Sequence[Handler]) -> dict[str, Handler]:
 def _sorted_ids(ids: Any, excluded: frozenset[str]) -> tuple[str, ...]:
     if not ids:
         return ()
-    return tuple(sorted({i for i in ids if i not in excluded}))
+    return tuple(sorted(set(ids).difference(excluded)))
 
 
 def _unpack_resolution(result: Any) -> tuple[Any, Any, dict[str, Any]]:
@@ -244,7 +243,7 @@ class _DateAllocator:
             elif not active:
                 merged = derived
             else:
-                merged = tuple(sorted(set(active) | set(derived)))
+                merged = tuple(sorted(set(active).union(derived)))
             sets = IdentitySets(
                 resource_active=active,
                 metrics_derived=derived,
@@ -294,26 +293,21 @@ class _DateAllocator:
 
     # -- one line ---------------------------------------------------------------------------------------
     def line_blocks(self, line: BillingLine, t_units: int) -> list[Block]:
-        handler, allocator, is_model = self.route(line)
+        handler, allocator, is_model = self._routes.get(line.product_type) or self.route(line)
 
-        blocks: list[Block] = []
-        if handler is None:
-            active_us = DAY_MICROSECONDS
-        else:
+        inactive: Block | None = None
+        a_units = t_units
+        if handler is not None:
             resource = self.resources.get(line.resource_id)
-            if resource is None or (resource.created_at is None and resource.deleted_at is None):
-                active_us = DAY_MICROSECONDS
-            else:
+            if resource is not None and (resource.created_at is not None or resource.deleted_at is not None):
                 active_us = self.active_microseconds(line, handler)
-        if active_us >= DAY_MICROSECONDS:
-            a_units = t_units
-        else:
-            a_units = scaled_round4_units(line.total_cost, active_us, DAY_MICROSECONDS)
-            r_units = t_units - a_units
-            if r_units:
-                blocks.append(((UNALLOCATED,), (r_units,), "shared", "terminal", INACTIVE_DETAIL, ""))
-            if active_us == 0:
-                return blocks
+                if active_us < DAY_MICROSECONDS:
+                    a_units = scaled_round4_units(line.total_cost, active_us, DAY_MICROSECONDS)
+                    r_units = t_units - a_units
+                    if r_units:
+                        inactive = ((UNALLOCATED,), (r_units,), "shared", "terminal", INACTIVE_DETAIL, "")
+                    if active_us == 0:
+                        return [inactive] if inactive else []
 
         metrics_failed = False
         context: dict[str, Any]
@@ -358,7 +352,7 @@ class _DateAllocator:
             self.ecosystem,
             self.day,
             line,
-            Decimal(a_units).scaleb(-4),  # units_to_decimal
+            UNIT * a_units,  # units_to_decimal(a_units), faster
             sets,
             line_metrics,
             metrics_failed,
@@ -372,10 +366,10 @@ class _DateAllocator:
 
         total = 0
         for block in allocated:
-            amounts = block[1]
-            if len(amounts) != len(block[0]):
+            ids, amounts = block[0], block[1]
+            if len(amounts) != len(ids):
                 raise ValueError(
-                    f"Allocator for '{line.product_type}' returned a block with {len(block[0])} "
+                    f"Allocator for '{line.product_type}' returned a block with {len(ids)} "
                     f"identities and {len(amounts)} amounts"
                 )
             total += sum(amounts)
@@ -389,10 +383,70 @@ class _DateAllocator:
                 (ids, am, ct, method, METRICS_FAILED_DETAIL, part)
                 for ids, am, ct, method, _, part in allocated
             ]
-        if blocks:
-            blocks.extend(allocated)
-            return blocks
+        if inactive:
+            return [inactive, *allocated]
         return allocated
+
+
+def _merge_line(
+    rows: dict[RowKey, int], seen_blocks: set[tuple[str, ...]], line: BillingLine, blocks: list[Block]
+) -> None:
+    """Add a line's rows to the date's rows, summing rows with the same dimension key (decision D2).
+
+    A block whose key (the dimension key without identity_id) is not in `seen_blocks` cannot collide with
+    an existing row, so its rows go in with one C-level `dict.update`; a repeated block key is summed row
+    by row. Lines are merged as they are allocated: deferring it would keep every line's blocks alive
+    and cost the cyclic garbage collector a full pass over them.
+    """
+    env_id = line.env_id
+    resource_id = line.resource_id
+    category = line.product_category
+    product_type = line.product_type
+    line_pools = ((env_id,), (resource_id,), (category,), (product_type,))
+    for ids, amounts, cost_type, method, detail, part in blocks:
+        block_key = (env_id, resource_id, category, product_type, cost_type, method, detail, part)
+        if block_key not in seen_blocks:
+            seen_blocks.add(block_key)
+            if len(ids) == 1:
+                rows[
+                    (env_id, resource_id, category, product_type, ids[0], cost_type, method, detail, part)
+                ] = amounts[0]
+                continue
+            before = len(rows)
+            # The row keys in identity order, built in C: a product of one-element pools and the ids.
+            keys = product(*line_pools, ids, (cost_type,), (method,), (detail,), (part,))
+            rows.update(zip(keys, amounts, strict=True))
+            if len(rows) - before == len(ids):
+                continue
+            # An identity repeated inside this new block: all its keys are new, sum them afresh.
+            for identity_id in ids:
+                rows[
+                    (
+                        env_id,
+                        resource_id,
+                        category,
+                        product_type,
+                        identity_id,
+                        cost_type,
+                        method,
+                        detail,
+                        part,
+                    )
+                ] = 0
+        get = rows.get
+        for identity_id, amount in zip(ids, amounts, strict=True):
+            key = (
+                env_id,
+                resource_id,
+                category,
+                product_type,
+                identity_id,
+                cost_type,
+                method,
+                detail,
+                part,
+            )
+            rows[key] = get(key, 0) + amount
 
 
 def allocate_date(
@@ -433,14 +487,11 @@ def allocate_date(
         set() if warned is None else warned,
     )
     day = inputs.date
-    # Rows are merged (decision D2) straight into the result dict. A block whose key (the dimension key
-    # without identity_id) was not seen before this date cannot collide with an existing row, so its rows
-    # are inserted in one C-level `dict.update`; a repeated block key is summed row by row.
-    rows: dict[RowKey, int] = {}
-    seen_blocks: set[tuple[str, ...]] = set()
     succeeded: list[BillingLine] = []
     failed_lines: list[tuple[BillingLine, int, str]] = []
     billed = 0
+    rows: dict[RowKey, int] = {}
+    seen_blocks: set[tuple[str, ...]] = set()
 
     for line in sorted(inputs.lines, key=_LINE_ORDER):
         try:
@@ -481,70 +532,7 @@ def allocate_date(
             ]
         else:
             succeeded.append(line)
-
-        env_id = line.env_id
-        resource_id = line.resource_id
-        category = line.product_category
-        product_type = line.product_type
-        for ids, amounts, cost_type, method, detail, part in blocks:
-            block_key = (env_id, resource_id, category, product_type, cost_type, method, detail, part)
-            if block_key not in seen_blocks:
-                seen_blocks.add(block_key)
-                if len(ids) == 1:
-                    rows[
-                        (env_id, resource_id, category, product_type, ids[0], cost_type, method, detail, part)
-                    ] = amounts[0]
-                    continue
-                before = len(rows)
-                rows.update(
-                    zip(
-                        zip(
-                            repeat(env_id),
-                            repeat(resource_id),
-                            repeat(category),
-                            repeat(product_type),
-                            ids,
-                            repeat(cost_type),
-                            repeat(method),
-                            repeat(detail),
-                            repeat(part),
-                        ),
-                        amounts,
-                        strict=True,
-                    )
-                )
-                if len(rows) - before == len(ids):
-                    continue
-                # An identity repeated inside this new block: all its keys are new, sum them afresh.
-                for identity_id in ids:
-                    rows[
-                        (
-                            env_id,
-                            resource_id,
-                            category,
-                            product_type,
-                            identity_id,
-                            cost_type,
-                            method,
-                            detail,
-                            part,
-                        )
-                    ] = 0
-            get = rows.get
-            for identity_id, amount in zip(ids, amounts, strict=True):
-                key = (
-                    env_id,
-                    resource_id,
-                    category,
-                    product_type,
-                    identity_id,
-                    cost_type,
-                    method,
-                    detail,
-                    part,
-                )
-                rows[key] = get(key, 0) + amount
-
+        _merge_line(rows, seen_blocks, line, blocks)
     allocated = sum(rows.values())
     if allocated != billed:  # decision D1; cannot happen unless a model is broken
         raise DateCalculationError(

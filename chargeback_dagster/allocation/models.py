@@ -12,16 +12,18 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from operator import attrgetter, is_
+from operator import add, attrgetter, is_
 from typing import Any
 
 from chargeback_dagster.allocation.types import AllocationContext, Allocator, IdentitySets
 from chargeback_dagster.domain import UNALLOCATED, ChargebackRow, MetricRow
 from chargeback_dagster.money import (
+    apportion_float,
     apportion_units,
     decimal_weights_to_ints,
     div_round_half_up,
     even_split_units,
+    float_weights,
     to_units,
     units_to_decimal,
 )
@@ -105,10 +107,11 @@ class UsageRatio(Model):
     bytes_out). Weights ≤ 0 are dropped; identities are sorted by id (decision D4). Yields nothing when
     the line's metrics failed (decision D9) or no positive weight is left. Rows are cost_type `usage`.
 
-    Turning Decimal weights into integers is the expensive part, and the lines of one resource usually
-    share their weight mappings, so the prepared `(ids, int weights, Σ)` is cached per weight-mapping
-    object. A cache entry holds the mapping (its `id` cannot be reused while cached) and a shallow copy,
-    and is used only while the mapping still equals that copy, so a mutated mapping is prepared again.
+    Converting the Decimal weights (to floats for the fast split, to integers for the exact one) is the
+    expensive part, and the lines of one resource may share their weight mappings, so the prepared
+    `_Weights` are cached per weight-mapping object. A cache entry holds the mapping (its `id` cannot be
+    reused while cached) and a shallow copy, and is used only while the mapping still equals that copy,
+    so a mutated mapping is prepared again.
     """
 
     __slots__ = ("weight_names", "detail", "cost_type", "method", "_cache")
@@ -122,7 +125,7 @@ class UsageRatio(Model):
         self.cost_type = "usage"
         self.method = "usage_ratio"
         # id(mapping) or tuple of ids -> (mappings, shallow copies, prepared weights or None)
-        self._cache: dict[Any, tuple[Any, Any, _Prepared | None]] = {}
+        self._cache: dict[Any, tuple[Any, Any, _Weights | None]] = {}
 
     def weights(self, ctx: AllocationContext) -> Mapping[str, Any]:
         """identity → weight as given by the resolver (several weight names are summed)."""
@@ -131,8 +134,8 @@ class UsageRatio(Model):
             return usage.get(self.weight_names[0]) or {}
         return _summed([usage.get(name) for name in self.weight_names])
 
-    def prepared(self, ctx: AllocationContext) -> _Prepared | None:
-        """`(ids, int weights, Σ weights)` of the positive weights in identity order, or None."""
+    def prepared(self, ctx: AllocationContext) -> _Weights | None:
+        """The positive weights in identity order, or None."""
         context = ctx.context
         usage = context.get("usage") if context else None
         if not usage:
@@ -160,7 +163,7 @@ class UsageRatio(Model):
         hit = cache.get(key)
         if hit is not None and all(map(is_, hit[0], sources)) and all(map(_unchanged, hit[1], sources)):
             return hit[2]
-        result = _prepare(_summed(sources))
+        result = _prepare_summed(sources)
         if len(cache) >= _CACHE_SIZE:
             cache.clear()
         cache[key] = (sources, [src.copy() for src in sources], result)
@@ -172,16 +175,46 @@ class UsageRatio(Model):
         prepared = self.prepared(ctx)
         if prepared is None:
             return []
-        ids, ints, total = prepared
-        return [(ids, apportion_units(units, ints, total), self.cost_type, self.method, self.detail, part)]
+        return [(prepared.ids, prepared.split(units), self.cost_type, self.method, self.detail, part)]
 
     def __repr__(self) -> str:
         name = self.weight_names[0] if len(self.weight_names) == 1 else self.weight_names
         return f"UsageRatio({name!r}, {self.detail!r})"
 
 
-# (identity ids in sorted order, integer weights > 0, their sum)
-_Prepared = tuple[tuple[str, ...], Sequence[int], int]
+class _Weights:
+    """Positive usage weights (Decimal or int) in identity order, ready to split an amount.
+
+    A split is tried with floats first (`apportion_float`, which proves its result or gives up) and
+    done with the exact integer weights otherwise; those are scaled only when first needed.
+    """
+
+    __slots__ = ("ids", "values", "floats", "float_sum", "_ints", "_int_sum")
+
+    def __init__(
+        self,
+        ids: tuple[str, ...],
+        values: Sequence[Decimal | int],
+        as_floats: tuple[list[float], float] | None,
+    ) -> None:
+        self.ids = ids
+        self.values = values
+        self.floats, self.float_sum = as_floats if as_floats is not None else (None, 0.0)
+        self._ints: list[int] | None = None
+        self._int_sum = 0
+
+    def split(self, units: int) -> list[int]:
+        """`units` split by the weights (allocation.md §1), one amount per identity."""
+        if self.floats is not None:
+            shares = apportion_float(units, self.floats, self.float_sum)
+            if shares is not None:
+                return shares
+        if self._ints is None:
+            self._ints = decimal_weights_to_ints(self.values)
+            self._int_sum = sum(self._ints)
+        return apportion_units(units, self._ints, self._int_sum)
+
+
 _CACHE_SIZE = 8
 _DECIMAL_ONLY = {Decimal}
 _DECIMAL_ZERO = Decimal(0)
@@ -210,8 +243,29 @@ def _summed(sources: Sequence[Mapping[str, Any] | None]) -> dict[str, Decimal]:
     return total
 
 
-def _prepare(weights: Mapping[str, Any]) -> _Prepared | None:
-    """Positive weights sorted by identity (decision D4), scaled exactly to integers."""
+def _prepare_summed(sources: list[dict[str, Any]]) -> _Weights | None:
+    """`_prepare(_summed(sources))`, without the intermediate mapping when every source has the same
+    identities and only Decimal weights (bytes_in and bytes_out of the same principals)."""
+    first, *others = sources
+    if not first or not all(src.keys() == first.keys() for src in others):
+        return _prepare(_summed(sources))
+    if not all(set(map(type, src.values())) == _DECIMAL_ONLY for src in sources):
+        return _prepare(_summed(sources))
+    ids = sorted(first)
+    try:
+        values = list(map(_DECIMAL_ZERO.__add__, map(first.__getitem__, ids)))  # as `_summed`: 0 + w + …
+        for src in others:
+            values = list(map(add, values, map(src.__getitem__, ids)))
+    except ArithmeticError:  # raise what `_summed` raises, adding in its order
+        return _prepare(_summed(sources))
+    as_floats = float_weights(values)
+    if as_floats is None:  # a sum ≤ 0 or not finite: drop it as `_prepare` does
+        return _prepare(dict(zip(ids, values, strict=True)))
+    return _Weights(tuple(ids), values, as_floats)
+
+
+def _prepare(weights: Mapping[str, Any]) -> _Weights | None:
+    """Positive weights sorted by identity (decision D4); None when there is none."""
     ids: Sequence[str]
     values: Sequence[Any]
     try:
@@ -219,6 +273,9 @@ def _prepare(weights: Mapping[str, Any]) -> _Prepared | None:
         values = list(map(weights.__getitem__, ids))
         if set(map(type, values)) != _DECIMAL_ONLY:
             raise TypeError  # ints, floats, strs...: the general path below
+        as_floats = float_weights(values)
+        if as_floats is not None:  # all positive: nothing to drop
+            return _Weights(tuple(ids), values, as_floats)
         if not all(map(_DECIMAL_ZERO.__lt__, values)):  # NaN raises InvalidOperation
             positive = [item for item in zip(ids, values, strict=True) if item[1] > _DECIMAL_ZERO]
             if not positive:
@@ -237,8 +294,7 @@ def _prepare(weights: Mapping[str, Any]) -> _Prepared | None:
             values = [_as_decimal(w) for w in values]  # floats → Decimal(str(v))
     if not ids:
         return None
-    ints = decimal_weights_to_ints(values)
-    return tuple(ids), ints, sum(ints)
+    return _Weights(tuple(ids), values, float_weights(values))
 
 
 class Terminal(Model):
