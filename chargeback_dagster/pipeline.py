@@ -290,7 +290,7 @@ def _chunk_fetches(
     summary: MetricsSummary,
 ) -> list[tuple]:
     # batched results reduced per day and resource label: (date, key) -> resource -> rows | error
-    split: dict[tuple[date, str], dict[str | None, list] | MetricsQueryError] = {}
+    split: dict[tuple[date, str], dict[str | None, list[MetricRow]] | MetricsQueryError] = {}
     for key, q in queries.items():
         if not isinstance(q, _BatchQuery):
             continue
@@ -319,56 +319,50 @@ def _chunk_fetches(
                 reduced = split[(d, key)]
                 if not isinstance(reduced, MetricsQueryError):
                     # no series for the resource: ok, empty; label None: all series are the resource's
-                    reduced = reduced.get(resource_id if spec[1] is not None else None, [])
+                    # (a copy: with label None every resource of the day gets these rows)
+                    reduced = list(reduced.get(resource_id if spec[1] is not None else None, []))
             else:
                 result = results[queries[(d, resource_id, key)]]
-                reduced = result if isinstance(result, MetricsQueryError) else reduce_series(result)
+                reduced = (
+                    result
+                    if isinstance(result, MetricsQueryError)
+                    else [MetricRow(labels, s, m, n) for labels, s, m, n in reduce_series(result)]
+                )
             if isinstance(reduced, MetricsQueryError):
                 summary.failures.append(f"{d} {resource_id} {key}: {reduced}")
                 fetches.append((d, resource_id, key, None, str(reduced)))
                 continue
-            rows = [MetricRow(labels, s, m, n) for labels, s, m, n in reduced]
-            fetches.append((d, resource_id, key, rows, None))
+            fetches.append((d, resource_id, key, reduced, None))
     return fetches
 
 
 def _reduce_by_day_and_resource(
     series: list[Series], days: list[date], label: str | None
-) -> dict[date, dict[str | None, list[tuple[dict[str, str], float, float, int]]]]:
-    """`reduce_series` of each (day, resource) part of a batched result, without building per-day Series.
+) -> dict[date, dict[str | None, list[MetricRow]]]:
+    """`reduce_series` of each (day, resource) part of a batched result, as MetricRows, without building
+    per-day Series.
 
-    Samples are cut into the UTC days of `days` (d ≤ ts < d+1) and grouped by the resource label (None:
-    one group); within a group, series with equal label sets are combined as reduce_series does."""
+    Samples are cut into the UTC days of `days` (d ≤ ts < d+1; a single day takes every sample: the query
+    window was that day) and grouped by the resource label (None: one group); series with equal label
+    sets are combined as reduce_series does. Each day's values are reduced as soon as they are cut, so no
+    per-row list outlives its row."""
+    whole = len(days) == 1
     bounds = [(d, *(w.timestamp() for w in day_window(d))) for d in days]
-    acc: dict[date, dict[str | None, dict[tuple, list[float]]]] = {d: {} for d in days}
+    by_key: dict[tuple[tuple[str, str], ...], list[tuple[list[float], list[float]]]] = {}
     for s in series:
-        samples = s.samples  # ascending by timestamp
-        if len(days) == 1:
-            cuts = [(days[0], 0, len(samples))]
-        else:
-            stamps = [ts for ts, _ in samples]
-            cuts = [(d, bisect_left(stamps, lo), bisect_left(stamps, hi)) for d, lo, hi in bounds]
-        values = [v for _, v in samples]
-        resource = s.labels.get(label, "") if label is not None else None
-        key = tuple(sorted(s.labels.items()))
-        for d, i, j in cuts:
-            if j <= i:
-                continue
-            groups = acc[d].setdefault(resource, {})
-            known = groups.get(key)
-            if known is None:
-                groups[key] = values[i:j]
-            else:
-                known.extend(values[i:j])
-    return {
-        d: {
-            resource: [
-                (dict(key), math.fsum(vals), max(vals), len(vals)) for key, vals in sorted(groups.items())
-            ]
-            for resource, groups in per_resource.items()
-        }
-        for d, per_resource in acc.items()
-    }
+        by_key.setdefault(tuple(sorted(s.labels.items())), []).append(s.columns())  # ascending timestamps
+    out: dict[date, dict[str | None, list[MetricRow]]] = {d: {} for d in days}
+    for key in sorted(by_key):
+        columns = by_key[key]
+        resource = dict(key).get(label, "") if label is not None else None
+        for d, lo, hi in bounds:
+            values: list[float] = []
+            for timestamps, vals in columns:
+                values += vals if whole else vals[bisect_left(timestamps, lo) : bisect_left(timestamps, hi)]
+            if values:
+                row = MetricRow(dict(key), math.fsum(values), max(values), len(values))
+                out[d].setdefault(resource, []).append(row)
+    return out
 
 
 # --- chargeback ------------------------------------------------------------------------------------

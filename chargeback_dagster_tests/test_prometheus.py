@@ -275,6 +275,7 @@ def test_request_shape_and_path_prefix():
     assert req.method == "POST"
     assert req.url.path == "/prometheus/api/v1/query_range"
     assert req.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert req.headers["accept-encoding"] == "identity"  # gzip costs Prometheus more than the query
     assert rec.form() == {
         "query": "sum by (team) (rate(x[3600s]))",
         "start": "2026-02-01T00:00:00Z",

@@ -6,6 +6,7 @@ that the sums below are exact and do not depend on summation order.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import date
@@ -83,16 +84,12 @@ def _slice_by_day(series: list[Series], span: list[date]) -> dict[date, list[Ser
     bounds = [(d, *(w.timestamp() for w in day_window(d))) for d in span]
     out: dict[date, list[Series]] = {d: [] for d in span}
     for s in series:
-        samples = s.samples  # ascending by timestamp
-        i = 0
+        stamps, values = s.columns()  # ascending by timestamp
         for d, lo, hi in bounds:
-            j = i
-            while j < len(samples) and samples[j][0] < hi:
-                j += 1
-            day = [p for p in samples[i:j] if p[0] >= lo]
-            if day:
+            i, j = bisect_left(stamps, lo), bisect_left(stamps, hi)
+            if i < j:
+                day = list(zip(stamps[i:j], values[i:j], strict=True))
                 out[d].append(Series(labels=dict(s.labels), samples=day))
-            i = j
     return out
 
 
