@@ -1,7 +1,7 @@
 """Benchmark: one Dagster run (single-run backfill of a tenant's assets) over a whole date range.
 
     python benchmarks/run.py confluent|confluent-20d|self-managed [--backend sqlite|postgresql] [--small]
-        [--output FILE] [--profile FILE] [--cache-dir DIR] [--keep-workdir]
+        [--output FILE] [--profile FILE] [--cache-dir DIR] [--workdir DIR]
 
 Steps (only step 4 is measured):
 

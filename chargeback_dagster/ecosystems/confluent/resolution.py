@@ -102,6 +102,7 @@ class _Index:
         self._owners: dict[str, list[str]] = {}
         self._weights: dict[tuple[int, str], tuple[list[MetricRow], dict[str, Decimal]]] = {}
         self._kafka: dict[str, tuple[tuple[Any, ...], Resolution]] = {}
+        self._owner_usage: dict[tuple[int, str], tuple[list[MetricRow], tuple[Any, ...]]] = {}
 
     def active_key_owners(self, resource_id: str, d: date) -> list[str]:
         """Owners of the resource's API keys that exist on `d` (keys without owner skipped), in key order."""
@@ -110,6 +111,7 @@ class _Index:
             self._owners = {}
             self._weights = {}
             self._kafka = {}
+            self._owner_usage = {}
         owners = self._owners.get(resource_id)
         if owners is None:
             owners = []
@@ -132,6 +134,36 @@ class _Index:
         resolution = build()
         self._kafka[resource_id] = (used, resolution)
         return resolution
+
+    def owner_usage(
+        self, rows: list[MetricRow], identities: Mapping[str, Identity], d: date
+    ) -> tuple[dict[str, Decimal], dict[str, str], dict[str, dict[str, str]]]:
+        """Bytes of one metrics list per owner (an API key counts for its owner; a key without owner is
+        dropped): (usage by owner or principal, API key → owner, sentinels found), memoised like weights.
+        The lines of a cluster ask for the same lists (do not mutate the results)."""
+        key = (id(rows), "owner_usage")
+        hit = self._owner_usage.get(key)
+        if hit is not None and hit[0] is rows:
+            return hit[1]
+        sentinels = _Sentinels(identities)
+        per_owner: dict[str, Decimal] = {}
+        owners: dict[str, str] = {}
+        for principal, value in self.weights(rows, "principal_id", d).items():
+            if value <= 0:
+                continue
+            identity = identities.get(principal)
+            if identity is not None and identity.identity_type == "api_key":
+                owner = _owner(identity)
+                if not owner:
+                    continue
+                owners[principal] = owner
+                target = sentinels.person(owner)
+            else:
+                target = sentinels.person(principal)
+            per_owner[target] = per_owner.get(target, Decimal(0)) + value
+        result = (per_owner, owners, sentinels.found)
+        self._owner_usage[key] = (rows, result)
+        return result
 
     def weights(self, rows: list[MetricRow], label: str, d: date) -> dict[str, Decimal]:
         """_weights(rows, label), memoised per metrics list of the current date (do not mutate)."""
@@ -199,22 +231,11 @@ def _resolve_kafka(
     for query_key, weight_name in ((BYTES_IN, CONFLUENT_BYTES_IN), (BYTES_OUT, CONFLUENT_BYTES_OUT)):
         if query_key not in metrics:
             continue
-        per_owner: dict[str, Decimal] = {}
-        for principal, value in index.weights(metrics[query_key], "principal_id", inputs.date).items():
-            if value <= 0:
-                continue
-            identity = inputs.identities.get(principal)
-            if identity is not None and identity.identity_type == "api_key":
-                owner = _owner(identity)
-                if not owner:
-                    continue  # an API key without owner is dropped
-                api_key_to_owner[principal] = owner
-                target = sentinels.person(owner)
-            else:
-                target = sentinels.person(principal)
-            per_owner[target] = per_owner.get(target, Decimal(0)) + value
-            derived.add(target)
+        per_owner, owners, found = index.owner_usage(metrics[query_key], inputs.identities, inputs.date)
         usage[weight_name] = per_owner
+        api_key_to_owner.update(owners)
+        sentinels.found.update(found)
+        derived.update(per_owner)
     context: dict[str, Any] = {"usage": usage, "api_key_to_owner": api_key_to_owner}
     if sentinels.found:
         context["sentinels"] = sentinels.found
