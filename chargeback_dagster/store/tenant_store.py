@@ -60,16 +60,9 @@ BILLING_KEY_COLUMNS = ("date", "env_id", "resource_id", "product_category", "pro
 _CHUNK = 500  # ids per IN (...) list
 
 
-# The dimension columns a CSV row shows (env_id and composition_part are summed over).
-CSV_DIMENSION_COLUMNS = (
-    "resource_id",
-    "product_category",
-    "product_type",
-    "identity_id",
-    "cost_type",
-    "allocation_method",
-    "allocation_detail",
-)
+# The dimension columns a CSV row shows: resource_id … allocation_detail (env_id and composition_part are
+# summed over).
+CSV_DIMENSION_COLUMNS = DIMENSION_KEY_COLUMNS[1:-1]
 
 
 class StoreError(Exception):
