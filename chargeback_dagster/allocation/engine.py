@@ -293,7 +293,7 @@ class _DateAllocator:
 
     # -- one line ---------------------------------------------------------------------------------------
     def line_blocks(self, line: BillingLine, t_units: int) -> list[Block]:
-        handler, allocator, is_model = self._routes.get(line.product_type) or self.route(line)
+        handler, allocator, is_model = self.route(line)
 
         inactive: Block | None = None
         a_units = t_units
@@ -403,49 +403,20 @@ def _merge_line(
     category = line.product_category
     product_type = line.product_type
     line_pools = ((env_id,), (resource_id,), (category,), (product_type,))
+    get = rows.get
     for ids, amounts, cost_type, method, detail, part in blocks:
+        # The row keys in identity order, built in C: a product of one-element pools and the ids.
+        tail = ((cost_type,), (method,), (detail,), (part,))
         block_key = (env_id, resource_id, category, product_type, cost_type, method, detail, part)
         if block_key not in seen_blocks:
             seen_blocks.add(block_key)
-            if len(ids) == 1:
-                rows[
-                    (env_id, resource_id, category, product_type, ids[0], cost_type, method, detail, part)
-                ] = amounts[0]
-                continue
             before = len(rows)
-            # The row keys in identity order, built in C: a product of one-element pools and the ids.
-            keys = product(*line_pools, ids, (cost_type,), (method,), (detail,), (part,))
-            rows.update(zip(keys, amounts, strict=True))
+            rows.update(zip(product(*line_pools, ids, *tail), amounts, strict=True))
             if len(rows) - before == len(ids):
                 continue
             # An identity repeated inside this new block: all its keys are new, sum them afresh.
-            for identity_id in ids:
-                rows[
-                    (
-                        env_id,
-                        resource_id,
-                        category,
-                        product_type,
-                        identity_id,
-                        cost_type,
-                        method,
-                        detail,
-                        part,
-                    )
-                ] = 0
-        get = rows.get
-        for identity_id, amount in zip(ids, amounts, strict=True):
-            key = (
-                env_id,
-                resource_id,
-                category,
-                product_type,
-                identity_id,
-                cost_type,
-                method,
-                detail,
-                part,
-            )
+            rows.update(dict.fromkeys(product(*line_pools, ids, *tail), 0))
+        for key, amount in zip(product(*line_pools, ids, *tail), amounts, strict=True):
             rows[key] = get(key, 0) + amount
 
 

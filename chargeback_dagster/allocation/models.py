@@ -12,7 +12,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from operator import add, attrgetter, is_
+from operator import attrgetter, is_
 from typing import Any
 
 from chargeback_dagster.allocation.types import AllocationContext, Allocator, IdentitySets
@@ -163,7 +163,7 @@ class UsageRatio(Model):
         hit = cache.get(key)
         if hit is not None and all(map(is_, hit[0], sources)) and all(map(_unchanged, hit[1], sources)):
             return hit[2]
-        result = _prepare_summed(sources)
+        result = _prepare(_summed(sources))
         if len(cache) >= _CACHE_SIZE:
             cache.clear()
         cache[key] = (sources, [src.copy() for src in sources], result)
@@ -241,27 +241,6 @@ def _summed(sources: Sequence[Mapping[str, Any] | None]) -> dict[str, Decimal]:
             for identity_id, w in source.items():
                 total[identity_id] = get(identity_id, _DECIMAL_ZERO) + _as_decimal(w)
     return total
-
-
-def _prepare_summed(sources: list[dict[str, Any]]) -> _Weights | None:
-    """`_prepare(_summed(sources))`, without the intermediate mapping when every source has the same
-    identities and only Decimal weights (bytes_in and bytes_out of the same principals)."""
-    first, *others = sources
-    if not first or not all(src.keys() == first.keys() for src in others):
-        return _prepare(_summed(sources))
-    if not all(set(map(type, src.values())) == _DECIMAL_ONLY for src in sources):
-        return _prepare(_summed(sources))
-    ids = sorted(first)
-    try:
-        values = list(map(_DECIMAL_ZERO.__add__, map(first.__getitem__, ids)))  # as `_summed`: 0 + w + …
-        for src in others:
-            values = list(map(add, values, map(src.__getitem__, ids)))
-    except ArithmeticError:  # raise what `_summed` raises, adding in its order
-        return _prepare(_summed(sources))
-    as_floats = float_weights(values)
-    if as_floats is None:  # a sum ≤ 0 or not finite: drop it as `_prepare` does
-        return _prepare(dict(zip(ids, values, strict=True)))
-    return _Weights(tuple(ids), values, as_floats)
 
 
 def _prepare(weights: Mapping[str, Any]) -> _Weights | None:
