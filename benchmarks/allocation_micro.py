@@ -2,7 +2,7 @@
 
 What is measured: wall time of `allocate_date` for one synthetic date, i.e. routing, active fraction,
 tiers, exact money math, the per-line sum check, and merging the rows of the date into the
-`DateAllocation.rows` dict (decision D2). Identity resolution is a stub that returns a prepared
+`DateAllocation.blocks` (decision D2). Identity resolution is a stub that returns a prepared
 `Resolution` per resource; metrics fetching, the database and CSV are not involved. The process is
 single-threaded, so the rates below are per core. rows/s = merged chargeback rows of the date / seconds
 (every line's rows are distinct dimension keys here, so rows produced = rows merged). Each scenario is
@@ -212,8 +212,8 @@ def _time(
             record_failure=lambda line: 1,
         )
         times.append(time.perf_counter() - t0)
-        assert not result.failed_lines and sum(result.rows.values()) == result.billed_units
-        n_rows = len(result.rows)
+        assert not result.failed_lines and result.allocated_units == result.billed_units
+        n_rows = result.row_count
         del result  # free it outside the timed region
     return times, n_rows
 

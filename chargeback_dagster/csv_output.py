@@ -90,7 +90,7 @@ class CsvLines:
                     _render(row[TIMESTAMP_INDEX + 1 : AMOUNT_INDEX]) + ",",
                     "," + _render(row[AMOUNT_INDEX + 1 :]) + "\n",
                 )
-            yield head + known[0] + format_units(units) + known[1]
+            yield f"{head}{known[0]}{format_units(units)}{known[1]}"
 
 
 def month_groups(groups: Iterable[Group], month_start: date) -> list[Group]:

@@ -6,6 +6,7 @@ Metric values are floats: they only ever act as weights.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -13,6 +14,38 @@ from typing import Any
 
 UNALLOCATED = "UNALLOCATED"
 OWNER_TYPES = frozenset({"service_account", "user", "identity_pool", "principal"})
+
+
+# Dimension key of a chargeback row without (ecosystem, tenant_id) (allocation.md §2 step 7).
+DIMENSION_KEY_FIELDS = (
+    "env_id",
+    "resource_id",
+    "product_category",
+    "product_type",
+    "identity_id",
+    "cost_type",
+    "allocation_method",
+    "allocation_detail",
+    "composition_part",
+)
+IDENTITY_INDEX = DIMENSION_KEY_FIELDS.index("identity_id")
+# The dimension key without identity_id. The allocation engine and the store keep a date's rows as
+# block key -> identity_id -> amount: the rows of one allocated block share everything but the identity.
+BlockKey = tuple[str, ...]
+
+
+def row_key(block_key: BlockKey, identity_id: str) -> tuple[str, ...]:
+    """The full dimension key (DIMENSION_KEY_FIELDS order) of one identity's row in a block."""
+    return (*block_key[:IDENTITY_INDEX], identity_id, *block_key[IDENTITY_INDEX:])
+
+
+def blocks_from_rows(rows: Mapping[tuple[str, ...], int]) -> dict[BlockKey, dict[str, int]]:
+    """Rows keyed by the full dimension key, regrouped as block key -> identity_id -> amount."""
+    out: dict[BlockKey, dict[str, int]] = {}
+    for key, units in rows.items():
+        block_key = (*key[:IDENTITY_INDEX], *key[IDENTITY_INDEX + 1 :])
+        out.setdefault(block_key, {})[key[IDENTITY_INDEX]] = units
+    return out
 
 
 def day_start(d: date) -> datetime:
@@ -73,8 +106,10 @@ class Identity:
 
     def existed_during(self, d: date) -> bool:
         """tenant_period membership (allocation.md §3)."""
-        start = day_start(d)
-        end = day_start(date.fromordinal(d.toordinal() + 1))
+        return self.existed_between(day_start(d), day_start(date.fromordinal(d.toordinal() + 1)))
+
+    def existed_between(self, start: datetime, end: datetime) -> bool:
+        """Whether the identity existed at some time in [start, end)."""
         return (self.created_at is None or self.created_at < end) and (
             self.deleted_at is None or self.deleted_at >= start
         )

@@ -73,6 +73,9 @@ def units_to_decimal(u: int) -> Decimal:
 
 def format_units(u: int) -> str:
     """Units → text with 4 decimals: `100000` → `10.0000`, `-33334` → `-3.3334`, `0` → `0.0000`."""
+    if u >= UNITS_PER_ONE:  # the common case, written once per CSV row: cut the digits
+        digits = str(u)
+        return f"{digits[:-4]}.{digits[-4:]}"
     whole, frac = divmod(abs(u), UNITS_PER_ONE)
     return f"{'-' if u < 0 else ''}{whole}.{frac:04d}"
 

@@ -14,6 +14,7 @@ import yaml
 from chargeback_dagster.config import load_config
 from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_run import materialize_range
+from chargeback_dagster.domain import blocks_from_rows
 from chargeback_dagster.store import TenantStore
 
 DAY = date(2026, 3, 10)
@@ -178,7 +179,7 @@ def test_reconciliation_names_date_and_difference(tmp_path):
     )
     store.write_chargeback(
         DAY,
-        {key: 2399},
+        blocks_from_rows({key: 2399}),
         calculation_id="x",
         run_id=None,
         succeeded_lines=[],

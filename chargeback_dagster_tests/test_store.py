@@ -8,7 +8,14 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from chargeback_dagster.domain import UNALLOCATED, BillingLine, Identity, MetricRow, Resource
+from chargeback_dagster.domain import (
+    UNALLOCATED,
+    BillingLine,
+    Identity,
+    MetricRow,
+    Resource,
+    blocks_from_rows,
+)
 from chargeback_dagster.store import StoreError, TenantStore
 from chargeback_dagster.store import tables as t
 from chargeback_dagster.store.tables import VERSION_TABLE
@@ -209,7 +216,12 @@ def test_allocation_attempts_committed_and_preserved(store):
     # a later failing date transaction rolls back; the increment stays committed
     with pytest.raises(StoreError):
         store.write_chargeback(
-            D1, {("bad",): 1}, calculation_id="c", run_id="r", succeeded_lines=[ln], calculated_at=NOW
+            D1,
+            {("bad",): {"sa-1": 1}},
+            calculation_id="c",
+            run_id="r",
+            succeeded_lines=[ln],
+            calculated_at=NOW,
         )
 
     class Boom(Exception):
@@ -227,7 +239,12 @@ def test_allocation_attempts_committed_and_preserved(store):
 
     # a successful calculation resets it
     store.write_chargeback(
-        D1, {key("sa-1"): 120000}, calculation_id="c1", run_id="r1", succeeded_lines=[ln], calculated_at=NOW
+        D1,
+        blocks_from_rows({key("sa-1"): 120000}),
+        calculation_id="c1",
+        run_id="r1",
+        succeeded_lines=[ln],
+        calculated_at=NOW,
     )
     assert store.billing_lines(D1)[0].allocation_attempts == 0
     with pytest.raises(StoreError):
@@ -241,7 +258,12 @@ def test_write_chargeback_idempotent_and_state(store):
     rows = {key("sa-1"): 70000, key("sa-2"): 30000, key(UNALLOCATED, cost="shared", detail="x"): 5}
     for _ in range(2):
         n = store.write_chargeback(
-            D1, rows, calculation_id="calc-1", run_id="run-1", succeeded_lines=[], calculated_at=NOW
+            D1,
+            blocks_from_rows(rows),
+            calculation_id="calc-1",
+            run_id="run-1",
+            succeeded_lines=[],
+            calculated_at=NOW,
         )
         assert n == 3
         assert store.chargeback_total_units(D1) == 100005
@@ -254,7 +276,7 @@ def test_write_chargeback_idempotent_and_state(store):
     fresh = TenantStore(store.url, tenant_name="t1", ecosystem=ECO, tenant_id=TID)
     fresh.write_chargeback(
         D2,
-        {key("sa-1"): 1, key("sa-3"): 2},
+        blocks_from_rows({key("sa-1"): 1, key("sa-3"): 2}),
         calculation_id="c2",
         run_id=None,
         succeeded_lines=[],
@@ -265,7 +287,12 @@ def test_write_chargeback_idempotent_and_state(store):
         assert conn.execute(sa.text("SELECT count(*) FROM chargeback_dimensions")).scalar_one() == 4
     # the original instance learns the new dimension from the database
     store.write_chargeback(
-        D3, {key("sa-3"): 9}, calculation_id="c3", run_id="r3", succeeded_lines=[], calculated_at=NOW
+        D3,
+        blocks_from_rows({key("sa-3"): 9}),
+        calculation_id="c3",
+        run_id="r3",
+        succeeded_lines=[],
+        calculated_at=NOW,
     )
     assert store.chargeback_total_units(D3) == 9
     assert store.chargeback_total_units(date(2030, 1, 1)) == 0
@@ -273,7 +300,7 @@ def test_write_chargeback_idempotent_and_state(store):
     # recalculation replaces the date's facts
     store.write_chargeback(
         D1,
-        {key("sa-1"): 100005},
+        blocks_from_rows({key("sa-1"): 100005}),
         calculation_id="calc-2",
         run_id="run-2",
         succeeded_lines=[],
@@ -291,14 +318,19 @@ def test_write_chargeback_idempotent_and_state(store):
 
 def test_failed_write_rolls_back_and_cache_stays_valid(store):
     store.write_chargeback(
-        D1, {key("a"): 1}, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+        D1,
+        blocks_from_rows({key("a"): 1}),
+        calculation_id="c",
+        run_id="r",
+        succeeded_lines=[],
+        calculated_at=NOW,
     )
     store.set_state(D1, last_error="previous")
     # a row with a non-integer amount fails after the delete and the dimension insert -> rollback
     with pytest.raises((ValueError, TypeError)):
         store.write_chargeback(
             D1,
-            {key("new"): 5, key("b"): "x"},
+            blocks_from_rows({key("new"): 5, key("b"): "x"}),
             calculation_id="c2",
             run_id="r",
             succeeded_lines=[],
@@ -307,7 +339,12 @@ def test_failed_write_rolls_back_and_cache_stays_valid(store):
     assert store.chargeback_rows(D1) == [(*key("a"), 1)]
     assert store.get_state(D1)["last_error"] == "previous"
     store.write_chargeback(
-        D2, {key("new"): 5}, calculation_id="c3", run_id="r", succeeded_lines=[], calculated_at=NOW
+        D2,
+        blocks_from_rows({key("new"): 5}),
+        calculation_id="c3",
+        run_id="r",
+        succeeded_lines=[],
+        calculated_at=NOW,
     )
     assert store.chargeback_rows(D2) == [(*key("new"), 5)]
 
@@ -323,9 +360,16 @@ def test_csv_rows_grouping_and_order(store):
         key("_x"): 2,
         key("sa-1", cost="usage"): -4,
     }
-    store.write_chargeback(D1, rows, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW)
     store.write_chargeback(
-        D2, {key("sa-1"): 5}, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+        D1, blocks_from_rows(rows), calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+    )
+    store.write_chargeback(
+        D2,
+        blocks_from_rows({key("sa-1"): 5}),
+        calculation_id="c",
+        run_id="r",
+        succeeded_lines=[],
+        calculated_at=NOW,
     )
     got = store.csv_rows(D1, D3)
     ts1 = datetime(2026, 2, 1, tzinfo=UTC)
@@ -353,7 +397,7 @@ def test_write_chargeback_10000_rows(store):
     for i in range(10_000):
         rows[key(f"sa-{i:05d}", res=f"lkc-{i % 37}", part=("usage", "shared", "")[i % 3])] = i - 5000
     n = store.write_chargeback(
-        D1, rows, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+        D1, blocks_from_rows(rows), calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
     )
     assert n == 10_000
     expected = sum(rows.values())
@@ -361,13 +405,13 @@ def test_write_chargeback_10000_rows(store):
     # second date reuses every cached dimension; recalculating D1 is idempotent
     assert (
         store.write_chargeback(
-            D2, rows, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+            D2, blocks_from_rows(rows), calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
         )
         == n
     )
     assert (
         store.write_chargeback(
-            D1, rows, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+            D1, blocks_from_rows(rows), calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
         )
         == n
     )
@@ -476,14 +520,19 @@ def test_purge_before(store):
     store.replace_billing([line(old, "r", "X", "1"), line(new, "r", "X", "2")], [old, new], NOW)
     store.write_chargeback(
         old,
-        {key("gone"): 1, key("both"): 1},
+        blocks_from_rows({key("gone"): 1, key("both"): 1}),
         calculation_id="c",
         run_id="r",
         succeeded_lines=[],
         calculated_at=NOW,
     )
     store.write_chargeback(
-        new, {key("both"): 2}, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+        new,
+        blocks_from_rows({key("both"): 2}),
+        calculation_id="c",
+        run_id="r",
+        succeeded_lines=[],
+        calculated_at=NOW,
     )
     m = MetricRow(labels={"a": "b"}, value_sum=1, value_max=1, sample_count=1)
     store.store_metric_fetches([(old, "r", "q", [m], None), (new, "r", "q", [m], None)], NOW)
@@ -529,7 +578,12 @@ def test_purge_before(store):
     assert store.get_state(old) is None and store.get_state(new) is not None
     # the dimension cache was reset: re-creating a purged dimension works
     store.write_chargeback(
-        new, {key("gone"): 3}, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+        new,
+        blocks_from_rows({key("gone"): 3}),
+        calculation_id="c",
+        run_id="r",
+        succeeded_lines=[],
+        calculated_at=NOW,
     )
     assert store.chargeback_rows(new) == [(*key("gone"), 3)]
     assert store.purge_before(date(2025, 6, 1), cutoff_ts)["billing"] == 0
@@ -538,11 +592,21 @@ def test_purge_before(store):
 def test_purged_dimension_in_other_instance_cache(store):
     other = TenantStore(store.url, tenant_name="t1", ecosystem=ECO, tenant_id=TID)
     other.write_chargeback(
-        D1, {key("x"): 1}, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+        D1,
+        blocks_from_rows({key("x"): 1}),
+        calculation_id="c",
+        run_id="r",
+        succeeded_lines=[],
+        calculated_at=NOW,
     )
     store.purge_before(date(2026, 3, 1), NOW)  # removes D1's facts and the dimension other has cached
     other.write_chargeback(
-        D2, {key("x"): 4}, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+        D2,
+        blocks_from_rows({key("x"): 4}),
+        calculation_id="c",
+        run_id="r",
+        succeeded_lines=[],
+        calculated_at=NOW,
     )
     assert store.chargeback_rows(D2) == [(*key("x"), 4)]
     other.dispose()
@@ -579,7 +643,9 @@ def test_psycopg2_driver(make_pg_database):
     assert s.billing_lines(D1)[0].total_cost == Decimal("0.00009")
     rows = {key(f"sa-{i}"): i for i in range(2500)}
     assert (
-        s.write_chargeback(D1, rows, calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW)
+        s.write_chargeback(
+            D1, blocks_from_rows(rows), calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+        )
         == 2500
     )
     assert s.chargeback_total_units(D1) == sum(range(2500))

@@ -1,7 +1,7 @@
 """The allocation engine: one date's billing lines → merged chargeback amounts (allocation.md §2, §6).
 
 `allocate_date` is pure apart from `record_failure` (the caller's committed increment of a line's
-`allocation_attempts`) and logging. The caller persists `DateAllocation.rows` and resets the counters of
+`allocation_attempts`) and logging. The caller persists `DateAllocation.blocks` and resets the counters of
 `succeeded_lines`.
 """
 
@@ -11,7 +11,6 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from itertools import product
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
@@ -26,12 +25,15 @@ from chargeback_dagster.allocation.types import (
     Resolution,
 )
 from chargeback_dagster.domain import (
+    DIMENSION_KEY_FIELDS,
     OWNER_TYPES,
     UNALLOCATED,
     BillingLine,
+    BlockKey,
     ChargebackRow,
     MetricRow,
     day_start,
+    row_key,
 )
 from chargeback_dagster.money import UNIT, format_units, round4_units, scaled_round4_units
 
@@ -47,19 +49,9 @@ INACTIVE_DETAIL = "resource_inactive_fraction"
 METRICS_FAILED_DETAIL = "metrics_fetch_failed"
 FAILED_METHOD = "ALLOCATION_FAILED"
 
-# Field names of a `DateAllocation.rows` key (decision D2 dimension key minus ecosystem and tenant_id).
-ROW_KEY_FIELDS = (
-    "env_id",
-    "resource_id",
-    "product_category",
-    "product_type",
-    "identity_id",
-    "cost_type",
-    "allocation_method",
-    "allocation_detail",
-    "composition_part",
-)
-RowKey = tuple[str, str, str, str, str, str, str, str, str]
+# Field names of a chargeback row key (decision D2 dimension key minus ecosystem and tenant_id).
+ROW_KEY_FIELDS = DIMENSION_KEY_FIELDS
+RowKey = tuple[str, ...]
 
 # fn(tenant_id, resource_id, billing_timestamp, billing_duration, metrics_data, store)
 #   -> Resolution | (resource_active, metrics_derived, context)
@@ -78,7 +70,9 @@ class DateCalculationError(Exception):
 @dataclass(slots=True)
 class DateAllocation:
     date: date
-    rows: dict[RowKey, int]  # dimension key (ROW_KEY_FIELDS) -> summed amount in units
+    # The date's merged rows: block key -> identity_id -> summed amount in units. Nested rather than keyed
+    # by the 9-field dimension key: a block's rows go in with one C-level dict build (see _merge_line).
+    blocks: dict[BlockKey, dict[str, int]]
     succeeded_lines: list[BillingLine]  # allocated normally: reset their allocation_attempts
     billed_units: int  # Σ T over the date's lines
     line_count: int
@@ -86,8 +80,21 @@ class DateAllocation:
     failed_lines: list[tuple[BillingLine, int, str]] = field(default_factory=list)
 
     @property
+    def row_count(self) -> int:
+        return sum(map(len, self.blocks.values()))
+
+    @property
     def allocated_units(self) -> int:
-        return sum(self.rows.values())
+        return sum(sum(per_identity.values()) for per_identity in self.blocks.values())
+
+    @property
+    def rows(self) -> dict[RowKey, int]:
+        """The rows keyed by the full dimension key (ROW_KEY_FIELDS), for tests and tools."""
+        return {
+            row_key(block_key, identity_id): units
+            for block_key, per_identity in self.blocks.items()
+            for identity_id, units in per_identity.items()
+        }
 
     def row_dicts(self) -> list[dict[str, Any]]:
         """Rows as dicts (`ROW_KEY_FIELDS` + `amount_units`), for tests and debugging."""
@@ -217,7 +224,7 @@ class _DateAllocator:
         for identity in inputs.identities.values():
             if identity.identity_type == "system":
                 system.add(identity.identity_id)
-            elif identity.existed_during(self.day):
+            elif identity.existed_between(self.day_start, self.day_end):
                 period.add(identity.identity_id)
                 if identity.identity_type in OWNER_TYPES:
                     owners.add(identity.identity_id)
@@ -389,35 +396,28 @@ class _DateAllocator:
 
 
 def _merge_line(
-    rows: dict[RowKey, int], seen_blocks: set[tuple[str, ...]], line: BillingLine, blocks: list[Block]
+    blocks_by_key: dict[BlockKey, dict[str, int]], line: BillingLine, blocks: list[Block]
 ) -> None:
     """Add a line's rows to the date's rows, summing rows with the same dimension key (decision D2).
 
-    A block whose key (the dimension key without identity_id) is not in `seen_blocks` cannot collide with
-    an existing row, so its rows go in with one C-level `dict.update`; a repeated block key is summed row
-    by row. Lines are merged as they are allocated: deferring it would keep every line's blocks alive
-    and cost the cyclic garbage collector a full pass over them.
+    A block key seen for the first time takes its rows with one C-level dict build; a repeated block key
+    (or an identity repeated inside a block) is summed identity by identity. Lines are merged as they are
+    allocated: deferring it would keep every line's blocks alive and cost the cyclic garbage collector a
+    full pass over them.
     """
-    env_id = line.env_id
-    resource_id = line.resource_id
-    category = line.product_category
-    product_type = line.product_type
-    line_pools = ((env_id,), (resource_id,), (category,), (product_type,))
-    get = rows.get
+    head = (line.env_id, line.resource_id, line.product_category, line.product_type)
     for ids, amounts, cost_type, method, detail, part in blocks:
-        # The row keys in identity order, built in C: a product of one-element pools and the ids.
-        tail = ((cost_type,), (method,), (detail,), (part,))
-        block_key = (env_id, resource_id, category, product_type, cost_type, method, detail, part)
-        if block_key not in seen_blocks:
-            seen_blocks.add(block_key)
-            before = len(rows)
-            rows.update(zip(product(*line_pools, ids, *tail), amounts, strict=True))
-            if len(rows) - before == len(ids):
+        block_key = (*head, cost_type, method, detail, part)
+        per_identity = blocks_by_key.get(block_key)
+        if per_identity is None:
+            per_identity = dict(zip(ids, amounts, strict=True))
+            if len(per_identity) == len(ids):
+                blocks_by_key[block_key] = per_identity
                 continue
-            # An identity repeated inside this new block: all its keys are new, sum them afresh.
-            rows.update(dict.fromkeys(product(*line_pools, ids, *tail), 0))
-        for key, amount in zip(product(*line_pools, ids, *tail), amounts, strict=True):
-            rows[key] = get(key, 0) + amount
+            per_identity = blocks_by_key[block_key] = {}  # an identity repeated inside the block
+        get = per_identity.get
+        for identity_id, amount in zip(ids, amounts, strict=True):
+            per_identity[identity_id] = get(identity_id, 0) + amount
 
 
 def allocate_date(
@@ -461,8 +461,7 @@ def allocate_date(
     succeeded: list[BillingLine] = []
     failed_lines: list[tuple[BillingLine, int, str]] = []
     billed = 0
-    rows: dict[RowKey, int] = {}
-    seen_blocks: set[tuple[str, ...]] = set()
+    merged: dict[BlockKey, dict[str, int]] = {}
 
     for line in sorted(inputs.lines, key=_LINE_ORDER):
         try:
@@ -503,15 +502,15 @@ def allocate_date(
             ]
         else:
             succeeded.append(line)
-        _merge_line(rows, seen_blocks, line, blocks)
-    allocated = sum(rows.values())
+        _merge_line(merged, line, blocks)
+    allocated = sum(sum(per_identity.values()) for per_identity in merged.values())
     if allocated != billed:  # decision D1; cannot happen unless a model is broken
         raise DateCalculationError(
             day, f"chargeback rows sum to {format_units(allocated)}, billed {format_units(billed)}"
         )
     return DateAllocation(
         date=day,
-        rows=rows,
+        blocks=merged,
         succeeded_lines=succeeded,
         billed_units=billed,
         line_count=len(inputs.lines),

@@ -212,13 +212,24 @@ class SelfManagedKafkaEcosystem(Ecosystem):
         def metric_queries(line: BillingLine) -> dict[str, str]:
             return dict(queries)
 
+        # A cluster's lines of one date share their metric rows: their weights are summed once. Sharing the
+        # weights dict also lets UsageRatio reuse its prepared weights.
+        memo: dict[int, tuple[list[MetricRow], dict[str, Decimal]]] = {}
+
+        def weights_of(rows: list[MetricRow]) -> dict[str, Decimal]:
+            hit = memo.get(id(rows))
+            if hit is not None and hit[0] is rows:
+                return hit[1]
+            if len(memo) >= 16:
+                memo.clear()
+            result = usage_weights(rows, PRINCIPAL_LABEL)
+            memo[id(rows)] = (rows, result)
+            return result
+
         def resolve(
             line: BillingLine, inputs: DateInputs, metrics: Mapping[str, list[MetricRow]]
         ) -> Resolution:
-            weights = {
-                key: usage_weights(metrics.get(key, []), PRINCIPAL_LABEL) if queries else {}
-                for key in USAGE_QUERIES
-            }
+            weights = {key: weights_of(metrics.get(key, [])) if queries else {} for key in USAGE_QUERIES}
             derived = sorted({p for per_key in weights.values() for p, w in per_key.items() if w > 0})
             return Resolution(
                 resource_active=static_active,

@@ -35,6 +35,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
+from chargeback_dagster.domain import DIMENSION_KEY_FIELDS
+
 VERSION_TABLE = "chargeback_alembic_version"
 
 
@@ -106,18 +108,7 @@ class JSONText(TypeDecorator):
         return None if value is None else json.loads(value)
 
 
-# Dimension key of a chargeback row without (ecosystem, tenant_id) (allocation.md §2 step 7).
-DIMENSION_KEY_COLUMNS = (
-    "env_id",
-    "resource_id",
-    "product_category",
-    "product_type",
-    "identity_id",
-    "cost_type",
-    "allocation_method",
-    "allocation_detail",
-    "composition_part",
-)
+DIMENSION_KEY_COLUMNS = DIMENSION_KEY_FIELDS
 
 metadata = MetaData()
 

@@ -10,11 +10,12 @@ import json
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
+from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
@@ -37,7 +38,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import NullType
 
-from chargeback_dagster.domain import UNALLOCATED, BillingLine, Identity, MetricRow, Resource, day_start
+from chargeback_dagster.domain import (
+    IDENTITY_INDEX,
+    UNALLOCATED,
+    BillingLine,
+    BlockKey,
+    Identity,
+    MetricRow,
+    Resource,
+    day_start,
+    row_key,
+)
 from chargeback_dagster.store import tables as t
 from chargeback_dagster.store.tables import DIMENSION_KEY_COLUMNS, VERSION_TABLE, canonical_json
 
@@ -103,6 +114,52 @@ def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
         yield seq[i : i + n]
 
 
+# Chargeback dimension ids as block key (the dimension key without identity_id) -> identity_id -> id.
+Dimensions = dict[BlockKey, dict[str, int]]
+BLOCK_KEY_LENGTH = len(DIMENSION_KEY_COLUMNS) - 1
+
+
+def _nest_dimensions(rows: Iterable[Any]) -> Dimensions:
+    """(dimension_id, *DIMENSION_KEY_COLUMNS) rows as Dimensions."""
+    out: Dimensions = {}
+    for dimension_id, *key in rows:
+        identity_id = key.pop(IDENTITY_INDEX)
+        out.setdefault(tuple(key), {})[identity_id] = int(dimension_id)
+    return out
+
+
+def _merge_dimensions(into: Dimensions, other: Dimensions) -> None:
+    for block_key, ids in other.items():
+        into.setdefault(block_key, {}).update(ids)
+
+
+def _missing_dimensions(known: Dimensions, blocks: Mapping[BlockKey, Mapping[str, int]]) -> list[tuple]:
+    missing = []
+    for block_key, per_identity in blocks.items():
+        ids = known.get(block_key)
+        if ids is None:
+            missing += ((block_key, i) for i in per_identity)
+        elif not ids.keys() >= per_identity.keys():
+            missing += ((block_key, i) for i in per_identity if i not in ids)
+    return missing
+
+
+def _normalised_blocks(blocks: Mapping[BlockKey, Mapping[str, int]]) -> Mapping[BlockKey, Mapping[str, int]]:
+    """Checks the block keys; None in a key becomes "" (the columns are NOT NULL), summing rows that meet."""
+    if any(len(k) != BLOCK_KEY_LENGTH for k in blocks):
+        bad = next(k for k in blocks if len(k) != BLOCK_KEY_LENGTH)
+        raise StoreError(f"Chargeback block key must have {BLOCK_KEY_LENGTH} fields: {bad!r}")
+    if not any(None in k or None in v for k, v in blocks.items()):
+        return blocks
+    out: dict[BlockKey, dict[str, int]] = {}
+    for block_key, per_identity in blocks.items():
+        merged = out.setdefault(tuple("" if x is None else x for x in block_key), {})
+        for identity_id, units in per_identity.items():
+            identity_id = "" if identity_id is None else identity_id
+            merged[identity_id] = merged.get(identity_id, 0) + units
+    return out
+
+
 class TenantStore:
     """One tenant database. Thread-safe as far as the SQLAlchemy engine is; cheap to construct."""
 
@@ -121,7 +178,7 @@ class TenantStore:
             event.listen(self.engine, "connect", _sqlite_on_connect)
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True)
-        self._dims: dict[tuple[str, ...], int] = {}
+        self._dims: Dimensions = {}  # block key -> identity_id -> dimension_id
         self._dims_max_id = 0
         self._csv_fields_by_id: dict[int, tuple[str, ...]] = {}
         self._dims_lock = threading.Lock()
@@ -257,16 +314,23 @@ class TenantStore:
         self,
         conn: Connection,
         table: Any,
-        rows: Sequence[dict] | Sequence[tuple],
+        rows: Sequence[dict] | Sequence[tuple] | Iterable[tuple],
         *,
         columns: Sequence[str] | None = None,
         constant: Sequence[str] = (),
         ignore_conflicts: bool = False,
+        processed: bool = False,
     ) -> None:
         """Fast bulk INSERT through the DBAPI cursor (SQLAlchemy's per-row parameter handling dominates
         at 10,000 rows). Values go through each column type's bind processor; `constant` columns hold one
-        value for every row and are processed once. SQLite: executemany; PostgreSQL: multi-row VALUES
-        in batches."""
+        value for every row and are processed once. `processed`: the rows (any iterable of tuples in
+        `columns` order) already hold DBAPI values. SQLite: executemany; PostgreSQL: COPY, or multi-row
+        VALUES in batches."""
+        if processed:
+            assert columns is not None
+            self._execute_insert(conn, table, rows, columns, ignore_conflicts)
+            return
+        rows = cast(Sequence[dict] | Sequence[tuple], rows)
         if not rows:
             return
         if columns is None:
@@ -293,6 +357,16 @@ class TenantStore:
             for i, v in const_vals.items():
                 cols[i] = [v] * len(rows)
             rows = list(zip(*cols, strict=True))
+        self._execute_insert(conn, table, rows, columns, ignore_conflicts)
+
+    def _execute_insert(
+        self,
+        conn: Connection,
+        table: Any,
+        rows: Iterable[Any],
+        columns: Sequence[str],
+        ignore_conflicts: bool,
+    ) -> None:
         cols_sql = ", ".join(f'"{c}"' for c in columns)
         cursor = conn.connection.cursor()
         try:
@@ -316,7 +390,7 @@ class TenantStore:
             else:
                 one = "(" + ", ".join(["%s"] * len(columns)) + ")"
                 batch = max(1, 6000 // len(columns))
-                for chunk in _chunks(rows, batch):
+                for chunk in _chunks(list(rows), batch):
                     sql = f'INSERT INTO "{table.name}" ({cols_sql}) VALUES ' + ", ".join([one] * len(chunk))
                     if ignore_conflicts:
                         sql += " ON CONFLICT DO NOTHING"
@@ -845,50 +919,45 @@ class TenantStore:
 
     # ------------------------------------------------------------------ chargeback
 
-    def _load_dimensions(self, conn: Connection, *, full: bool) -> dict[tuple[str, ...], int]:
+    def _load_dimensions(self, conn: Connection, *, full: bool) -> Dimensions:
         dim = t.chargeback_dimensions
         q = select(dim.c.dimension_id, *(dim.c[c] for c in DIMENSION_KEY_COLUMNS)).where(self._mine(dim))
         if not full:
             q = q.where(dim.c.dimension_id > self._dims_max_id)
-        return {tuple(r[1:]): int(r[0]) for r in conn.execute(q)}
+        return _nest_dimensions(conn.execute(q))
 
-    def _dimension_ids(self, conn: Connection, keys: Iterable[tuple]) -> dict[tuple, int]:
-        """Ids of `keys`, creating missing dimensions inside the caller's transaction.
-
-        Returns a mapping covering `keys`; the instance cache is updated by the caller after commit only.
+    def _dimension_ids(self, conn: Connection, blocks: Mapping[BlockKey, Mapping[str, int]]) -> Dimensions:
+        """Ids of every (block key, identity) of `blocks`, creating missing dimensions inside the caller's
+        transaction. Returns a new mapping; the instance cache is updated by the caller after commit only.
         """
-        known = dict(self._dims)
-        missing = [k for k in keys if k not in known]
-        if not missing:
-            return known
-        if not known:
-            known.update(self._load_dimensions(conn, full=True))
-        else:
-            known.update(self._load_dimensions(conn, full=False))
-        missing = [k for k in missing if k not in known]
+        if not _missing_dimensions(self._dims, blocks):
+            return self._dims
+        known = {k: dict(v) for k, v in self._dims.items()}
+        _merge_dimensions(known, self._load_dimensions(conn, full=not known))
+        missing = _missing_dimensions(known, blocks)
         if missing:
             self._bulk_insert(
                 conn,
                 t.chargeback_dimensions,
-                [(self.ecosystem, self.tenant_id, *k) for k in missing],
+                [(self.ecosystem, self.tenant_id, *row_key(k, i)) for k, i in missing],
                 columns=("ecosystem", "tenant_id", *DIMENSION_KEY_COLUMNS),
                 ignore_conflicts=True,
             )
             # New ids are above everything this instance has seen, except under concurrent writers.
-            floor = max(known.values(), default=0)
+            floor = max((i for ids in known.values() for i in ids.values()), default=0)
             dim = t.chargeback_dimensions
             q = select(dim.c.dimension_id, *(dim.c[c] for c in DIMENSION_KEY_COLUMNS)).where(
                 self._mine(dim), dim.c.dimension_id > floor
             )
-            known.update({tuple(r[1:]): int(r[0]) for r in conn.execute(q)})
-            if any(k not in known for k in missing):
+            _merge_dimensions(known, _nest_dimensions(conn.execute(q)))
+            if _missing_dimensions(known, blocks):
                 known = self._load_dimensions(conn, full=True)
         return known
 
     def write_chargeback(
         self,
         d: date,
-        rows: dict[tuple, int],
+        blocks: Mapping[BlockKey, Mapping[str, int]],
         *,
         calculation_id: str,
         run_id: str | None,
@@ -897,50 +966,43 @@ class TenantStore:
     ) -> int:
         """Replace the facts of `d` (operations.md §4 `chargeback`), one transaction.
 
-        `rows`: dimension key (env_id, resource_id, product_category, product_type, identity_id, cost_type,
-        allocation_method, allocation_detail, composition_part) → amount_units. Also resets
-        allocation_attempts of `succeeded_lines` and sets the date's calculation state (last_error cleared).
-        Returns the number of facts written.
+        `blocks`: block key (the dimension key without identity_id: env_id, resource_id, product_category,
+        product_type, cost_type, allocation_method, allocation_detail, composition_part) → identity_id →
+        amount_units (int), as `DateAllocation.blocks`. Also resets allocation_attempts of
+        `succeeded_lines` and sets the date's calculation state (last_error cleared). Returns the number of
+        facts written.
         """
-        for key in rows:
-            if len(key) != len(DIMENSION_KEY_COLUMNS):
-                raise StoreError(f"Chargeback row key must have {len(DIMENSION_KEY_COLUMNS)} fields: {key!r}")
+        blocks = _normalised_blocks(blocks)
         try:
-            return self._write_chargeback(d, rows, calculation_id, run_id, succeeded_lines, calculated_at)
+            return self._write_chargeback(d, blocks, calculation_id, run_id, succeeded_lines, calculated_at)
         except _StaleDimensionCache:
             # A cached dimension was purged by another store instance since: reload and retry once.
             with self._dims_lock:
                 self._dims = {}
                 self._dims_max_id = 0
-            return self._write_chargeback(d, rows, calculation_id, run_id, succeeded_lines, calculated_at)
+            return self._write_chargeback(d, blocks, calculation_id, run_id, succeeded_lines, calculated_at)
 
     def _write_chargeback(
         self,
         d: date,
-        rows: dict[tuple, int],
+        blocks: Mapping[BlockKey, Mapping[str, int]],
         calculation_id: str,
         run_id: str | None,
         succeeded_lines: list[BillingLine],
         calculated_at: datetime,
     ) -> int:
         facts, b = t.chargeback_facts, t.billing
-        ts = day_start(d)
-        keys = [k if None not in k else tuple("" if x is None else x for x in k) for k in rows]
         with self._write() as conn:
             conn.execute(delete(facts).where(self._mine(facts), facts.c.date == d))
             cached = bool(self._dims)
-            ids = self._dimension_ids(conn, keys)
-            amounts: dict[int, int] = defaultdict(int)
-            for key, units in zip(keys, rows.values(), strict=True):
-                amounts[ids[key]] += int(units)
-            if amounts:
-                self._bulk_insert(
-                    conn,
-                    facts,
-                    [(self.ecosystem, self.tenant_id, d, ts, i, u) for i, u in amounts.items()],
-                    columns=("ecosystem", "tenant_id", "date", "timestamp", "dimension_id", "amount_units"),
-                    constant=("ecosystem", "tenant_id", "date", "timestamp"),
-                )
+            ids = self._dimension_ids(conn, blocks)
+            fact_ids: list[int] = []
+            fact_units: list[int] = []
+            for block_key, per_identity in blocks.items():
+                fact_ids += map(ids[block_key].__getitem__, per_identity)
+                fact_units += per_identity.values()
+            if fact_ids:
+                self._insert_facts(conn, d, fact_ids, fact_units)
                 if cached and self._dangling_fact(conn, d):
                     raise _StaleDimensionCache  # rolls the date back
             if succeeded_lines:
@@ -988,9 +1050,35 @@ class TenantStore:
                 },
             )
         with self._dims_lock:
-            self._dims.update(ids)
-            self._dims_max_id = max(self._dims_max_id, max(ids.values(), default=0))
-        return len(amounts)
+            if ids is not self._dims:
+                _merge_dimensions(self._dims, ids)
+            self._dims_max_id = max(self._dims_max_id, max(fact_ids, default=0))
+        return len(fact_ids)
+
+    def _insert_facts(self, conn: Connection, d: date, dimension_ids: list[int], units: list[int]) -> None:
+        """One date's facts. The date, timestamp and tenant columns are the same on every row: their values
+        are bound once and repeated in C, so a fact costs no Python object of its own."""
+        if set(map(type, units)) != {int}:
+            raise TypeError("Chargeback amounts must be int units of 0.0001")
+        facts = t.chargeback_facts
+        dialect = conn.dialect
+        constants = []
+        for name, value in (
+            ("ecosystem", self.ecosystem),
+            ("tenant_id", self.tenant_id),
+            ("date", d),
+            ("timestamp", day_start(d)),
+        ):
+            process = facts.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            constants.append(process(value) if process else value)
+        rows = zip(*map(repeat, constants), dimension_ids, units, strict=False)  # repeat() is endless
+        self._bulk_insert(
+            conn,
+            facts,
+            rows,
+            columns=("ecosystem", "tenant_id", "date", "timestamp", "dimension_id", "amount_units"),
+            processed=True,
+        )
 
     def _dangling_fact(self, conn: Connection, d: date) -> bool:
         """Whether a fact of `d` points at no dimension (facts carry no foreign key, see tables.py)."""
