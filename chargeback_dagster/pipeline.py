@@ -424,7 +424,7 @@ def calculate_chargeback(
             continue
         summary.rows_written += store.write_chargeback(
             d,
-            result.rows,
+            result.blocks,
             calculation_id=str(uuid.uuid4()),
             run_id=run_id,
             succeeded_lines=result.succeeded_lines,
