@@ -181,6 +181,7 @@ class TenantStore:
         self._dims: Dimensions = {}  # block key -> identity_id -> dimension_id
         self._dims_max_id = 0
         self._csv_fields_by_id: dict[int, tuple[str, ...]] = {}
+        self._csv_rank: tuple[dict[int, int], list[tuple[str, ...]]] = ({}, [])
         self._dims_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -1113,7 +1114,8 @@ class TenantStore:
         values, Σ amount_units), facts summed over env_id and composition_part, ordered by code point.
 
         Facts are read as (timestamp, dimension_id, units) and grouped here: a join and GROUP BY over text
-        columns in SQL cost several times more than the cached dimension fields.
+        columns in SQL cost several times more than the cached dimension fields. Rows are grouped and
+        sorted by two integers (timestamp order, rank of the dimension's CSV fields), not by the fields.
         """
         facts = t.chargeback_facts
         # The timestamp is read raw and converted once per distinct value (a day has one), not per row.
@@ -1123,14 +1125,25 @@ class TenantStore:
         )
         with self._read() as conn:
             rows = conn.execute(q).all()
-            fields = self._csv_fields(conn, {r[1] for r in rows})
+            if not rows:
+                return []
+            raws, dimension_ids, amounts = zip(*rows, strict=True)
+            rank_of, fields_by_rank = self._csv_ranking(conn, set(dimension_ids))
             dialect = conn.dialect
         to_ts = facts.c.timestamp.type.dialect_impl(dialect).result_processor(dialect, None)
-        stamps = {raw: to_ts(raw) if to_ts is not None else raw for raw in {r[0] for r in rows}}
-        totals: dict[tuple, int] = defaultdict(int)
-        for raw, dimension_id, units in rows:
-            totals[(stamps[raw], fields[dimension_id])] += units
-        return [(ts, f, int(totals[ts, f])) for ts, f in sorted(totals)]
+        stamps = sorted((to_ts(raw) if to_ts is not None else raw, raw) for raw in set(raws))
+        stamp_index = {raw: i for i, (_, raw) in enumerate(stamps)}
+        keys = list(
+            zip(map(stamp_index.__getitem__, raws), map(rank_of.__getitem__, dimension_ids), strict=True)
+        )
+        totals = dict(zip(keys, amounts, strict=True))
+        if len(totals) < len(keys):  # facts that differ only in env_id or composition_part: sum them
+            totals = dict.fromkeys(keys, 0)
+            for key, units in zip(keys, amounts, strict=True):
+                totals[key] += units
+        return [
+            (stamps[i][0], fields_by_rank[rank], int(units)) for (i, rank), units in sorted(totals.items())
+        ]
 
     def csv_rows(self, start: date, end: date) -> list[tuple]:
         """`csv_groups` as full rows: (ecosystem, tenant_id, timestamp, resource_id, product_category,
@@ -1138,9 +1151,13 @@ class TenantStore:
         eco, tid = self.ecosystem, self.tenant_id
         return [(eco, tid, ts, *f[:5], units, *f[5:]) for ts, f, units in self.csv_groups(start, end)]
 
-    def _csv_fields(self, conn: Connection, ids: set[int]) -> dict[int, tuple[str, ...]]:
-        """dimension_id → its CSV_DIMENSION_COLUMNS values, cached: a dimension row never changes and ids
-        are never reused, so the cache cannot go stale."""
+    def _csv_ranking(self, conn: Connection, ids: set[int]) -> tuple[dict[int, int], list[tuple[str, ...]]]:
+        """(dimension_id → rank of its CSV_DIMENSION_COLUMNS values, the distinct values in code point
+        order) covering `ids`. Cached: a dimension row never changes and ids are never reused, so the cache
+        only grows; it is rebuilt (one sort) when an id is not in it."""
+        ranking = self._csv_rank
+        if ids <= ranking[0].keys():
+            return ranking
         missing = ids - self._csv_fields_by_id.keys()
         if missing:
             dim = t.chargeback_dimensions
@@ -1148,9 +1165,15 @@ class TenantStore:
                 self._mine(dim), dim.c.dimension_id >= min(missing)
             )
             loaded = {int(r[0]): tuple(r[1:]) for r in conn.execute(q)}
-            with self._dims_lock:
-                self._csv_fields_by_id.update(loaded)
-        return self._csv_fields_by_id
+        else:
+            loaded = {}
+        with self._dims_lock:
+            self._csv_fields_by_id.update(loaded)
+            distinct = sorted(set(self._csv_fields_by_id.values()))
+            rank = {fields: i for i, fields in enumerate(distinct)}
+            ranking = {i: rank[fields] for i, fields in self._csv_fields_by_id.items()}, distinct
+            self._csv_rank = ranking
+        return ranking
 
     # ------------------------------------------------------------------ pipeline state
 
