@@ -101,7 +101,7 @@ class _Index:
         self._owners_date: date | None = None
         self._owners: dict[str, list[str]] = {}
         self._weights: dict[tuple[int, str], tuple[list[MetricRow], dict[str, Decimal]]] = {}
-        self._kafka: dict[str, tuple[tuple[Any, ...], Resolution]] = {}
+        self._kafka: dict[tuple[Any, ...], tuple[tuple[Any, ...], Resolution]] = {}
         self._owner_usage: dict[tuple[int, str], tuple[list[MetricRow], tuple[Any, ...]]] = {}
 
     def active_key_owners(self, resource_id: str, d: date) -> list[str]:
@@ -125,14 +125,16 @@ class _Index:
     def kafka_resolution(
         self, resource_id: str, d: date, used: tuple[Any, ...], build: Callable[[], Resolution]
     ) -> Resolution:
-        """build(), memoised per resource of the current date while the inputs `used` are the same objects."""
+        """build(), memoised per resource of the current date and per combination of present inputs (a
+        cluster's lines carry different metrics), while the inputs `used` are the same objects."""
         if self._owners_date != d:
             self.active_key_owners("", d)  # resets the per-date memos
-        hit = self._kafka.get(resource_id)
+        key = (resource_id, *(x is None for x in used))
+        hit = self._kafka.get(key)
         if hit is not None and all(a is b for a, b in zip(hit[0], used, strict=True)):
             return hit[1]
         resolution = build()
-        self._kafka[resource_id] = (used, resolution)
+        self._kafka[key] = (used, resolution)
         return resolution
 
     def owner_usage(
