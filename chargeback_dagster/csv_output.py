@@ -7,7 +7,7 @@ import io
 import os
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -78,8 +78,10 @@ class CsvLines:
         self.heads: dict[datetime, str] = {}
         self.parts: dict[tuple[str, ...], tuple[str, str]] = {}
 
-    def render(self, groups: Iterable[Group]) -> Iterator[str]:
-        heads, parts = self.heads, self.parts
+    def render(self, groups: Iterable[Group]) -> list[str]:
+        heads, parts, fmt = self.heads, self.parts, format_units
+        out: list[str] = []
+        append = out.append
         for stamp, fields, units in groups:
             head = heads.get(stamp)
             known = parts.get(fields)
@@ -90,7 +92,8 @@ class CsvLines:
                     _render(row[TIMESTAMP_INDEX + 1 : AMOUNT_INDEX]) + ",",
                     "," + _render(row[AMOUNT_INDEX + 1 :]) + "\n",
                 )
-            yield f"{head}{known[0]}{format_units(units)}{known[1]}"
+            append(f"{head}{known[0]}{fmt(units)}{known[1]}")
+        return out
 
 
 def month_groups(groups: Iterable[Group], month_start: date) -> list[Group]:
@@ -106,25 +109,18 @@ def write_csv(path: Path, groups: Iterable[Group], lines: CsvLines) -> int:
     """Write atomically: a temporary file in the same directory, then rename. Returns the row count.
 
     Use one `lines` for every file of a batch so rendered parts are shared between them."""
-    count = 0
-
-    def counted(groups: Iterable[Group]) -> Iterator[Group]:
-        nonlocal count
-        for group in groups:
-            count += 1
-            yield group
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="", buffering=1 << 20) as fh:
                 fh.write(_render(COLUMNS) + "\n")
-                fh.writelines(lines.render(counted(groups)))
+                rendered = lines.render(groups)
+                fh.writelines(rendered)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as exc:
         raise CsvWriteError(f"Cannot write CSV '{path}': {exc}") from exc
-    return count
+    return len(rendered)
