@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -105,7 +106,12 @@ class JSONText(TypeDecorator):
         return None if value is None else json.dumps(value, sort_keys=True, default=str)
 
     def process_result_value(self, value: Any, dialect: Any) -> Any:
-        return None if value is None else json.loads(value)
+        if value is None:
+            return None
+        try:
+            return orjson.loads(value)  # several times faster; same values for what json.dumps wrote
+        except orjson.JSONDecodeError:  # e.g. an integer beyond 64 bits, NaN
+            return json.loads(value)
 
 
 DIMENSION_KEY_COLUMNS = DIMENSION_KEY_FIELDS

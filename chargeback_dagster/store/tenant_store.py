@@ -435,23 +435,23 @@ class TenantStore:
     def _line_key(line: BillingLine) -> tuple:
         return (line.date, line.env_id or "", line.resource_id, line.product_category, line.product_type)
 
-    def _row_to_line(self, r: Any) -> BillingLine:
-        return BillingLine(
-            ecosystem=r.ecosystem,
-            tenant_id=r.tenant_id,
-            date=r.date,
-            resource_id=r.resource_id,
-            product_category=r.product_category,
-            product_type=r.product_type,
-            quantity=r.quantity,
-            unit_price=r.unit_price,
-            total_cost=r.total_cost,
-            env_id=r.env_id,
-            currency=r.currency,
-            granularity=r.granularity,
-            metadata=r.metadata_json or {},
-            allocation_attempts=r.allocation_attempts,
-        )
+    # BillingLine fields in constructor order, read by _select_lines.
+    _LINE_COLUMNS = (
+        "ecosystem",
+        "tenant_id",
+        "date",
+        "resource_id",
+        "product_category",
+        "product_type",
+        "quantity",
+        "unit_price",
+        "total_cost",
+        "env_id",
+        "currency",
+        "granularity",
+        "metadata_json",
+        "allocation_attempts",
+    )
 
     def replace_billing(self, lines: list[BillingLine], dates: Iterable[date], gathered_at: datetime) -> dict:
         """Per-date replacement (confluent-cloud.md §4), one transaction.
@@ -522,10 +522,28 @@ class TenantStore:
         return {"revised": revised, "removed": removed, "kept_dates": kept}
 
     def _select_lines(self, *where: Any) -> list[BillingLine]:
+        """Lines read raw and converted column by column: a converted value (a date, an exact decimal, a
+        text) is reused wherever its raw value recurs; JSON is parsed per row (dicts are mutable)."""
         b = t.billing
+        columns = [b.c[name] for name in self._LINE_COLUMNS]
         with self._read() as conn:
-            rows = conn.execute(select(b).where(self._mine(b), *where)).all()
-        lines = [self._row_to_line(r) for r in rows]
+            rows = conn.execute(
+                select(*(type_coerce(c, NullType()) for c in columns)).where(self._mine(b), *where)
+            ).all()
+            dialect = conn.dialect
+        if not rows:
+            return []
+        converted: list[Any] = []
+        for column, values in zip(columns, zip(*rows, strict=True), strict=True):
+            process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+            if process is None:
+                converted.append(values)
+            elif column.name == "metadata_json":
+                converted.append([process(v) or {} for v in values])
+            else:
+                memo: dict[Any, Any] = {}
+                converted.append([memo[v] if v in memo else memo.setdefault(v, process(v)) for v in values])
+        lines = list(map(BillingLine, *converted))
         lines.sort(key=lambda ln: (ln.date, ln.resource_id, ln.product_type, ln.env_id, ln.product_category))
         return lines
 
