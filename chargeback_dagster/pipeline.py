@@ -344,25 +344,53 @@ def _reduce_by_day_and_resource(
 
     Samples are cut into the UTC days of `days` (d ≤ ts < d+1; a single day takes every sample: the query
     window was that day) and grouped by the resource label (None: one group); series with equal label
-    sets are combined as reduce_series does. Each day's values are reduced as soon as they are cut, so no
-    per-row list outlives its row."""
-    whole = len(days) == 1
-    bounds = [(d, *(w.timestamp() for w in day_window(d))) for d in days]
+    sets are combined as reduce_series does. A label set's day parts are reduced as soon as they are cut,
+    so no per-row list outlives its label set."""
     by_key: dict[tuple[tuple[str, str], ...], list[tuple[list[float], list[float]]]] = {}
     for s in series:
         by_key.setdefault(tuple(sorted(s.labels.items())), []).append(s.columns())  # ascending timestamps
     out: dict[date, dict[str | None, list[MetricRow]]] = {d: {} for d in days}
+    day_rows = list(out.values())  # in the order of `days`, as _split_by_day's parts
+    split = _split_by_day(days)
+    fsum = math.fsum
     for key in sorted(by_key):
+        labels = dict(key)  # one dict for the label set's rows of every day (rows are read only)
+        resource = labels.get(label, "") if label is not None else None
         columns = by_key[key]
-        resource = dict(key).get(label, "") if label is not None else None
-        for d, lo, hi in bounds:
-            values: list[float] = []
-            for timestamps, vals in columns:
-                values += vals if whole else vals[bisect_left(timestamps, lo) : bisect_left(timestamps, hi)]
+        if len(columns) == 1:  # the usual case: the day parts are slices of the series' own values
+            parts = split(*columns[0])
+        else:
+            parts = [[] for _ in days]
+            for column in columns:
+                for part, more in zip(parts, split(*column), strict=True):
+                    part += more
+        for rows_by_resource, values in zip(day_rows, parts, strict=True):
             if values:
-                row = MetricRow(dict(key), math.fsum(values), max(values), len(values))
-                out[d].setdefault(resource, []).append(row)
+                row = MetricRow(labels, fsum(values), max(values), len(values))
+                rows_by_resource.setdefault(resource, []).append(row)
     return out
+
+
+def _split_by_day(days: list[date]) -> Callable[[list[float], list[float]], list[list[float]]]:
+    """``split(timestamps, values)``: per day of `days` the values whose (ascending) timestamps fall in it;
+    with a single day, all of them (the values list itself, not to be modified).
+
+    The series of one response mostly share one timestamps list (see prometheus._columns), so the cut
+    positions of the last list seen are kept and reused while the same list object comes again."""
+    if len(days) == 1:
+        return lambda timestamps, values: [values]
+    edges = [w.timestamp() for d in days for w in day_window(d)]  # start, end of each day
+    seen: list[float] | None = None
+    cuts: list[slice] = []
+
+    def split(timestamps: list[float], values: list[float]) -> list[list[float]]:
+        nonlocal seen, cuts
+        if timestamps is not seen:  # identity: comparing the floats would cost more than the bisections
+            at = [bisect_left(timestamps, edge) for edge in edges]
+            seen, cuts = timestamps, list(map(slice, at[::2], at[1::2]))  # [start, end) per day
+        return [values[cut] for cut in cuts]
+
+    return split
 
 
 # --- chargeback ------------------------------------------------------------------------------------

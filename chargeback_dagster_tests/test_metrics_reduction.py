@@ -1,10 +1,11 @@
 """The columnar fast paths of the usage-metrics step equal the general (per-sample) paths.
 
 `PrometheusClient.query_range` keeps a returned series' columns as they are when its label set is new, its
-timestamps ascend and all lie inside the window; `pipeline._reduce_by_day_and_resource` cuts columns by
-bisection and reduces each (day, label set) at once. The references below are the per-sample algorithms
-the step used before (parse each point, add values per timestamp in a dict, cut tuples by day, extend
-value lists per label set); results are compared bit for bit (`float.hex`, so -0.0 differs from 0.0).
+timestamps ascend and all lie inside the window, and series with equal timestamps share one list;
+`pipeline._reduce_by_day_and_resource` cuts columns by bisection (once per shared list) and reduces each
+(day, label set) at once. The references below are the per-sample algorithms the step used before (parse
+each point, add values per timestamp in a dict, cut tuples by day, extend value lists per label set);
+results are compared bit for bit (`float.hex`, so -0.0 differs from 0.0).
 """
 
 from __future__ import annotations
@@ -222,12 +223,58 @@ def test_a_repeated_label_set_is_added_per_timestamp_whatever_came_first():
 def test_columns_fast_path_equals_per_point_parsing():
     rng = random.Random(7)
     odd = [None, "x", [1], [1, 2, 3], "ab", {"a": 1, "b": 2}, [True, "1"], ["1", "2"], [1e308, "1"], 5]
+    grid = prom._Grid()  # shared across calls, as for the series of one response
     for _ in range(2000):
-        raw = [[rng.choice([1.0, 2, 3.5, 1e308]), random_value(rng)] for _ in range(rng.randint(1, 6))]
+        stamps = rng.choice([[1.0, 2], [1, 2.0], [True, 2], [0, 2], [-0.0, 2], [3.5, 1e308]])
+        if rng.random() < 0.5:
+            stamps = [rng.choice([1.0, 2, 3.5, 1e308, 0, -0.0]) for _ in range(rng.randint(1, 6))]
+        raw = [[t, random_value(rng)] for t in stamps]
         if rng.random() < 0.3:
             raw.insert(rng.randrange(len(raw) + 1), rng.choice(odd))
         points = [p for p in map(prom._parse_point, raw) if p is not None]
-        assert bits(prom._columns(raw)) == bits(([t for t, _ in points], [v for _, v in points])), raw
+        expected = bits(([t for t, _ in points], [v for _, v in points]))
+        assert bits(prom._columns(raw)) == expected, raw
+        assert bits(prom._columns(raw, grid)) == expected, raw
+
+
+def test_equal_timestamp_columns_are_converted_once_and_shared():
+    t0 = int(at(D1))
+    grid = prom._Grid()
+    first, _ = prom._columns([[t0, "1"], [t0 + 60, "2"]], grid)
+    again, values = prom._columns([[float(t0), "3"], [t0 + 60, "4"]], grid)  # equal numbers, other types
+    assert again is first and values == [3.0, 4.0]
+    other, _ = prom._columns([[t0, "5"], [t0 + 120, "6"]], grid)
+    assert other is not first and other == [t0, t0 + 120.0]
+    # a column with a skipped point is parsed per point and not remembered
+    assert prom._columns([[t0, "NaN"], [t0 + 120, "6"]], grid)[0] == [t0 + 120.0]
+    assert prom._columns([[t0, "7"], [t0 + 120, "8"]], grid)[0] is other
+    # 0 == -0.0: a column holding a zero timestamp is never shared, so each keeps its sign of zero
+    assert bits(prom._columns([[0, "1"]], grid)[0]) == bits([0.0])
+    assert bits(prom._columns([[-0.0, "1"]], grid)[0]) == bits([-0.0])
+
+
+def test_series_on_one_grid_share_one_timestamps_list():
+    t0 = at(D1)
+
+    def values(*vs: str) -> list:
+        return [[t0 + 3600 * i, v] for i, v in enumerate(vs)]
+
+    result = [
+        {"metric": {"p": "a"}, "values": values("1", "2")},
+        {"metric": {"p": "b"}, "values": values("3", "4")},
+        {"metric": {"p": "c"}, "values": [[t0 - 3600, "9"], *values("5", "6")]},  # one sample too early
+        {"metric": {"p": "d"}, "values": [[t0 - 3600, "9"], *values("7", "8")]},
+    ]
+    body = {"status": "success", "data": {"resultType": "matrix", "result": result}}
+    client = PrometheusClient(
+        "http://p.test", transport=httpx.MockTransport(lambda r: httpx.Response(200, json=body))
+    )
+    q = RangeQuery("sum by (p) (x)", *day_window(D1), 3600)
+    got = client.query_range(q)
+    assert bits(got) == bits(reference_series([body], q))
+    a, b, c, d = (s.samples.timestamps for s in got)
+    assert a is b and c is not a and d is not a
+    assert got[2] == Series({"p": "c"}, [(t0, 5.0), (t0 + 3600, 6.0)])
 
 
 # ------------------------------------------------------------------------------------------ reduction
@@ -235,13 +282,18 @@ def test_columns_fast_path_equals_per_point_parsing():
 
 def random_series(rng: random.Random, days: list[date], label: str | None) -> list[Series]:
     lo, hi = at(days[0]), at(days[-1]) + DAY
-    out = []
+    out: list[Series] = []
     for _ in range(rng.randint(0, 8)):
         grid = rng.choice([3600, 1800, 7 * 3600])
         stamps = sorted({lo + i * grid for i in range(int((hi - lo) // grid))} | {lo + DAY, hi - 0.001})
         if rng.random() < 0.1:  # just outside the window (a single day's query keeps what Prometheus sent)
             stamps = [lo - 0.0004, *stamps, hi + 0.0004]
         stamps = sorted(rng.sample(stamps, rng.randint(1, len(stamps))))
+        if out and isinstance(out[-1].samples, Samples) and rng.random() < 0.4:
+            # the previous series' timestamps list itself, as query_range shares one grid among series
+            stamps = out[-1].samples.timestamps
+        elif out and rng.random() < 0.1:
+            stamps = list(out[-1].columns()[0])  # equal timestamps in another list
         values = [rng.choice([rng.uniform(-5, 1e9), 0.0, -0.0, 1e16, 1.0]) for _ in stamps]
         labels = {"principal": rng.choice("pqr")}
         if label is not None and rng.random() < 0.9:
@@ -273,6 +325,31 @@ def test_midnight_samples_belong_to_the_next_day():
         D1: {None: [MetricRow({"p": "a"}, 3.0, 2.0, 2)]},
         D1 + timedelta(days=1): {None: [MetricRow({"p": "a"}, 12.0, 8.0, 2)]},
     }
+
+
+def test_days_without_samples_get_no_rows_and_shared_grids_are_cut_alike():
+    t = at(D1)
+    days = [D1 + timedelta(days=i) for i in range(3)]
+    stamps = [t, t + 3600, t + 2 * DAY, t + 3 * DAY - 1]  # nothing on the middle day
+    series = [
+        Series({"p": "a", "k": "c1"}, Samples(stamps, [1.0, 2.0, 4.0, 8.0])),
+        Series({"p": "b", "k": "c2"}, Samples(stamps, [0.5, -0.0, 0.25, 0.0])),  # the same list object
+        Series({"p": "a", "k": "c1"}, Samples([t + DAY, t + 2 * DAY], [16.0, 32.0])),  # a's label set again
+    ]
+    got = pipeline._reduce_by_day_and_resource(series, days, "k")
+    assert bits(got) == bits(reference_reduce(series, days, "k"))
+    assert got == {
+        days[0]: {
+            "c1": [MetricRow({"k": "c1", "p": "a"}, 3.0, 2.0, 2)],
+            "c2": [MetricRow({"k": "c2", "p": "b"}, 0.5, 0.5, 2)],
+        },
+        days[1]: {"c1": [MetricRow({"k": "c1", "p": "a"}, 16.0, 16.0, 1)]},
+        days[2]: {
+            "c1": [MetricRow({"k": "c1", "p": "a"}, 44.0, 32.0, 3)],
+            "c2": [MetricRow({"k": "c2", "p": "b"}, 0.25, 0.25, 2)],
+        },
+    }
+    assert series[0].samples.values == [1.0, 2.0, 4.0, 8.0]
 
 
 def test_equal_label_sets_are_combined_without_touching_the_series():

@@ -467,6 +467,8 @@ class PrometheusClient:
         # timestamps, all inside the window) or, once it needs filtering or merging, timestamp → value.
         columns: dict[_LabelKey, tuple[list[float], list[float]]] = {}
         points: dict[_LabelKey, dict[float, float]] = {}
+        checked: list[float] | None = None  # the timestamps list `ascending` and `inside` describe
+        ascending = inside = False
         chunk_start = start
         while chunk_start <= last:
             chunk_end = min(chunk_start + (MAX_POINTS_PER_REQUEST - 1) * step * 1000, last)
@@ -481,9 +483,9 @@ class PrometheusClient:
                 if ts_list and key not in columns and key not in points:
                     # a new label set with every sample inside the window is taken as returned: as columns
                     # when its timestamps ascend (Prometheus' order), else as a dict if none repeats
-                    ascending = all(map(lt, ts_list, ts_list[1:]))
-                    first, final = (ts_list[0], ts_list[-1]) if ascending else (min(ts_list), max(ts_list))
-                    if start <= round(first * 1000) and round(final * 1000) < end:
+                    if ts_list is not checked:  # series sharing one timestamps list (_columns): one check
+                        checked, (ascending, inside) = ts_list, _column_shape(ts_list, start, end)
+                    if inside:
                         if ascending:
                             columns[key] = (ts_list, values)
                             continue
@@ -652,6 +654,14 @@ def _gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
+def _column_shape(ts_list: list[float], start: int, end: int) -> tuple[bool, bool]:
+    """``(ascending, inside)`` of a non-empty timestamps column: whether it strictly ascends and whether
+    every timestamp lies in the window ``[start, end)`` (integer milliseconds)."""
+    ascending = all(map(lt, ts_list, ts_list[1:]))
+    first, final = (ts_list[0], ts_list[-1]) if ascending else (min(ts_list), max(ts_list))
+    return ascending, start <= round(first * 1000) and round(final * 1000) < end
+
+
 def _loads(content: bytes) -> Any:
     """The JSON body, parsed by orjson (several times faster than json on large matrices). What orjson
     rejects but json accepts (NaN/Infinity literals, UTF-16/32, lone surrogates) is parsed by json, as the
@@ -674,21 +684,50 @@ def _parse_point(point: Any) -> tuple[float, float] | None:
     return ts, value
 
 
-def _columns(raw_points: list[Any]) -> tuple[list[float], list[float]]:
+class _Grid:
+    """The last timestamps column _columns converted for a response, reused for the next equal column: the
+    series of a response mostly share one evaluation grid, so it is converted once and one list is shared
+    (read only), which also lets later steps check it and cut it into days once per grid."""
+
+    __slots__ = ("floats", "raw", "reusable")
+
+    def __init__(self) -> None:
+        self.raw: tuple[Any, ...] = ()
+        self.floats: list[float] = []
+        self.reusable: bool | None = None  # decided at the first match
+
+    def match(self, raw: tuple[Any, ...]) -> list[float] | None:
+        """The floats of ``raw`` when it equals the kept column. Equal numbers convert to equal floats,
+        except that 0 == -0.0: a column holding a zero timestamp is not reused."""
+        if raw != self.raw:
+            return None
+        if self.reusable is None:
+            self.reusable = 0.0 not in self.floats
+        return self.floats if self.reusable else None
+
+    def keep(self, raw: tuple[Any, ...], floats: list[float]) -> None:
+        self.raw, self.floats, self.reusable = raw, floats, None
+
+
+def _columns(raw_points: list[Any], grid: _Grid | None = None) -> tuple[list[float], list[float]]:
     """Timestamps and values of a ``values`` array; non-finite and unparseable points skipped.
 
     Fast path: transpose and convert the whole array at C level (unpacking into two columns accepts exactly
-    what ``ts, value = point`` accepts); any oddity falls back to per-point parsing."""
+    what ``ts, value = point`` accepts); any oddity falls back to per-point parsing. With ``grid``, a
+    timestamps column equal to the previous fast-path one is that same list."""
     try:
         ts_raw, values_raw = zip(*raw_points, strict=True)
-        ts_list = list(map(float, ts_raw))
+        known = grid.match(ts_raw) if grid is not None else None
+        ts_list = list(map(float, ts_raw)) if known is None else known
         values = list(map(float, values_raw))
     except (TypeError, ValueError):
         pass
     else:
         # inf and nan propagate through a sum, so a finite sum proves every addend finite (a sum that
-        # overflows merely takes the per-point path)
-        if math.isfinite(sum(ts_list)) and math.isfinite(sum(values)):
+        # overflows merely takes the per-point path); a matched column passed this check when kept
+        if (known is not None or math.isfinite(sum(ts_list))) and math.isfinite(sum(values)):
+            if grid is not None and known is None:
+                grid.keep(ts_raw, ts_list)
             return ts_list, values
     points = [p for p in map(_parse_point, raw_points) if p is not None]
     return [ts for ts, _ in points], [v for _, v in points]
@@ -700,13 +739,14 @@ def _iter_result_columns(data: dict[str, Any]) -> Iterable[tuple[dict[str, str],
         for metric, points in _iter_result(data):
             yield metric, [ts for ts, _ in points], [v for _, v in points]
         return
+    grid = _Grid()
     for item in data["result"]:
         if not isinstance(item, dict):
             continue
         metric = item.get("metric") or {}
         raw_points = item.get("values") if "values" in item else [item.get("value")]
         if isinstance(raw_points, list) and raw_points:
-            ts_list, values = _columns(raw_points)
+            ts_list, values = _columns(raw_points, grid)
         else:
             ts_list, values = [], []
         yield {str(k): str(v) for k, v in metric.items()}, ts_list, values
