@@ -5,15 +5,16 @@ in-memory DateInputs and concrete numbers (spec worked examples §11 and our own
 from __future__ import annotations
 
 import logging
+import random
 from collections import defaultdict
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import yaml
 
-from chargeback_dagster.allocation import DateInputs, allocate_date, confluent_allocators
+from chargeback_dagster.allocation import DateInputs, Resolution, allocate_date, confluent_allocators
 from chargeback_dagster.config import load_config
 from chargeback_dagster.devtools.ccloud_simulator import (
     DEFAULT_KEY,
@@ -267,6 +268,165 @@ def test_kafka_resolution_is_shared_per_resource_and_date_only_while_its_inputs_
     next_day = DateInputs(DAY + timedelta(days=1), [], {}, ids, {}, {})
     again = resolve_kafka(line("KAFKA_BASE", "1"), next_day, bytes_in)
     assert again is not first and again.metrics_derived == first.metrics_derived == ["sa-1"]
+
+
+def reference_kafka(resource_id: str, inputs: DateInputs, metrics: dict[str, list[MetricRow]]) -> tuple:
+    """resolve_kafka as specified, without indexes or memos: (active, derived, context)."""
+    ids = inputs.identities
+    start = datetime(inputs.date.year, inputs.date.month, inputs.date.day, tzinfo=UTC)
+    end = start + timedelta(days=1)
+    found: dict[str, dict[str, str]] = {}
+
+    def person(identity_id: str) -> str:
+        if identity_id not in ids:
+            t = prefix_sentinel_type(identity_id)
+            found[identity_id] = {"identity_type": t, "display_name": f"Unknown {t}"}
+        return identity_id
+
+    def aware(dt: datetime) -> datetime:
+        return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+
+    active = [
+        person(k.metadata["owner_id"])
+        for k in ids.values()
+        if k.identity_type == "api_key"
+        and k.metadata["resource_id"] == resource_id
+        and k.metadata["owner_id"]
+        and (k.created_at is None or aware(k.created_at) < end)
+        and (k.deleted_at is None or aware(k.deleted_at) >= start)
+    ]
+    usage: dict[str, dict[str, Decimal]] = {}
+    api_key_to_owner: dict[str, str] = {}
+    derived: set[str] = set()
+    for query_key in ("bytes_in", "bytes_out"):
+        if query_key not in metrics:
+            continue
+        totals: dict[str, Decimal] = {}
+        for row in metrics[query_key]:
+            principal = row.labels.get("principal_id")
+            if principal:
+                totals[principal] = totals.get(principal, Decimal(0)) + Decimal(str(row.value_sum))
+        per_owner: dict[str, Decimal] = {}
+        for principal, value in totals.items():
+            if value <= 0:
+                continue
+            identity = ids.get(principal)
+            if identity is not None and identity.identity_type == "api_key":
+                if not identity.metadata["owner_id"]:
+                    continue
+                api_key_to_owner[principal] = identity.metadata["owner_id"]
+                target = person(identity.metadata["owner_id"])
+            else:
+                target = person(principal)
+            per_owner[target] = per_owner.get(target, Decimal(0)) + value
+        usage[query_key] = per_owner
+        derived.update(per_owner)
+    context: dict = {"usage": usage, "api_key_to_owner": api_key_to_owner}
+    if found:
+        context["sentinels"] = found
+    return active, sorted(derived), context
+
+
+def exact(x):
+    """Comparable form keeping what == hides: order of dict keys, Decimal digits and exponent."""
+    if isinstance(x, Decimal):
+        return ("Decimal", str(x))
+    if isinstance(x, dict):
+        return [(k, exact(v)) for k, v in x.items()]
+    if isinstance(x, list | tuple):
+        return [exact(v) for v in x]
+    return x
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_kafka_resolution_matches_the_reference_over_dates_and_edge_values(seed):
+    """Randomised: keys created/deleted around midnights (naive, UTC, +05:00), ownerless keys, owners
+    and principals missing from the table, repeated principals, several keys per owner, non-positive,
+    huge (exponent notation) and tiny values, dates visited out of order and twice."""
+    rng = random.Random(seed)
+    plus5 = timezone(timedelta(hours=5))
+    instants = [
+        None,
+        OLD,
+        T0 - timedelta(days=2),
+        datetime(2026, 3, 10),  # naive midnight of DAY
+        T0 + timedelta(days=1) - timedelta(microseconds=1),
+        T0 + timedelta(days=1),
+        datetime(2026, 3, 11, 3, 0, tzinfo=plus5),  # 2026-03-10 22:00 UTC
+        T0 + timedelta(days=2, hours=12),
+    ]
+    owners = ["sa-1", "sa-2", "sa-3", "u-4", "sa-ghost", "u-ghost", "pool-ghost", "ghost", ""]
+    table = sa("sa-1", "sa-2", "sa-3", "sa-direct") + sa("u-4", kind="user")
+    for i in range(14):
+        created, deleted = rng.choice(instants), rng.choice(instants)
+        table.append(
+            Identity(
+                f"K{i}",
+                "api_key",
+                created_at=created,
+                deleted_at=deleted,
+                metadata={"owner_id": rng.choice(owners), "resource_id": rng.choice(["lkc-a", "lkc-b"])},
+            )
+        )
+    ids = {i.identity_id: i for i in table}
+    principals = [f"K{i}" for i in range(14)] + ["sa-1", "sa-direct", "sa-x", "u-x", "pool-x", "other", ""]
+    values = [0.0, -0.0, -5.0, 1.5, 100.0, 7, 1e-07, 123456789.123, 1e16, 2.5e20, 0.1, 3.0]
+
+    def rows() -> list[MetricRow]:
+        picked = [rng.choice(principals) for _ in range(rng.randint(0, 12))]
+        return [MetricRow({"principal_id": p} if p else {}, rng.choice(values), 0.0, 1) for p in picked]
+
+    days = [DAY + timedelta(days=k) for k in range(-2, 4)]
+    rng.shuffle(days)
+    resources: dict[str, Resource] = {}  # the same mappings on every date, as in a backfill
+    for d in days + days[::-1]:
+        inputs = DateInputs(d, [], resources, ids, {}, {})
+        for rid in ("lkc-a", "lkc-b", "lkc-none"):
+            rows_in, rows_out = rows(), rows()
+            for metrics in (
+                {"bytes_in": rows_in, "bytes_out": rows_out},
+                {"bytes_out": rows_out},
+                {},
+                {"bytes_in": rows_in},
+                {"bytes_in": rows_in, "bytes_out": rows_out},  # again: the memoised resolution
+            ):
+                got = resolve_kafka(line("KAFKA_NUM_CKU", "1", rid=rid), inputs, metrics)
+                assert type(got) is Resolution
+                actual = (got.resource_active, got.metrics_derived, got.context)
+                assert exact(actual) == exact(reference_kafka(rid, inputs, metrics)), (d, rid, metrics)
+
+
+def test_kafka_active_owners_follow_key_lifetimes_in_any_date_order():
+    def lived(key_id: str, owner: str, created: datetime, deleted: datetime | None = None) -> Identity:
+        md = {"owner_id": owner, "resource_id": "lkc-abc"}
+        return Identity(key_id, "api_key", created_at=created, deleted_at=deleted, metadata=md)
+
+    keys = [
+        # exists from DAY 06:00 through DAY+2 (deleted at its first instant: still that day)
+        lived("K1", "sa-1", T0 + timedelta(hours=6), T0 + timedelta(days=2)),
+        lived("K2", "sa-2", datetime(2026, 3, 11)),  # naive = UTC: from the first instant of DAY+1
+    ]
+    ids = {i.identity_id: i for i in sa("sa-1", "sa-2") + keys}
+    resources: dict[str, Resource] = {}  # the same mappings on every date, as in a backfill
+    expected = {-1: [], 0: ["sa-1"], 1: ["sa-1", "sa-2"], 2: ["sa-1", "sa-2"], 3: ["sa-2"]}
+    for offset in (-1, 0, 3, 1, 2, 0, 3, -1, 2):
+        inputs = DateInputs(DAY + timedelta(days=offset), [], resources, ids, {}, {})
+        assert resolve_kafka(line("KAFKA_BASE", "1"), inputs, {}).resource_active == expected[offset], offset
+
+
+def test_kafka_resolution_objects_are_not_shared_across_dates():
+    keys = [key("K1", "sa-1", "lkc-abc"), key("K2", "sa-9", "lkc-abc")]
+    ids = {i.identity_id: i for i in sa("sa-1") + keys}
+    resources: dict[str, Resource] = {}
+    metrics = {"bytes_in": bytes_rows({"K1": 100})}
+    first = resolve_kafka(line("KAFKA_NUM_CKU", "1"), DateInputs(DAY, [], resources, ids, {}, {}), metrics)
+    next_day = DateInputs(DAY + timedelta(days=1), [], resources, ids, {}, {})
+    second = resolve_kafka(line("KAFKA_NUM_CKU", "1"), next_day, metrics)
+    assert second.resource_active == first.resource_active == ["sa-1", "sa-9"]
+    assert second.resource_active is not first.resource_active
+    assert second.context["sentinels"] == first.context["sentinels"]
+    assert second.context["sentinels"]["sa-9"] is not first.context["sentinels"]["sa-9"]
+    assert second.context["usage"]["bytes_in"] is not first.context["usage"]["bytes_in"]
 
 
 def test_without_metrics_config_kafka_usage_tiers_are_skipped_not_failed(tmp_path):

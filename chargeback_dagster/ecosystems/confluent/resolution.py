@@ -7,8 +7,8 @@ go into the identity sets only; ``context["sentinels"]`` records their type and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from datetime import UTC, date, datetime
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -58,13 +58,17 @@ class _Sentinels:
     def person(self, identity_id: str) -> str:
         """An owner/principal id: itself; recorded as a prefix sentinel when not in the table."""
         if identity_id not in self.identities:
-            t = prefix_sentinel_type(identity_id)
-            self.found[identity_id] = {"identity_type": t, "display_name": f"Unknown {t}"}
+            self.found[identity_id] = _person_sentinel(identity_id)
         return identity_id
 
     def named(self, identity_id: str, identity_type: str) -> str:
         self.found[identity_id] = {"identity_type": identity_type, "display_name": identity_id}
         return identity_id
+
+
+def _person_sentinel(identity_id: str) -> dict[str, str]:
+    t = prefix_sentinel_type(identity_id)
+    return {"identity_type": t, "display_name": f"Unknown {t}"}
 
 
 @lru_cache(maxsize=64)
@@ -83,114 +87,193 @@ def _aware(dt: datetime) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY = _EPOCH.toordinal()
+_ONE_DAY = timedelta(days=1)
+_ALWAYS = 1 << 40  # a day ordinal beyond any date
+
+
+def _day_of(dt: datetime | None, default: int) -> int:
+    """Ordinal of the UTC day holding `dt` (naive = UTC). An object exists on day d (``_exists_on``) iff
+    day_of(created) <= d.toordinal() <= day_of(deleted)."""
+    return default if dt is None else _EPOCH_DAY + (_aware(dt) - _EPOCH) // _ONE_DAY
+
+
+_ZERO = Decimal(0)
+_NO_KEYS: tuple[Any, ...] = ()
+_Rows = list[MetricRow]
+
+# Bytes of one metrics list: (usage by owner or principal, API key → owner, sentinels, sorted usage keys)
+_OwnerUsage = tuple[dict[str, Decimal], dict[str, str], dict[str, dict[str, str]], list[str]]
+
+
 class _Index:
     """Per-identities-table lookups, built once and reused across lines and dates."""
 
     def __init__(self, identities: Mapping[str, Identity], resources: Mapping[str, Resource]) -> None:
-        self.keys_by_resource: dict[str, list[Identity]] = {}
+        self.identities = identities
+        self.resources = resources
+        # API key → owner ("" when it has none); ids absent here are not API keys.
+        self.key_owner: dict[str, str] = {}
+        # The same restricted to owners in the table (no sentinel to record): the common case, one lookup.
+        self.known_owner: dict[str, str] = {}
+        # Resource → (owner, first day, last day) of its API keys that have an owner, in table order.
+        self.owned_keys: dict[str, list[tuple[str, int, int]]] = {}
         for identity in identities.values():
             if identity.identity_type == "api_key":
-                rid = str((identity.metadata or {}).get("resource_id") or "")
-                self.keys_by_resource.setdefault(rid, []).append(identity)
+                owner = _owner(identity)
+                self.key_owner[identity.identity_id] = owner
+                if owner:
+                    if owner in identities:
+                        self.known_owner[identity.identity_id] = owner
+                    rid = str((identity.metadata or {}).get("resource_id") or "")
+                    first = _day_of(identity.created_at, -_ALWAYS)
+                    last = _day_of(identity.deleted_at, _ALWAYS)
+                    self.owned_keys.setdefault(rid, []).append((owner, first, last))
         self.statements_by_pool: dict[str, list[Resource]] = {}
         for r in resources.values():
             if r.resource_type == "flink_statement":
                 pool = str((r.metadata or {}).get("compute_pool_id") or r.parent_id or "")
                 self.statements_by_pool.setdefault(pool, []).append(r)
-        # Several lines of one resource and date resolve the same owners and weights: computed once.
-        self._owners_date: date | None = None
-        self._owners: dict[str, list[str]] = {}
-        self._weights: dict[tuple[int, str], tuple[list[MetricRow], dict[str, Decimal]]] = {}
-        self._kafka: dict[tuple[Any, ...], tuple[tuple[Any, ...], Resolution]] = {}
-        self._owner_usage: dict[tuple[int, str], tuple[list[MetricRow], tuple[Any, ...]]] = {}
+        # Resource → (first day, last day, owners, those missing from the table) of the keys existing on a
+        # day: the same keys exist on every day of the span, so the next dates of a backfill reuse it.
+        self._owner_spans: dict[str, tuple[int, int, list[str], list[str]]] = {}
+        # Memos of the current date: the lines of a resource share owners, bytes per owner and resolution.
+        self._date: date | None = None
+        self._day = 0  # its ordinal
+        self._active: dict[str, tuple[list[str], dict[str, dict[str, str]]]] = {}
+        self._kafka: dict[tuple[str, bool, bool], tuple[_Rows | None, _Rows | None, Resolution]] = {}
+        self._owner_usage: dict[int, tuple[_Rows, _OwnerUsage]] = {}
 
-    def active_key_owners(self, resource_id: str, d: date) -> list[str]:
-        """Owners of the resource's API keys that exist on `d` (keys without owner skipped), in key order."""
-        if self._owners_date != d:
-            self._owners_date = d
-            self._owners = {}
-            self._weights = {}
+    def kafka(self, resource_id: str, d: date, rows_in: _Rows | None, rows_out: _Rows | None) -> Resolution:
+        """The resource's Kafka resolution, memoised per resource of the current date and per combination
+        of present metrics lists (a cluster's lines carry different ones) while they are the same lists."""
+        if self._date != d:
+            self._date = d
+            self._day = d.toordinal()
+            self._active = {}
             self._kafka = {}
             self._owner_usage = {}
-        owners = self._owners.get(resource_id)
-        if owners is None:
-            owners = []
-            for key in self.keys_by_resource.get(resource_id, []):
-                owner = _owner(key)
-                if owner and _exists_on(key, d):
-                    owners.append(owner)
-            self._owners[resource_id] = owners
-        return owners
-
-    def kafka_resolution(
-        self, resource_id: str, d: date, used: tuple[Any, ...], build: Callable[[], Resolution]
-    ) -> Resolution:
-        """build(), memoised per resource of the current date and per combination of present inputs (a
-        cluster's lines carry different metrics), while the inputs `used` are the same objects."""
-        if self._owners_date != d:
-            self.active_key_owners("", d)  # resets the per-date memos
-        key = (resource_id, *(x is None for x in used))
+        key = (resource_id, rows_in is None, rows_out is None)
         hit = self._kafka.get(key)
-        if hit is not None and all(a is b for a, b in zip(hit[0], used, strict=True)):
-            return hit[1]
-        resolution = build()
-        self._kafka[key] = (used, resolution)
+        if hit is not None and hit[0] is rows_in and hit[1] is rows_out:
+            return hit[2]
+        resolution = self._build_kafka(resource_id, rows_in, rows_out)
+        self._kafka[key] = (rows_in, rows_out, resolution)
         return resolution
 
-    def owner_usage(
-        self, rows: list[MetricRow], identities: Mapping[str, Identity], d: date
-    ) -> tuple[dict[str, Decimal], dict[str, str], dict[str, dict[str, str]]]:
+    def _build_kafka(self, resource_id: str, rows_in: _Rows | None, rows_out: _Rows | None) -> Resolution:
+        active, found = self._active_owners(resource_id)
+        usage: dict[str, dict[str, Decimal]] = {}
+        if rows_in is not None and rows_out is not None:
+            per_in, keys_in, found_in, _ = self._bytes_per_owner(rows_in)
+            per_out, keys_out, found_out, _ = self._bytes_per_owner(rows_out)
+            usage[CONFLUENT_BYTES_IN] = per_in
+            usage[CONFLUENT_BYTES_OUT] = per_out
+            api_key_to_owner = {**keys_in, **keys_out}
+            derived = sorted({*per_in, *per_out})
+            if found_in or found_out:
+                found = {**found, **found_in, **found_out}
+        elif rows_in is not None or rows_out is not None:
+            weight_name, rows = (
+                (CONFLUENT_BYTES_IN, rows_in) if rows_out is None else (CONFLUENT_BYTES_OUT, rows_out)
+            )
+            # One list: its (read-only) key map and sorted owners serve as they are.
+            per_owner, api_key_to_owner, found_part, derived = self._bytes_per_owner(rows)
+            usage[weight_name] = per_owner
+            if found_part:
+                found = {**found, **found_part}
+        else:
+            api_key_to_owner = {}
+            derived = []
+        context: dict[str, Any] = {"usage": usage, "api_key_to_owner": api_key_to_owner}
+        if found:
+            context["sentinels"] = found
+        return Resolution(active, derived, context)
+
+    def _active_owners(self, resource_id: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+        """Owners of the resource's API keys that exist on the current date, in key order, and the
+        sentinels among them (do not mutate the results)."""
+        hit = self._active.get(resource_id)
+        if hit is None:
+            day = self._day
+            span = self._owner_spans.get(resource_id)
+            if span is None or not span[0] <= day <= span[1]:
+                span = self._owner_spans[resource_id] = self._owner_span(resource_id, day)
+            # The date gets its own objects: nothing is shared across dates.
+            found = {owner: _person_sentinel(owner) for owner in span[3]}
+            hit = self._active[resource_id] = (list(span[2]), found)
+        return hit
+
+    def _owner_span(self, resource_id: str, day: int) -> tuple[int, int, list[str], list[str]]:
+        """(first day, last day, owners, owners missing from the table) of the keys of the resource that
+        exist on `day` and exactly on the days of that span."""
+        first, last = -_ALWAYS, _ALWAYS
+        owners: list[str] = []
+        for owner, created, deleted in self.owned_keys.get(resource_id, _NO_KEYS):
+            if day < created:
+                last = min(last, created - 1)
+            elif day > deleted:
+                first = max(first, deleted + 1)
+            else:
+                owners.append(owner)
+                first, last = max(first, created), min(last, deleted)
+        missing = [owner for owner in owners if owner not in self.identities]
+        return first, last, owners, missing
+
+    def _bytes_per_owner(self, rows: _Rows) -> _OwnerUsage:
         """Bytes of one metrics list per owner (an API key counts for its owner; a key without owner is
-        dropped): (usage by owner or principal, API key → owner, sentinels found), memoised like weights.
-        The lines of a cluster ask for the same lists (do not mutate the results)."""
-        key = (id(rows), "owner_usage")
-        hit = self._owner_usage.get(key)
+        dropped), memoised per list of the current date: a cluster's lines ask for the same lists (do not
+        mutate the results)."""
+        hit = self._owner_usage.get(id(rows))
         if hit is not None and hit[0] is rows:
             return hit[1]
-        sentinels = _Sentinels(identities)
+        totals: dict[str, Decimal] = {}
+        for row in rows:
+            principal = row.labels.get("principal_id")
+            if principal:
+                totals[principal] = totals.get(principal, _ZERO) + Decimal(str(row.value_sum))
+        identities = self.identities
+        known_owner = self.known_owner
+        key_owner = self.key_owner
         per_owner: dict[str, Decimal] = {}
         owners: dict[str, str] = {}
-        for principal, value in self.weights(rows, "principal_id", d).items():
-            if value <= 0:
+        found: dict[str, dict[str, str]] = {}
+        for principal, value in totals.items():
+            if value <= _ZERO:
                 continue
-            identity = identities.get(principal)
-            if identity is not None and identity.identity_type == "api_key":
-                owner = _owner(identity)
-                if not owner:
-                    continue
-                owners[principal] = owner
-                target = sentinels.person(owner)
+            target = known_owner.get(principal)
+            if target is not None:
+                owners[principal] = target
             else:
-                target = sentinels.person(principal)
-            per_owner[target] = per_owner.get(target, Decimal(0)) + value
-        result = (per_owner, owners, sentinels.found)
-        self._owner_usage[key] = (rows, result)
+                target = key_owner.get(principal)
+                if target is None:  # not an API key: the principal itself
+                    target = principal
+                elif not target:
+                    continue
+                else:
+                    owners[principal] = target
+                if target not in identities:
+                    found[target] = _person_sentinel(target)
+            # value (> 0) is already a sum started from 0: adding it to 0 again would give it back unchanged
+            # (digits and exponent), so the first value of an owner is stored as it is.
+            previous = per_owner.get(target)
+            per_owner[target] = value if previous is None else previous + value
+        result = (per_owner, owners, found, sorted(per_owner))
+        self._owner_usage[id(rows)] = (rows, result)
         return result
 
-    def weights(self, rows: list[MetricRow], label: str, d: date) -> dict[str, Decimal]:
-        """_weights(rows, label), memoised per metrics list of the current date (do not mutate)."""
-        if self._owners_date != d:
-            self.active_key_owners("", d)  # resets the per-date memo
-        key = (id(rows), label)
-        hit = self._weights.get(key)
-        if hit is not None and hit[0] is rows:
-            return hit[1]
-        result = _weights(rows, label)
-        self._weights[key] = (rows, result)
-        return result
 
-
-_cache: dict[tuple[int, int], tuple[Any, Any, _Index]] = {}
+_current: list[_Index] = []  # the index of the last identities and resources mappings seen
 
 
 def _index(inputs: DateInputs) -> _Index:
-    key = (id(inputs.identities), id(inputs.resources))
-    hit = _cache.get(key)
-    if hit is not None and hit[0] is inputs.identities and hit[1] is inputs.resources:
-        return hit[2]
-    _cache.clear()  # keep at most one table alive
+    if _current:
+        index = _current[0]
+        if index.identities is inputs.identities and index.resources is inputs.resources:
+            return index
     index = _Index(inputs.identities, inputs.resources)
-    _cache[key] = (inputs.identities, inputs.resources, index)
+    _current[:] = [index]  # keep at most one table alive
     return index
 
 
@@ -198,50 +281,14 @@ def _owner(identity: Identity) -> str:
     return str((identity.metadata or {}).get("owner_id") or "")
 
 
-def _weights(rows: list[MetricRow], label: str) -> dict[str, Decimal]:
-    totals: dict[str, Decimal] = {}
-    for row in rows:
-        key = row.labels.get(label)
-        if not key:
-            continue
-        totals[key] = totals.get(key, Decimal(0)) + Decimal(str(row.value_sum))
-    return totals
-
-
 def resolve_kafka(
     line: BillingLine, inputs: DateInputs, metrics: Mapping[str, list[MetricRow]]
 ) -> Resolution:
     """``kafka`` and ``schema_registry``: API-key owners of the resource; principals from bytes metrics.
 
-    Every line of one resource and date gets the same (read-only) Resolution, built once: a cluster has
-    about six lines a day."""
-    index = _index(inputs)
-    used = (inputs.identities, metrics.get(BYTES_IN), metrics.get(BYTES_OUT))
-    return index.kafka_resolution(
-        line.resource_id, inputs.date, used, lambda: _resolve_kafka(line, inputs, metrics, index)
-    )
-
-
-def _resolve_kafka(
-    line: BillingLine, inputs: DateInputs, metrics: Mapping[str, list[MetricRow]], index: _Index
-) -> Resolution:
-    sentinels = _Sentinels(inputs.identities)
-    active = [sentinels.person(owner) for owner in index.active_key_owners(line.resource_id, inputs.date)]
-    usage: dict[str, dict[str, Decimal]] = {}
-    api_key_to_owner: dict[str, str] = {}
-    derived: set[str] = set()
-    for query_key, weight_name in ((BYTES_IN, CONFLUENT_BYTES_IN), (BYTES_OUT, CONFLUENT_BYTES_OUT)):
-        if query_key not in metrics:
-            continue
-        per_owner, owners, found = index.owner_usage(metrics[query_key], inputs.identities, inputs.date)
-        usage[weight_name] = per_owner
-        api_key_to_owner.update(owners)
-        sentinels.found.update(found)
-        derived.update(per_owner)
-    context: dict[str, Any] = {"usage": usage, "api_key_to_owner": api_key_to_owner}
-    if sentinels.found:
-        context["sentinels"] = sentinels.found
-    return Resolution(resource_active=active, metrics_derived=sorted(derived), context=context)
+    The lines of one resource and date with the same metrics lists get the same (read-only) Resolution,
+    built once: a cluster has about six lines a day."""
+    return _index(inputs).kafka(line.resource_id, inputs.date, metrics.get(BYTES_IN), metrics.get(BYTES_OUT))
 
 
 def resolve_connector(
