@@ -315,3 +315,50 @@ def test_per_date_replacement_is_idempotent_and_logs_revisions(tmp_path, caplog)
     assert [(ln.key, ln.total_cost) for ln in store.billing_lines(dates[2])] == first[dates[2]]
     assert [(ln.key, ln.total_cost) for ln in store.billing_lines(dates[0])] == first[dates[0]]
     store.dispose()
+
+
+# ------------------------------------------------------------ fast path
+class _Obj(dict):
+    pass
+
+
+def _full(line) -> tuple:
+    """Every field with its type and str(), plus the metadata (BillingLine equality ignores metadata)."""
+    fields = [(f, type(getattr(line, f)), str(getattr(line, f))) for f in line.__slots__ if f != "metadata"]
+    return (*fields, repr(line.metadata), [type(v) for v in line.metadata.values()])
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        row(),
+        row(network_access_type="INTERNET", description="Kafka", unit=...),
+        row(quantity=Decimal("0.00"), price=Decimal("0E-7")),  # zeros become Decimal(0), as `or ZERO` does
+        row(quantity=24, price=3, amount=72, original_amount=80, discount_amount=8),  # JSON integers
+        row(quantity=..., price=..., original_amount=..., discount_amount=...),
+        row(amount=Decimal("-0.00"), id=17),
+        row(amount=...),  # derived amount: general path
+        row(amount=Decimal("NaN")),
+        row(quantity=True),
+        row(price=" 2.50 "),
+        row(start_date="2026-01-05T00:00:00Z"),
+        row(start_date="not a date"),
+        row(resource=None, environment={"id": "env-old"}),
+        row(resource={"id": "lkc-1", "environment": {"id": ""}}, environment={"id": "env-old"}),
+        row(resource={"id": 5, "display_name": 7, "environment": "env-1"}, product=None, line_type=3),
+        row(resource=_Obj(id="lkc-1", environment=_Obj(id="env-1"))),
+        row(environment="env-1"),
+        _Obj(row()),
+    ],
+)
+def test_fast_mapping_matches_the_general_mapping(item):
+    from chargeback_dagster.ecosystems.confluent.billing import _map_general
+
+    assert _full(map_cost_row(item, D, "acme", LOG)) == _full(_map_general(item, D, "acme", LOG))
+
+
+def test_collapse_tiers_groups_a_repeated_line_object():
+    ln = map_cost_row(row(), D, "acme", LOG)
+    (merged,) = collapse_tiers([ln, ln])
+    assert merged.total_cost == Decimal("100.00")
+    assert [t["line_id"] for t in merged.metadata["tiers"]] == ["cost-1", "cost-1"]

@@ -653,3 +653,34 @@ def test_psycopg2_driver(make_pg_database):
     s.store_metric_fetch(D1, "r", "q", [MetricRow({"a": "b"}, 1.0, 1.0, 1)], None, NOW)
     assert s.metric_rows(D1) == {("r", "q"): [MetricRow({"a": "b"}, 1.0, 1.0, 1)]}
     s.dispose()
+
+
+def test_replace_billing_stored_columns_and_counters(store):
+    ln1 = line(D1, "lkc-1", "KAFKA_NUM_CKU", "10.50", qty="4.0000", price="2.6250")
+    ln2 = BillingLine(ECO, TID, D2, "lkc-2", "KAFKA", "X", Decimal(1), Decimal(0), Decimal(0), env_id=None)
+    store.replace_billing([ln1, ln2], [D1, D2], NOW)
+    b = t.billing
+    with store.engine.connect() as conn:
+        conn.execute(sa.update(b).where(b.c.resource_id == "lkc-1").values(topic_attribution_attempts=3))
+        conn.commit()
+    store.increment_allocation_attempts(ln1)
+    new = BillingLine(
+        ECO, TID, D1, "lkc-9", "KAFKA", "Y", Decimal(1), Decimal(1), Decimal(1), allocation_attempts=5
+    )
+    later = NOW + timedelta(hours=1)
+    res = store.replace_billing([line(D1, "lkc-1", "KAFKA_NUM_CKU", "10.5"), new], [D1, D2], later)
+    assert res == {"revised": [], "removed": [], "kept_dates": {D2: 1}}  # 10.50 == 10.5: no revision
+    cols = ["ecosystem", "tenant_id", "resource_id", "env_id", "timestamp", "total_cost", "currency"]
+    cols += ["allocation_attempts", "topic_attribution_attempts", "metadata_json", "gathered_at"]
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(*(b.c[c] for c in cols)).order_by(b.c.date, b.c.resource_id)).all()
+    day1, day2 = datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 2, 2, tzinfo=UTC)
+    assert [tuple(r) for r in rows] == [
+        (ECO, TID, "lkc-1", "env-1", day1, Decimal("10.5"), "USD", 1, 3, {"a": [1, 2], "b": 1}, later),
+        (ECO, TID, "lkc-9", "", day1, Decimal("1"), "USD", 5, 0, {}, later),
+        (ECO, TID, "lkc-2", "", day2, Decimal("0"), "USD", 0, 0, {}, NOW),
+    ]
+    dup = [line(D1, "a", "X", "1"), line(D1, "b", "X", "1"), line(D1, "a", "X", "2")]
+    with pytest.raises(StoreError, match=r"Duplicate billing line key .*'a', 'KAFKA', 'X'\)"):
+        store.replace_billing(dup, [D1], NOW)
+    assert len(store.billing_lines(D1)) == 2

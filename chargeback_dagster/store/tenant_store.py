@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from itertools import repeat
 from pathlib import Path
 from typing import Any, cast
@@ -158,6 +158,21 @@ def _normalised_blocks(blocks: Mapping[BlockKey, Mapping[str, int]]) -> Mapping[
             identity_id = "" if identity_id is None else identity_id
             merged[identity_id] = merged.get(identity_id, 0) + units
     return out
+
+
+def _processed(process: Callable[[Any], Any], values: Sequence[Any]) -> list[Any]:
+    """`process` applied to each value, once per distinct value (dates and timestamps recur). Decimals and
+    floats are processed one by one: equal numbers can differ in their text (4 and 4.0000, 0.0 and -0.0)."""
+    if values and type(values[0]) in _NOT_MEMOISED:
+        return list(map(process, values))
+    memo: dict[Any, Any] = {}
+    try:
+        return [memo[v] if v in memo else memo.setdefault(v, process(v)) for v in values]
+    except TypeError:  # unhashable values (JSON columns)
+        return list(map(process, values))
+
+
+_NOT_MEMOISED = frozenset({Decimal, float})
 
 
 class TenantStore:
@@ -350,11 +365,7 @@ class TenantStore:
             # Column by column; a value is processed once however often it recurs (dates, timestamps).
             cols: list[Sequence[Any]] = list(zip(*rows, strict=True))
             for i, p in active:
-                memo: dict[Any, Any] = {}
-                try:
-                    cols[i] = [memo[v] if v in memo else memo.setdefault(v, p(v)) for v in cols[i]]
-                except TypeError:  # unhashable values (JSON columns)
-                    cols[i] = list(map(p, cols[i]))
+                cols[i] = _processed(p, cols[i])
             for i, v in const_vals.items():
                 cols[i] = [v] * len(rows)
             rows = list(zip(*cols, strict=True))
@@ -411,25 +422,77 @@ class TenantStore:
 
     # ------------------------------------------------------------------ billing
 
-    def _line_row(self, line: BillingLine, gathered_at: datetime | None, attempts: int, topic: int) -> dict:
-        return {
-            **self._tenant(),
-            "date": line.date,
-            "env_id": line.env_id or "",
-            "resource_id": line.resource_id,
-            "product_category": line.product_category,
-            "product_type": line.product_type,
-            "timestamp": day_start(line.date),
-            "quantity": line.quantity,
-            "unit_price": line.unit_price,
-            "total_cost": line.total_cost,
-            "currency": line.currency,
-            "granularity": line.granularity,
-            "allocation_attempts": attempts,
-            "topic_attribution_attempts": topic,
-            "metadata_json": line.metadata or {},
-            "gathered_at": gathered_at,
-        }
+    # Column order of the rows `_line_rows` makes.
+    _LINE_ROW_COLUMNS = (
+        "ecosystem",
+        "tenant_id",
+        "date",
+        "env_id",
+        "resource_id",
+        "product_category",
+        "product_type",
+        "timestamp",
+        "quantity",
+        "unit_price",
+        "total_cost",
+        "currency",
+        "granularity",
+        "allocation_attempts",
+        "topic_attribution_attempts",
+        "metadata_json",
+        "gathered_at",
+    )
+
+    def _line_rows(
+        self,
+        dialect: Any,
+        lines: list[BillingLine],
+        attempts: list[int],
+        topics: list[int],
+        gathered_at: datetime | None,
+    ) -> Iterator[tuple]:
+        """Driver-ready billing rows in `_LINE_ROW_COLUMNS` order, the values processed as `_bulk_insert`
+        does (per column, once per distinct value) but built column by column and zipped lazily: no
+        tuple per line survives the insert, which spares the garbage collector 2 tuples per line."""
+        b = t.billing
+
+        def processor(name: str) -> Callable[[Any], Any] | None:
+            return b.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+
+        def column(name: str, values: list[Any]) -> Iterable[Any]:
+            process = processor(name)
+            if process is None:
+                return values
+            return _processed(process, values)
+
+        def constant(name: str, value: Any) -> Iterable[Any]:
+            process = processor(name)
+            return repeat(process(value) if process is not None else value)  # endless; zip stops
+
+        days = [line.date for line in lines]
+        stamps = {d: day_start(d) for d in set(days)}
+        metadata = processor("metadata_json")
+        mds = (line.metadata or {} for line in lines)
+        return zip(
+            constant("ecosystem", self.ecosystem),
+            constant("tenant_id", self.tenant_id),
+            column("date", days),
+            column("env_id", [line.env_id or "" for line in lines]),
+            column("resource_id", [line.resource_id for line in lines]),
+            column("product_category", [line.product_category for line in lines]),
+            column("product_type", [line.product_type for line in lines]),
+            column("timestamp", [stamps[d] for d in days]),
+            column("quantity", [line.quantity for line in lines]),
+            column("unit_price", [line.unit_price for line in lines]),
+            column("total_cost", [line.total_cost for line in lines]),
+            column("currency", [line.currency for line in lines]),
+            column("granularity", [line.granularity for line in lines]),
+            column("allocation_attempts", attempts),
+            column("topic_attribution_attempts", topics),
+            map(metadata, mds) if metadata is not None else mds,  # JSON text per row, made as inserted
+            constant("gathered_at", gathered_at),
+            strict=False,
+        )
 
     @staticmethod
     def _line_key(line: BillingLine) -> tuple:
@@ -462,32 +525,19 @@ class TenantStore:
         `{"revised": [(date, resource_id, product_type, old_total, new_total)],
           "removed": [(date, resource_id, product_type)], "kept_dates": {date: n_stored}}`.
         """
-        by_date: dict[date, list[BillingLine]] = defaultdict(list)
-        seen: set[tuple] = set()
-        for line in lines:
-            key = self._line_key(line)
-            if key in seen:
-                raise StoreError(f"Duplicate billing line key {key} (lines must be collapsed per key)")
-            seen.add(key)
-            by_date[line.date].append(line)
-        replace_dates = sorted(by_date)
-        kept_dates = sorted(set(dates) - set(by_date))
+        line_key = self._line_key
+        keys = [line_key(line) for line in lines]
+        seen = set(keys)
+        if len(seen) != len(keys):
+            self._raise_duplicate_key(keys)
+        replace_dates = sorted({key[0] for key in keys})
+        kept_dates = sorted(set(dates) - set(replace_dates))
         b = t.billing
         revised: list[tuple] = []
         removed: list[tuple] = []
         kept: dict[date, int] = {}
         with self._write() as conn:
-            old: dict[tuple, Any] = {}
-            for chunk in _chunks(replace_dates):
-                for r in conn.execute(
-                    select(
-                        *(b.c[c] for c in BILLING_KEY_COLUMNS),
-                        b.c.total_cost,
-                        b.c.allocation_attempts,
-                        b.c.topic_attribution_attempts,
-                    ).where(self._mine(b), b.c.date.in_(chunk))
-                ):
-                    old[tuple(r[:5])] = r
+            old = self._stored_billing(conn, replace_dates)
             if kept_dates:
                 counts = dict(
                     conn.execute(
@@ -497,29 +547,73 @@ class TenantStore:
                     ).all()
                 )
                 kept = {d: int(counts.get(d, 0)) for d in kept_dates}
-            rows = []
-            for line in lines:
-                key = self._line_key(line)
-                prev = old.get(key)
-                if prev is None:
-                    rows.append(self._line_row(line, gathered_at, line.allocation_attempts, 0))
-                else:
-                    if prev.total_cost != line.total_cost:
+            if old:
+                attempts: list[int] = []
+                topics: list[int] = []
+                for line, key in zip(lines, keys, strict=True):
+                    prev = old.get(key)
+                    if prev is None:
+                        attempts.append(line.allocation_attempts)
+                        topics.append(0)
+                        continue
+                    total, n_attempts, n_topic = prev
+                    if total != line.total_cost:
                         revised.append(
-                            (line.date, line.resource_id, line.product_type, prev.total_cost, line.total_cost)
+                            (line.date, line.resource_id, line.product_type, total, line.total_cost)
                         )
-                    rows.append(
-                        self._line_row(
-                            line, gathered_at, prev.allocation_attempts, prev.topic_attribution_attempts
-                        )
-                    )
-            removed = sorted((k[0], k[2], k[4]) for k in set(old) - seen)
+                    attempts.append(n_attempts)
+                    topics.append(n_topic)
+                removed = sorted((k[0], k[2], k[4]) for k in old.keys() - seen)
+            else:
+                attempts = [line.allocation_attempts for line in lines]
+                topics = [0] * len(lines)
             for chunk in _chunks(replace_dates):
                 conn.execute(delete(b).where(self._mine(b), b.c.date.in_(chunk)))
-            if rows:
-                self._bulk_insert(conn, b, rows)
+            if lines:
+                rows = self._line_rows(conn.dialect, lines, attempts, topics, gathered_at)
+                self._bulk_insert(conn, b, rows, columns=self._LINE_ROW_COLUMNS, processed=True)
         revised.sort(key=lambda x: (x[0], x[1], x[2]))
         return {"revised": revised, "removed": removed, "kept_dates": kept}
+
+    @staticmethod
+    def _raise_duplicate_key(keys: list[tuple]) -> None:
+        seen: set[tuple] = set()
+        for key in keys:
+            if key in seen:
+                raise StoreError(f"Duplicate billing line key {key} (lines must be collapsed per key)")
+            seen.add(key)
+
+    def _stored_billing(self, conn: Connection, dates: Sequence[date]) -> dict[tuple, tuple]:
+        """`{line key: (total_cost, allocation_attempts, topic_attribution_attempts)}` of the stored lines
+        of `dates`, read raw and converted column by column (a recurring raw value, e.g. a date, once)."""
+        b = t.billing
+        columns = [
+            *(b.c[c] for c in BILLING_KEY_COLUMNS),
+            b.c.total_cost,
+            b.c.allocation_attempts,
+            b.c.topic_attribution_attempts,
+        ]
+        raw: list[Any] = []
+        for chunk in _chunks(dates):
+            raw.extend(
+                conn.execute(
+                    select(*(type_coerce(c, NullType()) for c in columns)).where(
+                        self._mine(b), b.c.date.in_(chunk)
+                    )
+                ).all()
+            )
+        if not raw:
+            return {}
+        dialect = conn.dialect
+        converted: list[Sequence[Any]] = []
+        for column, values in zip(columns, zip(*raw, strict=True), strict=True):
+            process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+            if process is None:
+                converted.append(values)
+            else:
+                memo: dict[Any, Any] = {}
+                converted.append([memo[v] if v in memo else memo.setdefault(v, process(v)) for v in values])
+        return dict(zip(zip(*converted[:5], strict=True), zip(*converted[5:], strict=True), strict=True))
 
     def _select_lines(self, *where: Any) -> list[BillingLine]:
         """Lines read raw and converted column by column: a converted value (a date, an exact decimal, a

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterable
 from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 from chargeback_dagster.domain import BillingLine
@@ -75,7 +76,19 @@ def _number(item: dict, key: str) -> Decimal | None:
     return result
 
 
+@lru_cache(maxsize=4096)
+def _iso_day(text: str) -> date | None:
+    # Every row of a day carries the same start_date text: parse each text once.
+    try:
+        return date.fromisoformat(text.strip()[:10])
+    except ValueError:
+        return None
+
+
 def _date(value: Any) -> date:
+    day = _iso_day(value) if type(value) is str else None
+    if day is not None:
+        return day
     if not isinstance(value, str):
         raise _Malformed(f"start_date missing or not a date: {value!r}")
     try:
@@ -122,6 +135,126 @@ def map_cost_row(
     logger: logging.Logger | logging.LoggerAdapter,
 ) -> BillingLine:
     """One Costs API object → one billing line (a ``MALFORMED_BILLING_ROW`` line when it is malformed)."""
+    if type(item) is dict:
+        line = _map_plain(item, tenant_id)
+        if line is not None:
+            return line
+    return _map_general(item, window_start, tenant_id, logger)
+
+
+def _map_plain(item: dict, tenant_id: str) -> BillingLine | None:
+    """``map_cost_row`` for the usual object, with few calls per field: plain dicts, a parseable date,
+    finite Decimal or int numbers and an ``amount``. None for anything else, which ``_map_general``
+    handles; otherwise the same values (and ``str()`` of them) as ``_map_general`` builds."""
+    get = item.get
+    resource = get("resource")
+    if resource is None:
+        resource = {}
+    elif type(resource) is not dict:
+        return None
+    environment = get("environment")
+    if environment is not None and type(environment) is not dict:
+        return None
+    start = get("start_date")
+    day = _iso_day(start) if type(start) is str else None
+    if day is None:
+        return None
+    # Numbers as _number reads them; bool is neither Decimal nor int here, NaN/inf go the general way.
+    total = get("amount")
+    if type(total) is Decimal:
+        if not total.is_finite():
+            return None
+    elif type(total) is int:
+        total = Decimal(total)
+    else:
+        return None  # absent amount (derived or missing) or not a number
+    quantity = get("quantity")
+    if type(quantity) is Decimal:
+        if not quantity.is_finite():
+            return None
+        quantity = quantity or ZERO  # a zero becomes Decimal(0), as `_number(...) or ZERO` does
+    elif quantity is None:
+        quantity = ZERO
+    elif type(quantity) is int:
+        quantity = Decimal(quantity) or ZERO
+    else:
+        return None
+    price = get("price")
+    if type(price) is Decimal:
+        if not price.is_finite():
+            return None
+        price = price or ZERO
+    elif price is None:
+        price = ZERO
+    elif type(price) is int:
+        price = Decimal(price) or ZERO
+    else:
+        return None
+
+    metadata: dict[str, Any] = {}
+    value = resource.get("display_name")
+    if isinstance(value, str):
+        metadata["resource_name"] = value
+    value = get("id")
+    if value is not None:
+        metadata["line_id"] = value if type(value) is str else str(value)
+    value = get("unit")
+    if value is not None:
+        metadata["unit"] = value if type(value) is str else str(value)
+    value = get("network_access_type")
+    if value is not None:
+        metadata["network_access_type"] = value if type(value) is str else str(value)
+    value = get("description")
+    if value is not None:
+        metadata["description"] = value if type(value) is str else str(value)
+    value = get("original_amount")
+    if value is not None:
+        if type(value) is Decimal and value.is_finite():
+            metadata["original_amount"] = str(value)
+        elif type(value) is int:
+            metadata["original_amount"] = str(Decimal(value))
+        else:
+            return None
+    value = get("discount_amount")
+    if value is not None:
+        if type(value) is Decimal and value.is_finite():
+            metadata["discount_amount"] = str(value)
+        elif type(value) is int:
+            metadata["discount_amount"] = str(Decimal(value))
+        else:
+            return None
+
+    env = resource.get("environment")  # _env_id, inlined
+    if isinstance(env, dict) and isinstance(env.get("id"), str) and env["id"]:
+        env_id = env["id"]
+    elif environment is not None and isinstance(environment.get("id"), str):
+        env_id = environment["id"]
+    else:
+        env_id = ""
+    resource_id = resource.get("id")
+    product = get("product")
+    line_type = get("line_type")
+    return BillingLine(
+        ECOSYSTEM,
+        tenant_id,
+        day,
+        resource_id if isinstance(resource_id, str) else "",
+        product if isinstance(product, str) else "",
+        line_type if isinstance(line_type, str) else "",
+        quantity,
+        price,
+        total,
+        env_id,
+        metadata=metadata,
+    )
+
+
+def _map_general(
+    item: Any,
+    window_start: date,
+    tenant_id: str,
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> BillingLine:
     try:
         if not isinstance(item, dict):
             raise _Malformed(f"row is not an object: {type(item).__name__}")
@@ -230,14 +363,23 @@ def collapse_tiers(lines: Iterable[BillingLine]) -> list[BillingLine]:
     quantity and total_cost are summed, unit_price is 0 and ``metadata.tiers`` lists the rows (strings,
     sorted by line_id). A single row passes unchanged. Output keeps first-seen key order.
     """
-    groups: dict[tuple, list[BillingLine]] = {}
+    # Most keys have one row: keep that line, and a list only for keys seen again.
+    firsts: dict[tuple, BillingLine] = {}
+    more: dict[tuple, list[BillingLine]] = {}
     for line in lines:
         key = (line.date, line.env_id, line.resource_id, line.product_category, line.product_type)
-        groups.setdefault(key, []).append(line)
+        first = firsts.get(key)
+        if first is None:
+            firsts[key] = line
+        else:
+            more.setdefault(key, [first]).append(line)
+    if not more:
+        return list(firsts.values())
     out: list[BillingLine] = []
-    for rows in groups.values():
-        if len(rows) == 1:
-            out.append(rows[0])
+    for key, line in firsts.items():
+        rows = more.get(key)
+        if rows is None:
+            out.append(line)
             continue
         rows = sorted(rows, key=lambda ln: str(ln.metadata.get("line_id", "")))
         first = rows[0]
@@ -289,15 +431,17 @@ def fetch_billing_lines(
             {"start_date": start.isoformat(), "end_date": end.isoformat()},
             page_size=COSTS_PAGE_SIZE,
         )
+        keep_from, keep_to = max(start, first), min(end, last + DAY)
         for item in items:
-            line = map_cost_row(item, start, tenant_id, logger)
+            line = _map_plain(item, tenant_id) if type(item) is dict else None
+            if line is None:
+                line = _map_general(item, start, tenant_id, logger)
+            if keep_from <= line.date < keep_to:
+                mapped.append(line)
+                continue
             if not (start <= line.date < end):
                 logger.warning(
                     f"Ignoring billing row {line.metadata.get('line_id', '?')} dated {line.date} outside its "
                     f"request window [{start}, {end})"
                 )
-                continue
-            if not (first <= line.date <= last):
-                continue
-            mapped.append(line)
     return collapse_tiers(mapped)
