@@ -208,6 +208,9 @@ def test_tier_collapsing():
         (row(quantity="lots"), D, "KAFKA", Decimal("50.00"), "quantity is not a number"),
         (row(amount="n/a"), D, "KAFKA", Decimal("50.00"), "amount is not a number"),
         (row(amount="n/a", original_amount="x", product=...), D, "MALFORMED", Decimal(0), "amount is not"),
+        # a valid amount beside an unparseable original/discount amount: still malformed, never an error
+        (row(original_amount="x"), D, "KAFKA", Decimal("50.00"), "original_amount is not a number"),
+        (row(discount_amount="-"), D, "KAFKA", Decimal("50.00"), "discount_amount is not a number"),
     ],
 )
 def test_malformed_rows_are_kept(item, date_, category, amount, error):

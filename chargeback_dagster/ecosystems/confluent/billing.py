@@ -265,6 +265,7 @@ def _map_general(
         quantity = _number(item, "quantity") or ZERO
         price = _number(item, "price") or ZERO
         total, flags = _total(item, logger)
+        amounts = {key: _number(item, key) for key in ("original_amount", "discount_amount")}
     except _Malformed as exc:
         return _malformed_line(item, window_start, tenant_id, str(exc))
 
@@ -277,10 +278,7 @@ def _map_general(
     for key in ("unit", "network_access_type", "description"):
         if item.get(key) is not None:
             metadata[key] = str(item[key])
-    for key in ("original_amount", "discount_amount"):
-        value = _number(item, key)
-        if value is not None:
-            metadata[key] = str(value)
+    metadata.update((key, str(value)) for key, value in amounts.items() if value is not None)
     metadata.update(flags)
     return BillingLine(
         ecosystem=ECOSYSTEM,
