@@ -116,12 +116,52 @@ def test_upgrade_from_0001_keeps_facts_and_drops_their_index(store_url):
         conn.commit()
     assert s.current_revision() == "0001"
     s.migrate()
-    assert s.current_revision() == s.head_revision() == "0002"
+    assert s.current_revision() == s.head_revision() == "0003"
     assert s.chargeback_rows(D1) == [(*key("sa-1"), 1234)]
     inspector = sa.inspect(s.engine)
     assert inspector.get_indexes("chargeback_facts") == []
     assert inspector.get_foreign_keys("chargeback_facts") == []
     assert inspector.get_pk_constraint("chargeback_facts")["constrained_columns"] == ["date", "dimension_id"]
+    s.dispose()
+
+
+def test_upgrade_from_0002_keeps_metric_values(store_url):
+    """Migration 0003 (metric values WITHOUT ROWID on SQLite): values written at 0002 stay readable and
+    replaceable, and a downgrade keeps them too."""
+    from alembic import command
+
+    m1 = MetricRow({"principal_id": "sa-1", "kafka_id": "lkc-1"}, 1.5, 1.0, 24)
+    m2 = MetricRow({"principal_id": "sa-2"}, 0.25, 0.25, 1)
+    s = TenantStore(store_url, tenant_name="t1", ecosystem=ECO, tenant_id=TID)
+
+    def at(revision, step):
+        with s.engine.connect() as conn:
+            cfg = s._alembic_config()
+            cfg.attributes["connection"] = conn
+            step(cfg, revision)
+            conn.commit()
+
+    def without_rowid():
+        with s.engine.connect() as conn:
+            sql = conn.execute(
+                sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'usage_metric_values'")
+            ).scalar_one()
+        return "WITHOUT ROWID" in sql.upper()
+
+    at("0002", command.upgrade)
+    s.store_metric_fetches([(D1, "lkc-1", "q", [m2, m1], None), (D1, "lkc-1", "empty", [], None)], NOW)
+    s.migrate()
+    assert s.current_revision() == "0003"
+    assert s.metric_rows(D1) == {("lkc-1", "q"): [m1, m2], ("lkc-1", "empty"): []}
+    if s.dialect_name == "sqlite":
+        assert without_rowid()
+        assert sa.inspect(s.engine).get_indexes("usage_metric_values") == []
+    s.store_metric_fetch(D1, "lkc-1", "q", [m2], None, NOW)
+    assert s.metric_rows(D1)[("lkc-1", "q")] == [m2]
+    at("0002", command.downgrade)
+    if s.dialect_name == "sqlite":
+        assert not without_rowid()
+    assert s.metric_rows(D1) == {("lkc-1", "q"): [m2], ("lkc-1", "empty"): []}
     s.dispose()
 
 
@@ -450,6 +490,56 @@ def test_metric_fetch_replace_and_failed(store):
     assert store.metric_fetch_status(D2) == {("lkc-2", "q"): ("failed", "down", NOW)}
     assert store.metric_rows(D2) == {}
     assert store.metric_rows(D3) == {}
+
+
+def test_metric_rows_sorted_by_label_text_and_duplicates_rejected(store):
+    """Rows come back sorted by their label text by code point whatever the insertion order and the
+    database collation; a label set twice in one fetch fails the whole batch, naming the first repeat."""
+    texts = ["a", "B", "b", "é", "a b", "a-b", "Z", "ß", "日本", "😀", "", 'q"x']
+    rows = [MetricRow({"p": x, "k": "1"}, float(i), 0.5, i) for i, x in enumerate(texts)]
+    store.store_metric_fetches([(D1, "r", "q", rows[::-1], None), (D1, "R", "q", rows[:3], None)], NOW)
+
+    def by_text(ms):
+        return sorted(ms, key=lambda m: t.canonical_json(m.labels))
+
+    assert store.metric_rows(D1) == {("r", "q"): by_text(rows), ("R", "q"): by_text(rows[:3])}
+    # by text: '{"k":"1","p":"a b"}' < '{"k":"1","p":"a"}' (space before quote)
+    assert [m.labels["p"] for m in store.metric_rows(D1)[("r", "q")]][:4] == ["", "B", "Z", "a b"]
+    a, b = MetricRow({"a": "1"}, 1.0, 1.0, 1), MetricRow({"b": "1"}, 1.0, 1.0, 1)
+    with pytest.raises(StoreError, match=r'^Duplicate label set \{"b":"1"\} for 2026-02-02 r query q2$'):
+        store.store_metric_fetches([(D2, "r", "q", [a], None), (D2, "r", "q2", [a, b, b, a], None)], NOW)
+    assert store.metric_fetch_status(D2) == {}
+    assert store.metric_rows(D2) == {}
+
+
+def test_metric_values_many_rows(store):
+    """Thousands of rows per fetch, stored in several statements on SQLite (also under the 999-variable
+    limit of older SQLite builds), come back complete and in order."""
+    if store.dialect_name == "sqlite":
+        import sqlite3
+
+        limit = sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
+        sa.event.listen(store.engine, "connect", lambda dbapi_conn, _: dbapi_conn.setlimit(limit, 999))
+        store.engine.dispose()
+    rows = [MetricRow({"principal_id": f"sa-{i:05d}"}, i / 7, float(i), i) for i in range(2500)]
+    store.store_metric_fetches([(D1, "r", "q", rows[::-1], None), (D2, "r", "q", rows[:5], None)], NOW)
+    assert store.metric_rows(D1) == {("r", "q"): rows}
+    assert store.metric_rows(D2) == {("r", "q"): rows[:5]}
+    store.store_metric_fetches([(D1, "r", "q", rows[1000:], None)], NOW)
+    assert store.metric_rows(D1) == {("r", "q"): rows[1000:]}
+
+
+def test_metric_sample_count_beyond_integer_column(store):
+    """The values column is INTEGER: PostgreSQL rejects a count beyond int4 (never stores it wrapped);
+    SQLite keeps 64-bit integers."""
+    m = MetricRow({"a": "b"}, 1.0, 1.0, 2**31)
+    if store.dialect_name == "sqlite":
+        store.store_metric_fetch(D1, "r", "q", [m], None, NOW)
+        assert store.metric_rows(D1) == {("r", "q"): [m]}
+        return
+    with pytest.raises(sa.exc.DataError):
+        store.store_metric_fetch(D1, "r", "q", [m], None, NOW)
+    assert store.metric_fetch_status(D1) == {}
 
 
 # ---------------------------------------------------------------- inventory

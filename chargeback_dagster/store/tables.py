@@ -209,6 +209,7 @@ usage_metric_values = Table(
         "labels_key",
         name="pk_usage_metric_values",
     ),
+    sqlite_with_rowid=False,  # migration 0003: the rows live in the key's B-tree only
 )
 
 usage_metric_fetches = Table(

@@ -881,56 +881,11 @@ class TenantStore:
         """Bulk `store_metric_fetch`, one transaction. A failed fetch (rows None) leaves no values."""
         if not fetches:
             return
-        v, f = t.usage_metric_values, t.usage_metric_fetches
+        v = t.usage_metric_values
         latest: dict[tuple, tuple] = {}
         for d, resource_id, query_key, rows, error in fetches:
             latest[(d, resource_id, query_key)] = (rows, error)
-        value_rows: list[tuple] = []
-        fetch_rows: list[dict] = []
-        label_texts: dict[tuple, str] = {}  # the same label sets recur on every date: serialise once
-        eco, tid = self.ecosystem, self.tenant_id
-        for (d, resource_id, query_key), (rows, error) in latest.items():
-            fetch_rows.append(
-                {
-                    **self._tenant(),
-                    "date": d,
-                    "resource_id": resource_id,
-                    "query_key": query_key,
-                    "status": "ok" if rows is not None else "failed",
-                    "error": error,
-                    "fetched_at": fetched_at,
-                }
-            )
-            labels_seen: set[str] = set()
-            for m in rows or ():
-                try:
-                    label_items = tuple(m.labels.items())
-                    labels_key = label_texts.get(label_items)
-                except TypeError:  # unhashable label value: no memo
-                    label_items, labels_key = None, None
-                if labels_key is None:
-                    labels_key = canonical_json(dict(m.labels))
-                    if label_items is not None:
-                        label_texts[label_items] = labels_key
-                if labels_key in labels_seen:
-                    raise StoreError(
-                        f"Duplicate label set {labels_key} for {d} {resource_id} query {query_key}"
-                    )
-                labels_seen.add(labels_key)
-                value_rows.append(
-                    (
-                        eco,
-                        tid,
-                        d,
-                        resource_id,
-                        query_key,
-                        labels_key,
-                        labels_key,
-                        float(m.value_sum),
-                        float(m.value_max),
-                        int(m.sample_count),
-                    )
-                )
+        value_rows = self._metric_value_rows(latest)
         del_stmt = delete(v).where(
             v.c.ecosystem == bindparam("b_eco"),
             v.c.tenant_id == bindparam("b_tid"),
@@ -938,27 +893,14 @@ class TenantStore:
             v.c.resource_id == bindparam("b_res"),
             v.c.query_key == bindparam("b_key"),
         )
-        up = self._insert(f)
-        up = up.on_conflict_do_update(
-            index_elements=["ecosystem", "tenant_id", "date", "resource_id", "query_key"],
-            set_={
-                "status": up.excluded.status,
-                "error": up.excluded.error,
-                "fetched_at": up.excluded.fetched_at,
-            },
-        )
         with self._write() as conn:
             # Delete only groups that have stored values (a first fetch has none: no per-group DELETEs).
+            # One query per date: with `date IN (…)`, PostgreSQL without fresh statistics (during a
+            # backfill) scanned every row of the tenant each time.
             stored: set[tuple] = set()
-            for chunk in _chunks(sorted({k[0] for k in latest})):
-                stored.update(
-                    tuple(r)
-                    for r in conn.execute(
-                        select(v.c.date, v.c.resource_id, v.c.query_key)
-                        .distinct()
-                        .where(self._mine(v), v.c.date.in_(chunk))
-                    )
-                )
+            stored_groups = select(v.c.resource_id, v.c.query_key).distinct().where(self._mine(v))
+            for day in sorted({k[0] for k in latest}):
+                stored.update((day, r, k) for r, k in conn.execute(stored_groups.where(v.c.date == day)))
             del_params = [
                 {"b_eco": self.ecosystem, "b_tid": self.tenant_id, "b_date": d, "b_res": r, "b_key": k}
                 for (d, r, k) in latest
@@ -967,58 +909,233 @@ class TenantStore:
             if del_params:
                 conn.execute(del_stmt, del_params)
             if value_rows:
-                self._bulk_insert(
-                    conn,
-                    v,
-                    value_rows,
-                    columns=(
-                        "ecosystem",
-                        "tenant_id",
-                        "date",
-                        "resource_id",
-                        "query_key",
-                        "labels_key",
-                        "labels_json",
-                        "value_sum",
-                        "value_max",
-                        "sample_count",
-                    ),
-                    constant=("ecosystem", "tenant_id"),
+                self._insert_metric_values(conn, value_rows)
+            self._upsert_metric_fetches(conn, latest, fetched_at)
+
+    @contextmanager
+    def _dbapi_cursor(self, conn: Connection, statement: str) -> Iterator[Any]:
+        """A driver cursor on `conn` whose errors surface as SQLAlchemy's (IntegrityError, …)."""
+        cursor = conn.connection.cursor()
+        try:
+            yield cursor
+        except conn.dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(statement, None, exc, conn.dialect.loaded_dbapi.Error) from exc
+        finally:
+            cursor.close()
+
+    # The columns of usage_metric_values with their PostgreSQL types (binary COPY).
+    _METRIC_VALUE_COLUMNS = (
+        ("ecosystem", "text"),
+        ("tenant_id", "text"),
+        ("date", "date"),
+        ("resource_id", "text"),
+        ("query_key", "text"),
+        ("labels_key", "text"),
+        ("labels_json", "text"),
+        ("value_sum", "float8"),
+        ("value_max", "float8"),
+        ("sample_count", "int4"),
+    )
+
+    def _metric_value_rows(self, latest: dict[tuple, tuple]) -> list[tuple]:
+        """(date, resource_id, query_key, label text, value_sum, value_max, sample_count) of the ok
+        fetches in `latest`, driver-ready and in primary-key order (a first fetch of later dates appends
+        at the right edge of the key's B-tree). The label text is both labels_key and labels_json.
+
+        A duplicate label set raises StoreError naming the first one in the fetches' order."""
+        dialect = self.engine.dialect
+        date_proc = t.usage_metric_values.c.date.type.dialect_impl(dialect).bind_processor(dialect)
+        label_texts: dict[tuple, str] = {}  # the same label sets recur on every date: serialise once
+        per_group: dict[tuple, list[tuple]] = {}
+        for group, (rows, _) in latest.items():
+            if not rows:
+                continue
+            d, resource_id, query_key = group
+            day = date_proc(d) if date_proc is not None else d
+            texts = []
+            for m in rows:
+                try:
+                    items = tuple(m.labels.items())
+                    text = label_texts.get(items)
+                    if text is None:
+                        text = label_texts[items] = canonical_json(dict(m.labels))
+                except TypeError:  # unhashable label value: no memo
+                    text = canonical_json(dict(m.labels))
+                texts.append(text)
+            by_text = dict(zip(texts, rows, strict=True))
+            if len(by_text) < len(texts):
+                seen: set[str] = set()
+                for text in texts:
+                    if text in seen:
+                        raise StoreError(
+                            f"Duplicate label set {text} for {d} {resource_id} query {query_key}"
+                        )
+                    seen.add(text)
+            per_group[group] = out = []
+            for text in sorted(by_text):  # by code point, as SQLite compares text
+                m = by_text[text]
+                out.append(
+                    (
+                        day,
+                        resource_id,
+                        query_key,
+                        text,
+                        float(m.value_sum),
+                        float(m.value_max),
+                        int(m.sample_count),
+                    )
                 )
-            conn.execute(up, fetch_rows)
+        return [row for group in sorted(per_group) for row in per_group[group]]
+
+    def _insert_metric_values(self, conn: Connection, rows: list[tuple]) -> None:
+        """Insert `_metric_value_rows`. SQLite: multi-row INSERTs; psycopg 3: binary COPY (text COPY's
+        per-value formatting cost the client more than the server spent inserting); otherwise the shared
+        bulk insert."""
+        eco, tid = self.ecosystem, self.tenant_id
+        columns = [name for name, _ in self._METRIC_VALUE_COLUMNS]
+        cols_sql = ", ".join(f'"{c}"' for c in columns)
+        if self.dialect_name == "sqlite":
+            import sqlite3
+            from itertools import chain
+
+            # Within one statement SQLite keeps its cursor at the B-tree's right edge and appends the
+            # key-ordered rows there; executemany runs a statement per row, each searching from the root.
+            # ?1 and ?2 (ecosystem, tenant_id) are bound once per statement, a label text once per row.
+            def statement(n: int) -> str:
+                return f'INSERT INTO "usage_metric_values" ({cols_sql}) VALUES ' + ", ".join(
+                    f"(?1, ?2, ?{i}, ?{i + 1}, ?{i + 2}, ?{i + 3}, ?{i + 3}, ?{i + 4}, ?{i + 5}, ?{i + 6})"
+                    for i in range(3, 3 + 7 * n, 7)
+                )
+
+            limit = conn.connection.dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            per_statement = max(1, min(1000, (limit - 2) // 7))
+            statements: dict[int, str] = {}
+            with self._dbapi_cursor(conn, f'INSERT INTO "usage_metric_values" ({cols_sql}) …') as cursor:
+                for chunk in _chunks(rows, per_statement):
+                    if len(chunk) not in statements:
+                        statements[len(chunk)] = statement(len(chunk))
+                    cursor.execute(statements[len(chunk)], [eco, tid, *chain.from_iterable(chunk)])
+            return
+        wide = [(eco, tid, d, r, q, text, text, s, mx, n) for d, r, q, text, s, mx, n in rows]
+        counts = [row[-1] for row in rows]
+        # binary int4 would wrap a count out of its range instead of failing as the database does
+        if conn.dialect.driver != "psycopg" or not -(2**31) <= min(counts) <= max(counts) < 2**31:
+            self._bulk_insert(conn, t.usage_metric_values, wide, columns=columns, processed=True)
+            return
+        sql = f'COPY "usage_metric_values" ({cols_sql}) FROM STDIN (FORMAT BINARY)'
+        with self._dbapi_cursor(conn, sql) as cursor, cursor.copy(sql) as copy:
+            copy.set_types([pg_type for _, pg_type in self._METRIC_VALUE_COLUMNS])
+            write = copy.write_row
+            for row in wide:
+                write(row)
+
+    def _upsert_metric_fetches(
+        self, conn: Connection, latest: dict[tuple, tuple], fetched_at: datetime
+    ) -> None:
+        """The status row of every fetch in `latest`, through the driver: SQLAlchemy's per-row parameter
+        handling cost more than the upsert itself."""
+        f, dialect = t.usage_metric_fetches, conn.dialect
+        date_proc = f.c.date.type.dialect_impl(dialect).bind_processor(dialect)
+        at_proc = f.c.fetched_at.type.dialect_impl(dialect).bind_processor(dialect)
+        at = at_proc(fetched_at) if at_proc is not None else fetched_at
+        eco, tid = self.ecosystem, self.tenant_id
+        rows = [
+            (
+                eco,
+                tid,
+                date_proc(d) if date_proc is not None else d,
+                resource_id,
+                query_key,
+                "ok" if values is not None else "failed",
+                error,
+                at,
+            )
+            for (d, resource_id, query_key), (values, error) in latest.items()
+        ]
+        insert = (
+            'INSERT INTO "usage_metric_fetches" ("ecosystem", "tenant_id", "date", "resource_id",'
+            ' "query_key", "status", "error", "fetched_at") VALUES '
+        )
+        conflict = (
+            ' ON CONFLICT ("ecosystem", "tenant_id", "date", "resource_id", "query_key") DO UPDATE SET'
+            ' "status" = excluded."status", "error" = excluded."error", "fetched_at" = excluded."fetched_at"'
+        )
+        one = "(" + ", ".join(["?" if self.dialect_name == "sqlite" else "%s"] * 8) + ")"
+        with self._dbapi_cursor(conn, insert + one + conflict) as cursor:
+            if conn.dialect.driver != "psycopg2":
+                cursor.executemany(insert + one + conflict, rows)
+                return
+            for chunk in _chunks(rows):  # psycopg2's executemany is a round trip per row
+                sql = insert + ", ".join([one] * len(chunk)) + conflict
+                cursor.execute(sql, [value for row in chunk for value in row])
 
     def metric_rows(self, d: date) -> dict[tuple[str, str], list[MetricRow]]:
         """(resource_id, query_key) → rows (sorted by label set) for every fetch of `d` with status `ok`
         (an ok fetch without data maps to []). Failed fetches are absent; see metric_fetch_status."""
-        v, f = t.usage_metric_values, t.usage_metric_fetches
+        f = t.usage_metric_fetches
         out: dict[tuple[str, str], list[MetricRow]] = {}
         with self._read() as conn:
             for r in conn.execute(
                 select(f.c.resource_id, f.c.query_key).where(self._mine(f), f.c.date == d, f.c.status == "ok")
             ):
                 out[(r.resource_id, r.query_key)] = []
-            values = conn.execute(
-                select(
-                    v.c.resource_id,
-                    v.c.query_key,
-                    v.c.labels_key,
-                    v.c.labels_json,
-                    v.c.value_sum,
-                    v.c.value_max,
-                    v.c.sample_count,
-                ).where(self._mine(v), v.c.date == d)
-            ).all()
+            values = self._metric_value_tuples(conn, d)
         # Label sets recur across resources and keys: each text is parsed once and its dict shared by the
         # rows that carry it (MetricRow labels are read-only).
         parsed: dict[str, dict] = {}
-        for resource_id, query_key, _, labels_json, value_sum, value_max, count in sorted(map(tuple, values)):
+        group: list[MetricRow] = []
+        last_resource = last_query = None
+        for resource_id, query_key, labels_json, value_sum, value_max, count in values:
+            if query_key != last_query or resource_id != last_resource:
+                group = out.setdefault((resource_id, query_key), [])
+                last_resource, last_query = resource_id, query_key
             labels = parsed.get(labels_json)
             if labels is None:
-                labels = parsed[labels_json] = json.loads(labels_json)
-            out.setdefault((resource_id, query_key), []).append(
-                MetricRow(labels, float(value_sum), float(value_max), int(count))
-            )
+                labels = parsed[labels_json] = self._parse_labels(labels_json)
+            group.append(MetricRow(labels, float(value_sum), float(value_max), int(count)))
         return out
+
+    def _metric_value_tuples(self, conn: Connection, d: date) -> list[tuple]:
+        """(resource_id, query_key, labels_json, value_sum, value_max, sample_count) of `d`, sorted by
+        resource, query and label text by code point, as Python sorts.
+
+        Through the driver: SQLAlchemy's row objects cost a fair share of the read; psycopg 3 fetches
+        binary values (no float parsing)."""
+        date_proc = t.usage_metric_values.c.date.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        params = (self.ecosystem, self.tenant_id, date_proc(d) if date_proc is not None else d)
+        mark = "?" if self.dialect_name == "sqlite" else "%s"
+        sql = (
+            "SELECT resource_id, query_key, labels_json, value_sum, value_max, sample_count"
+            f" FROM usage_metric_values WHERE ecosystem = {mark} AND tenant_id = {mark} AND date = {mark}"
+            " ORDER BY resource_id, query_key, labels_key"
+        )
+        with self._dbapi_cursor(conn, sql) as cursor:
+            if conn.dialect.driver == "psycopg":
+                cursor.execute(sql, params, binary=True)
+            else:
+                cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        # SQLite compares text bytewise: its order (the key's B-tree order) is the code point order already.
+        # PostgreSQL's follows the database collation: the database returns its index order (a sort with
+        # COLLATE "C" cost more than the query) and Python re-sorts the nearly sorted list. labels_json and
+        # labels_key hold the same text.
+        if self.dialect_name != "sqlite":
+            rows.sort()
+        return rows
+
+    @staticmethod
+    def _parse_labels(text: str) -> dict:
+        """orjson for the usual object of strings; anything else through `json`, whose numbers (big
+        integers, overflowing floats) orjson parses differently or rejects."""
+        import orjson
+
+        try:
+            labels = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return json.loads(text)
+        if type(labels) is dict and all(type(value) is str for value in labels.values()):
+            return labels
+        return json.loads(text)
 
     def metric_fetch_status(self, d: date) -> dict[tuple[str, str], tuple[str, str | None, datetime]]:
         f = t.usage_metric_fetches
