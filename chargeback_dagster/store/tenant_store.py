@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from itertools import repeat
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import (
     Connection,
     Engine,
@@ -995,9 +997,6 @@ class TenantStore:
         columns = [name for name, _ in self._METRIC_VALUE_COLUMNS]
         cols_sql = ", ".join(f'"{c}"' for c in columns)
         if self.dialect_name == "sqlite":
-            import sqlite3
-            from itertools import chain
-
             # Within one statement SQLite keeps its cursor at the B-tree's right edge and appends the
             # key-ordered rows there; executemany runs a statement per row, each searching from the root.
             # ?1 and ?2 (ecosystem, tenant_id) are bound once per statement, a label text once per row.
@@ -1127,7 +1126,6 @@ class TenantStore:
     def _parse_labels(text: str) -> dict:
         """orjson for the usual object of strings; anything else through `json`, whose numbers (big
         integers, overflowing floats) orjson parses differently or rejects."""
-        import orjson
 
         try:
             labels = orjson.loads(text)
