@@ -104,12 +104,9 @@ class Identity:
     deleted_at: datetime | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
-    def existed_during(self, d: date) -> bool:
-        """tenant_period membership (allocation.md §3)."""
-        return self.existed_between(day_start(d), day_start(date.fromordinal(d.toordinal() + 1)))
-
     def existed_between(self, start: datetime, end: datetime) -> bool:
-        """Whether the identity existed at some time in [start, end)."""
+        """Whether the identity existed at some time in [start, end): tenant_period membership of the day
+        [start, end) (allocation.md §3)."""
         return (self.created_at is None or self.created_at < end) and (
             self.deleted_at is None or self.deleted_at >= start
         )

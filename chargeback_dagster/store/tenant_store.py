@@ -1126,7 +1126,6 @@ class TenantStore:
     def _parse_labels(text: str) -> dict:
         """orjson for the usual object of strings; anything else through `json`, whose numbers (big
         integers, overflowing floats) orjson parses differently or rejects."""
-
         try:
             labels = orjson.loads(text)
         except orjson.JSONDecodeError:
