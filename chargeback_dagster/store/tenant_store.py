@@ -424,26 +424,8 @@ class TenantStore:
 
     # ------------------------------------------------------------------ billing
 
-    # Column order of the rows `_line_rows` makes.
-    _LINE_ROW_COLUMNS = (
-        "ecosystem",
-        "tenant_id",
-        "date",
-        "env_id",
-        "resource_id",
-        "product_category",
-        "product_type",
-        "timestamp",
-        "quantity",
-        "unit_price",
-        "total_cost",
-        "currency",
-        "granularity",
-        "allocation_attempts",
-        "topic_attribution_attempts",
-        "metadata_json",
-        "gathered_at",
-    )
+    # Column order of the rows `_line_rows` makes: the table's.
+    _LINE_ROW_COLUMNS = tuple(c.name for c in t.billing.columns)
 
     def _line_rows(
         self,

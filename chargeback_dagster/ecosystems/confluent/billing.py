@@ -142,6 +142,15 @@ def map_cost_row(
     return _map_general(item, window_start, tenant_id, logger)
 
 
+# Cost object field -> metadata key, copied as text when present (confluent-cloud.md §4).
+_TEXT_METADATA = (
+    ("id", "line_id"),
+    ("unit", "unit"),
+    ("network_access_type", "network_access_type"),
+    ("description", "description"),
+)
+
+
 def _map_plain(item: dict, tenant_id: str) -> BillingLine | None:
     """``map_cost_row`` for the usual object, with few calls per field: plain dicts, a parseable date,
     finite Decimal or int numbers and an ``amount``. None for anything else, which ``_map_general``
@@ -195,34 +204,19 @@ def _map_plain(item: dict, tenant_id: str) -> BillingLine | None:
     value = resource.get("display_name")
     if isinstance(value, str):
         metadata["resource_name"] = value
-    value = get("id")
-    if value is not None:
-        metadata["line_id"] = value if type(value) is str else str(value)
-    value = get("unit")
-    if value is not None:
-        metadata["unit"] = value if type(value) is str else str(value)
-    value = get("network_access_type")
-    if value is not None:
-        metadata["network_access_type"] = value if type(value) is str else str(value)
-    value = get("description")
-    if value is not None:
-        metadata["description"] = value if type(value) is str else str(value)
-    value = get("original_amount")
-    if value is not None:
-        if type(value) is Decimal and value.is_finite():
-            metadata["original_amount"] = str(value)
-        elif type(value) is int:
-            metadata["original_amount"] = str(Decimal(value))
-        else:
-            return None
-    value = get("discount_amount")
-    if value is not None:
-        if type(value) is Decimal and value.is_finite():
-            metadata["discount_amount"] = str(value)
-        elif type(value) is int:
-            metadata["discount_amount"] = str(Decimal(value))
-        else:
-            return None
+    for key, name in _TEXT_METADATA:
+        value = get(key)
+        if value is not None:
+            metadata[name] = value if type(value) is str else str(value)
+    for key in ("original_amount", "discount_amount"):
+        value = get(key)
+        if value is not None:
+            if type(value) is Decimal and value.is_finite():
+                metadata[key] = str(value)
+            elif type(value) is int:
+                metadata[key] = str(Decimal(value))
+            else:
+                return None
 
     env = resource.get("environment")  # _env_id, inlined
     if isinstance(env, dict) and isinstance(env.get("id"), str) and env["id"]:
