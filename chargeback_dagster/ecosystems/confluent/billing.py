@@ -151,6 +151,18 @@ _TEXT_METADATA = (
 )
 
 
+def _plain_factor(value: Any) -> Decimal | None:
+    """A quantity or price as ``_number(...) or ZERO`` reads it (absent or zero → Decimal(0)); None when
+    it is not a finite Decimal or an int (the general mapping handles it)."""
+    if value is None:
+        return ZERO
+    if type(value) is Decimal:
+        return (value or ZERO) if value.is_finite() else None
+    if type(value) is int:
+        return Decimal(value) or ZERO
+    return None
+
+
 def _map_plain(item: dict, tenant_id: str) -> BillingLine | None:
     """``map_cost_row`` for the usual object, with few calls per field: plain dicts, a parseable date,
     finite Decimal or int numbers and an ``amount``. None for anything else, which ``_map_general``
@@ -177,27 +189,9 @@ def _map_plain(item: dict, tenant_id: str) -> BillingLine | None:
         total = Decimal(total)
     else:
         return None  # absent amount (derived or missing) or not a number
-    quantity = get("quantity")
-    if type(quantity) is Decimal:
-        if not quantity.is_finite():
-            return None
-        quantity = quantity or ZERO  # a zero becomes Decimal(0), as `_number(...) or ZERO` does
-    elif quantity is None:
-        quantity = ZERO
-    elif type(quantity) is int:
-        quantity = Decimal(quantity) or ZERO
-    else:
-        return None
-    price = get("price")
-    if type(price) is Decimal:
-        if not price.is_finite():
-            return None
-        price = price or ZERO
-    elif price is None:
-        price = ZERO
-    elif type(price) is int:
-        price = Decimal(price) or ZERO
-    else:
+    quantity = _plain_factor(get("quantity"))
+    price = _plain_factor(get("price"))
+    if quantity is None or price is None:
         return None
 
     metadata: dict[str, Any] = {}
