@@ -1266,7 +1266,8 @@ class TenantStore:
 
     def _insert_facts(self, conn: Connection, d: date, dimension_ids: list[int], units: list[int]) -> None:
         """One date's facts. The date, timestamp and tenant columns are the same on every row: their values
-        are bound once and repeated in C, so a fact costs no Python object of its own."""
+        are bound once (per statement on SQLite, repeated in C otherwise), so a fact costs no Python object
+        of its own."""
         if set(map(type, units)) != {int}:
             raise TypeError("Chargeback amounts must be int units of 0.0001")
         facts = t.chargeback_facts
@@ -1280,14 +1281,45 @@ class TenantStore:
         ):
             process = facts.c[name].type.dialect_impl(dialect).bind_processor(dialect)
             constants.append(process(value) if process else value)
+        columns = ("ecosystem", "tenant_id", "date", "timestamp", "dimension_id", "amount_units")
+        if self.dialect_name == "sqlite":
+            self._insert_facts_sqlite(conn, columns, constants, dimension_ids, units)
+            return
         rows = zip(*map(repeat, constants), dimension_ids, units, strict=False)  # repeat() is endless
-        self._bulk_insert(
-            conn,
-            facts,
-            rows,
-            columns=("ecosystem", "tenant_id", "date", "timestamp", "dimension_id", "amount_units"),
-            processed=True,
-        )
+        self._bulk_insert(conn, facts, rows, columns=columns, processed=True)
+
+    def _insert_facts_sqlite(
+        self,
+        conn: Connection,
+        columns: Sequence[str],
+        constants: list[Any],
+        dimension_ids: list[int],
+        units: list[int],
+    ) -> None:
+        """Multi-row INSERTs, up to 1,000 facts each: executemany runs one statement per row, and the
+        per-statement work cost more than the row's insertion. ?1-?4 are the `constants` (the first four
+        `columns`), bound once per statement; a fact binds only its dimension_id and amount_units."""
+        cols_sql = ", ".join(f'"{c}"' for c in columns)
+
+        def statement(n: int) -> str:
+            return f'INSERT INTO "chargeback_facts" ({cols_sql}) VALUES ' + ", ".join(
+                f"(?1, ?2, ?3, ?4, ?{i}, ?{i + 1})" for i in range(5, 5 + 2 * n, 2)
+            )
+
+        # The parameters after the constants: dimension_id, amount_units, dimension_id, amount_units, …
+        pairs: list[int] = [0] * (2 * len(dimension_ids))
+        pairs[0::2] = dimension_ids
+        pairs[1::2] = units
+        # Below the connection's host parameter limit (by default 32766 since SQLite 3.32, 999 before).
+        limit = conn.connection.dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        width = 2 * max(1, min(1000, (limit - len(constants)) // 2))  # parameters after the constants
+        full = len(pairs) - len(pairs) % width
+        with self._dbapi_cursor(conn, f'INSERT INTO "chargeback_facts" ({cols_sql}) …') as cursor:
+            if full:
+                chunks = (constants + pairs[i : i + width] for i in range(0, full, width))
+                cursor.executemany(statement(width // 2), chunks)
+            if full < len(pairs):  # the leftover facts, fewer than a full statement's
+                cursor.execute(statement((len(pairs) - full) // 2), constants + pairs[full:])
 
     def _dangling_fact(self, conn: Connection, d: date) -> bool:
         """Whether a fact of `d` points at no dimension (facts carry no foreign key, see tables.py)."""
