@@ -70,29 +70,39 @@ class CsvLines:
 
     A line is cut around the amount: (ecosystem, tenant_id, timestamp) and the dimension fields before the
     amount, the fields after it. Each distinct part is rendered once and remembered for every file written
-    with this object, so a line costs two lookups, the amount and a concatenation."""
+    with this object, and each distinct amount once per file, so a line costs three lookups and a
+    concatenation."""
 
     def __init__(self, ecosystem: str, tenant_id: str) -> None:
         self.ecosystem = ecosystem
         self.tenant_id = tenant_id
         self.heads: dict[datetime, str] = {}
-        self.parts: dict[tuple[str, ...], tuple[str, str]] = {}
+        # id(fields) -> (fields, the text before the amount, the text after it). Keyed by identity: the
+        # groups of a batch share the store's long-lived tuples, and a tuple re-hashes its 7 strings at
+        # every lookup. The entry holds its tuple, so no other object can take that id while it exists.
+        self.parts: dict[int, tuple[tuple[str, ...], str, str]] = {}
 
     def render(self, groups: Iterable[Group]) -> list[str]:
         heads, parts, fmt = self.heads, self.parts, format_units
+        # A file's amounts repeat (even splits, small shares); the memo lives for one file, bounded by it.
+        amounts: dict[int, str] = {}
         out: list[str] = []
         append = out.append
         for stamp, fields, units in groups:
             head = heads.get(stamp)
-            known = parts.get(fields)
+            known = parts.get(id(fields))
             if head is None or known is None:
                 row = format_row((self.ecosystem, self.tenant_id, stamp, *fields[:5], units, *fields[5:]))
                 head = heads[stamp] = _render(row[: TIMESTAMP_INDEX + 1]) + ","
-                known = parts[fields] = (
+                known = parts[id(fields)] = (
+                    fields,
                     _render(row[TIMESTAMP_INDEX + 1 : AMOUNT_INDEX]) + ",",
                     "," + _render(row[AMOUNT_INDEX + 1 :]) + "\n",
                 )
-            append(f"{head}{known[0]}{fmt(units)}{known[1]}")
+            amount = amounts.get(units)
+            if amount is None:
+                amount = amounts[units] = fmt(units)
+            append(f"{head}{known[1]}{amount}{known[2]}")
         return out
 
 

@@ -73,11 +73,11 @@ def units_to_decimal(u: int) -> Decimal:
 
 def format_units(u: int) -> str:
     """Units → text with 4 decimals: `100000` → `10.0000`, `-33334` → `-3.3334`, `0` → `0.0000`."""
-    if u >= UNITS_PER_ONE:  # the common case, written once per CSV row: cut the digits
+    # Hot when writing CSV files: one conversion to text and no arithmetic.
+    if u >= UNITS_PER_ONE or u <= -UNITS_PER_ONE:  # 5 digits or more: put the point before the last 4
         digits = str(u)
         return f"{digits[:-4]}.{digits[-4:]}"
-    whole, frac = divmod(abs(u), UNITS_PER_ONE)
-    return f"{'-' if u < 0 else ''}{whole}.{frac:04d}"
+    return f"0.{u:04d}" if u >= 0 else f"-0.{-u:04d}"
 
 
 def split_units(total: int, weights: Sequence[int]) -> list[int]:

@@ -1353,37 +1353,60 @@ class TenantStore:
         """The CSV rows of dates start ≤ d < end (operations.md §10) as (timestamp, CSV_DIMENSION_COLUMNS
         values, Σ amount_units), facts summed over env_id and composition_part, ordered by code point.
 
-        Facts are read as (timestamp, dimension_id, units) and grouped here: a join and GROUP BY over text
-        columns in SQL cost several times more than the cached dimension fields. Rows are grouped and
-        sorted by two integers (timestamp order, rank of the dimension's CSV fields), not by the fields.
+        Facts are read as (dimension_id, units) and grouped here: a join and GROUP BY over text columns in
+        SQL cost several times more than the cached dimension fields. A date's facts share one timestamp:
+        the distinct (timestamp, date) pairs are read first, then each pair's facts through the driver, so
+        a fact costs neither a timestamp nor a SQLAlchemy row. Each timestamp's rows are grouped and sorted
+        by one integer, the rank of the dimension's CSV fields, not by the fields.
         """
         facts = t.chargeback_facts
-        # The timestamp is read raw and converted once per distinct value (a day has one), not per row.
-        raw_ts = type_coerce(facts.c.timestamp, NullType())
-        q = select(raw_ts, facts.c.dimension_id, facts.c.amount_units).where(
-            self._mine(facts), facts.c.date >= start, facts.c.date < end
+        # Raw driver values: bound back unchanged below; a timestamp is converted once, not per fact.
+        raw_ts, raw_date = (type_coerce(facts.c[name], NullType()) for name in ("timestamp", "date"))
+        q = (
+            select(raw_ts, raw_date)
+            .distinct()
+            .where(self._mine(facts), facts.c.date >= start, facts.c.date < end)
         )
+        mark = "?" if self.dialect_name == "sqlite" else "%s"
+        sql = (
+            "SELECT dimension_id, amount_units FROM chargeback_facts"
+            f" WHERE ecosystem = {mark} AND tenant_id = {mark} AND date = {mark} AND timestamp = {mark}"
+        )
+
+        def summed(rows: list[tuple[int, int]]) -> dict[int, int]:
+            """rank -> Σ units of `rows`, summing facts that differ only in env_id or composition_part.
+            KeyError when `rank_of` lacks a dimension id."""
+            totals: dict[int, int] = {}
+            get = totals.get
+            for dimension_id, units in rows:
+                rank = rank_of[dimension_id]
+                totals[rank] = get(rank, 0) + units
+            return totals
+
+        facts_by_ts: dict[Any, list[tuple[int, int]]] = {}
         with self._read() as conn:
-            rows = conn.execute(q).all()
-            if not rows:
-                return []
-            raws, dimension_ids, amounts = zip(*rows, strict=True)
-            rank_of, fields_by_rank = self._csv_ranking(conn, set(dimension_ids))
+            pairs = conn.execute(q).all()
+            binary = {"binary": True} if conn.dialect.driver == "psycopg" else {}  # psycopg 3: no int parsing
+            with self._dbapi_cursor(conn, sql) as cursor:
+                for raw, d in pairs:
+                    cursor.execute(sql, (self.ecosystem, self.tenant_id, d, raw), **binary)
+                    facts_by_ts.setdefault(raw, []).extend(cursor.fetchall())
+            # The cached ranking usually covers every id: try it before building the set of ids.
+            rank_of, fields_by_rank = self._csv_rank
+            try:
+                totals_by_ts = {raw: summed(rows) for raw, rows in facts_by_ts.items()}
+            except KeyError:
+                ids = {i for rows in facts_by_ts.values() for i, _ in rows}
+                rank_of, fields_by_rank = self._csv_ranking(conn, ids)
+                totals_by_ts = {raw: summed(rows) for raw, rows in facts_by_ts.items()}
             dialect = conn.dialect
         to_ts = facts.c.timestamp.type.dialect_impl(dialect).result_processor(dialect, None)
-        stamps = sorted((to_ts(raw) if to_ts is not None else raw, raw) for raw in set(raws))
-        stamp_index = {raw: i for i, (_, raw) in enumerate(stamps)}
-        keys = list(
-            zip(map(stamp_index.__getitem__, raws), map(rank_of.__getitem__, dimension_ids), strict=True)
-        )
-        totals = dict(zip(keys, amounts, strict=True))
-        if len(totals) < len(keys):  # facts that differ only in env_id or composition_part: sum them
-            totals = dict.fromkeys(keys, 0)
-            for key, units in zip(keys, amounts, strict=True):
-                totals[key] += units
-        return [
-            (stamps[i][0], fields_by_rank[rank], int(units)) for (i, rank), units in sorted(totals.items())
-        ]
+        out: list[tuple[datetime, tuple[str, ...], int]] = []
+        for stamp, raw in sorted((to_ts(raw) if to_ts is not None else raw, raw) for raw in totals_by_ts):
+            totals = totals_by_ts[raw]
+            order = sorted(totals)
+            out += zip(repeat(stamp), map(fields_by_rank.__getitem__, order), map(totals.__getitem__, order))
+        return out
 
     def csv_rows(self, start: date, end: date) -> list[tuple]:
         """`csv_groups` as full rows: (ecosystem, tenant_id, timestamp, resource_id, product_category,
