@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 UNALLOCATED = "UNALLOCATED"
 OWNER_TYPES = frozenset({"service_account", "user", "identity_pool", "principal"})
@@ -112,9 +112,11 @@ class Identity:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class MetricRow:
-    """One label set of one metric query for one (date, resource): samples reduced over the day."""
+class MetricRow(NamedTuple):
+    """One label set of one metric query for one (date, resource): samples reduced over the day.
+
+    A named tuple: the store and the metrics fetch build hundreds of thousands per run, and a tuple is
+    built several times faster than a frozen dataclass."""
 
     labels: dict[str, str]
     value_sum: float

@@ -19,9 +19,8 @@ from chargeback_dagster.allocation.engine import DateCalculationError, allocate_
 from chargeback_dagster.allocation.types import DateInputs, Handler
 from chargeback_dagster.config import TenantConfig
 from chargeback_dagster.config.overrides import load_callable
-from chargeback_dagster.domain import UNALLOCATED, BillingLine, MetricRow
+from chargeback_dagster.domain import UNALLOCATED, MetricRow
 from chargeback_dagster.ecosystems.base import Ecosystem, GatherContext, InventoryGather
-from chargeback_dagster.money import round4, to_units
 from chargeback_dagster.sources.prometheus import (
     MetricsQueryError,
     PrometheusClient,
@@ -462,23 +461,12 @@ def calculate_chargeback(
     return summary
 
 
-def billed_units(lines: list[BillingLine]) -> int:
-    """Σ T of a date's lines: what its chargeback rows must add up to (decision D1)."""
-    return sum(to_units(round4(line.total_cost)) for line in lines)
-
-
 def reconciliation_gaps(store: TenantStore, dates: list[date]) -> dict[date, int]:
     """Dates whose stored chargeback total differs from the billed total, with the difference in units."""
-    gaps = {}
-    ordered = sorted(set(dates))
-    for i in range(0, len(ordered), RECONCILE_CHUNK_DAYS):  # lines read per chunk, not per date
-        chunk = ordered[i : i + RECONCILE_CHUNK_DAYS]
-        lines = store.billing_lines_between(chunk[0], chunk[-1] + timedelta(days=1))
-        for d in chunk:
-            difference = store.chargeback_total_units(d) - billed_units(lines.get(d, []))
-            if difference:
-                gaps[d] = difference
-    return {d: gaps[d] for d in dates if d in gaps}
-
-
-RECONCILE_CHUNK_DAYS = 31
+    if not dates:
+        return {}
+    start, end = min(dates), max(dates) + timedelta(days=1)
+    allocated = store.chargeback_totals(start, end)
+    billed = store.billed_units_between(start, end)
+    gaps = {d: allocated.get(d, 0) - billed.get(d, 0) for d in dates}
+    return {d: gap for d, gap in gaps.items() if gap}

@@ -51,6 +51,7 @@ from chargeback_dagster.domain import (
     day_start,
     row_key,
 )
+from chargeback_dagster.money import round4_units
 from chargeback_dagster.store import tables as t
 from chargeback_dagster.store.tables import DIMENSION_KEY_COLUMNS, VERSION_TABLE, canonical_json
 
@@ -71,6 +72,7 @@ STATE_FIELDS = (
 )
 BILLING_KEY_COLUMNS = ("date", "env_id", "resource_id", "product_category", "product_type")
 _CHUNK = 500  # ids per IN (...) list
+LABEL_CACHE_SIZE = 100_000  # parsed metric label texts kept between dates (a cluster-day holds ~30)
 
 
 # The dimension columns a CSV row shows: resource_id … allocation_detail (env_id and composition_part are
@@ -197,6 +199,7 @@ class TenantStore:
             self.engine = create_engine(self.url, pool_pre_ping=True)
         self._dims: Dimensions = {}  # block key -> identity_id -> dimension_id
         self._dims_max_id = 0
+        self._labels_by_text: dict[str, dict] = {}  # parsed metric label sets, see metric_rows
         self._csv_fields_by_id: dict[int, tuple[str, ...]] = {}
         self._csv_rank: tuple[dict[int, int], list[tuple[str, ...]]] = ({}, [])
         self._dims_lock = threading.Lock()
@@ -1061,9 +1064,11 @@ class TenantStore:
             ):
                 out[(r.resource_id, r.query_key)] = []
             values = self._metric_value_tuples(conn, d)
-        # Label sets recur across resources and keys: each text is parsed once and its dict shared by the
-        # rows that carry it (MetricRow labels are read-only).
-        parsed: dict[str, dict] = {}
+        # Label sets recur across resources, keys and dates: each text is parsed once and its dict shared by
+        # the rows that carry it (MetricRow labels are read-only). The cache is bounded by clearing it.
+        parsed = self._labels_by_text
+        if len(parsed) > LABEL_CACHE_SIZE:
+            parsed.clear()
         group: list[MetricRow] = []
         last_resource = last_query = None
         for resource_id, query_key, labels_json, value_sum, value_max, count in values:
@@ -1337,6 +1342,32 @@ class TenantStore:
                 )
             ).scalar_one()
         return int(v)
+
+    def chargeback_totals(self, start: date, end: date) -> dict[date, int]:
+        """Σ amount_units per date with start ≤ d < end, one grouped query (dates without facts absent)."""
+        facts = t.chargeback_facts
+        with self._read() as conn:
+            rows = conn.execute(
+                select(facts.c.date, func.sum(facts.c.amount_units))
+                .where(self._mine(facts), facts.c.date >= start, facts.c.date < end)
+                .group_by(facts.c.date)
+            ).all()
+        return {d: int(units) for d, units in rows}
+
+    def billed_units_between(self, start: date, end: date) -> dict[date, int]:
+        """Σ T in units per date with start ≤ d < end (what the date's chargeback must add up to, decision
+        D1), T being a line's total_cost rounded to 0.0001; only the two columns are read."""
+        b = t.billing
+        with self._read() as conn:
+            rows = conn.execute(
+                select(b.c.date, type_coerce(b.c.total_cost, NullType())).where(
+                    self._mine(b), b.c.date >= start, b.c.date < end
+                )
+            ).all()
+        totals: dict[date, int] = {}
+        for d, total_cost in rows:
+            totals[d] = totals.get(d, 0) + round4_units(Decimal(total_cost))
+        return totals
 
     def chargeback_rows(self, d: date) -> list[tuple]:
         """The stored facts of `d` as (dimension key tuple..., amount_units), sorted (for tests and tools)."""
