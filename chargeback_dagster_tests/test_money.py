@@ -71,11 +71,13 @@ def test_format_units() -> None:
     assert format_units(1) == "0.0001"
     assert format_units(12345678901234) == "1234567890.1234"
     # around the digit-cutting fast path (u >= 10000) and its slow-path neighbours
-    assert [format_units(u) for u in (9999, 10000, 10001, 100009, -10000, -10001)] == [
+    assert [format_units(u) for u in (9999, 10000, 10001, 100009, -9999, -10, -10000, -10001)] == [
         "0.9999",
         "1.0000",
         "1.0001",
         "10.0009",
+        "-0.9999",
+        "-0.0010",
         "-1.0000",
         "-1.0001",
     ]

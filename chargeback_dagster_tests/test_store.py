@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
+from chargeback_dagster import pipeline
 from chargeback_dagster.domain import (
     UNALLOCATED,
     BillingLine,
@@ -461,6 +462,42 @@ def test_write_chargeback_10000_rows(store):
     csv = store.csv_rows(D1, D2)
     assert len(csv) == 10_000
     assert sum(r[8] for r in csv) == expected
+
+
+@pytest.mark.parametrize("n", [1, 1000, 2501])
+def test_facts_stored_exactly_across_insert_statements(store, n):
+    # SQLite inserts up to 1,000 facts per statement: full statements, then a shorter one for the rest
+    rows = {key(f"sa-{i:05d}", res=f"lkc-{i % 7}"): (i * 7919) % 100_003 - 50_000 for i in range(n)}
+    written = store.write_chargeback(
+        D1, blocks_from_rows(rows), calculation_id="c", run_id="r", succeeded_lines=[], calculated_at=NOW
+    )
+    assert written == n
+    assert store.chargeback_rows(D1) == sorted((*k, units) for k, units in rows.items())
+    assert store.chargeback_totals(D1, D3) == {D1: sum(rows.values())}
+
+
+def test_reconciliation_totals_per_date(store):
+    store.replace_billing(
+        [
+            line(D1, "a", "X", "10.00005"),  # rounds half up to 10.0001
+            line(D1, "b", "Y", "-0.00005"),  # half away from zero: -0.0001
+            line(D2, "a", "X", "3"),
+        ],
+        [D1, D2],
+        NOW,
+    )
+    assert store.billed_units_between(D1, D3) == {D1: 100_000, D2: 30_000}
+    assert store.billed_units_between(D2, D3) == {D2: 30_000}
+    store.write_chargeback(
+        D2,
+        blocks_from_rows({key("sa-1"): 29_999, key("sa-2"): 2}),
+        calculation_id="c",
+        run_id="r",
+        succeeded_lines=[],
+        calculated_at=NOW,
+    )
+    assert store.chargeback_totals(D1, D3) == {D2: 30_001}  # D1 has no facts
+    assert pipeline.reconciliation_gaps(store, [D1, D2]) == {D1: -100_000, D2: 1}
 
 
 # ---------------------------------------------------------------- metrics
