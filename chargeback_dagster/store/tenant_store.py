@@ -1404,7 +1404,7 @@ class TenantStore:
             f" WHERE ecosystem = {mark} AND tenant_id = {mark} AND date = {mark} AND timestamp = {mark}"
         )
 
-        def summed(rows: list[tuple[int, int]]) -> dict[int, int]:
+        def summed(rows: list[tuple[int, int]], rank_of: dict[int, int]) -> dict[int, int]:
             """rank -> Σ units of `rows`, summing facts that differ only in env_id or composition_part.
             KeyError when `rank_of` lacks a dimension id."""
             totals: dict[int, int] = {}
@@ -1425,11 +1425,11 @@ class TenantStore:
             # The cached ranking usually covers every id: try it before building the set of ids.
             rank_of, fields_by_rank = self._csv_rank
             try:
-                totals_by_ts = {raw: summed(rows) for raw, rows in facts_by_ts.items()}
+                totals_by_ts = {raw: summed(rows, rank_of) for raw, rows in facts_by_ts.items()}
             except KeyError:
                 ids = {i for rows in facts_by_ts.values() for i, _ in rows}
                 rank_of, fields_by_rank = self._csv_ranking(conn, ids)
-                totals_by_ts = {raw: summed(rows) for raw, rows in facts_by_ts.items()}
+                totals_by_ts = {raw: summed(rows, rank_of) for raw, rows in facts_by_ts.items()}
             dialect = conn.dialect
         to_ts = facts.c.timestamp.type.dialect_impl(dialect).result_processor(dialect, None)
         out: list[tuple[datetime, tuple[str, ...], int]] = []
