@@ -12,7 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from itertools import chain, repeat
 from pathlib import Path
@@ -598,8 +598,7 @@ class TenantStore:
             if process is None:
                 converted.append(values)
             else:
-                memo: dict[Any, Any] = {}
-                converted.append([memo[v] if v in memo else memo.setdefault(v, process(v)) for v in values])
+                converted.append(_processed(process, values))
         return dict(zip(zip(*converted[:5], strict=True), zip(*converted[5:], strict=True), strict=True))
 
     def _select_lines(self, *where: Any) -> list[BillingLine]:
@@ -622,8 +621,7 @@ class TenantStore:
             elif column.name == "metadata_json":
                 converted.append([process(v) or {} for v in values])
             else:
-                memo: dict[Any, Any] = {}
-                converted.append([memo[v] if v in memo else memo.setdefault(v, process(v)) for v in values])
+                converted.append(_processed(process, values))
         lines = list(map(BillingLine, *converted))
         lines.sort(key=lambda ln: (ln.date, ln.resource_id, ln.product_type, ln.env_id, ln.product_category))
         return lines
@@ -974,6 +972,39 @@ class TenantStore:
                 )
         return [row for group in sorted(per_group) for row in per_group[group]]
 
+    def _insert_sqlite(
+        self,
+        conn: Connection,
+        table: str,
+        columns: Sequence[str],
+        constants: Sequence[Any],
+        width: int,
+        row_marks: Callable[[int], str],
+        values: list[Any],
+    ) -> None:
+        """Multi-row INSERTs on SQLite, up to 1,000 rows each: executemany runs one statement per row, and
+        the per-statement work cost more than inserting the row. `constants` are ?1 … ?k, bound once per
+        statement; `values` holds `width` parameters per row, flat; `row_marks(i)` is the VALUES tuple of a
+        row whose first own parameter is ?i."""
+        cols_sql = ", ".join(f'"{c}"' for c in columns)
+        first = len(constants) + 1
+
+        def statement(n: int) -> str:
+            marks = ", ".join(row_marks(i) for i in range(first, first + width * n, width))
+            return f'INSERT INTO "{table}" ({cols_sql}) VALUES {marks}'
+
+        # Below the connection's host parameter limit (by default 32766 since SQLite 3.32, 999 before).
+        limit = conn.connection.dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        chunk = width * max(1, min(1000, (limit - len(constants)) // width))  # parameters per statement
+        full = len(values) - len(values) % chunk
+        constants = list(constants)
+        with self._dbapi_cursor(conn, f'INSERT INTO "{table}" ({cols_sql}) …') as cursor:
+            if full:
+                params = (constants + values[i : i + chunk] for i in range(0, full, chunk))
+                cursor.executemany(statement(chunk // width), params)
+            if full < len(values):  # the leftover rows, fewer than a full statement's
+                cursor.execute(statement((len(values) - full) // width), constants + values[full:])
+
     def _insert_metric_values(self, conn: Connection, rows: list[tuple]) -> None:
         """Insert `_metric_value_rows`. SQLite: multi-row INSERTs; psycopg 3: binary COPY (text COPY's
         per-value formatting cost the client more than the server spent inserting); otherwise the shared
@@ -982,23 +1013,19 @@ class TenantStore:
         columns = [name for name, _ in self._METRIC_VALUE_COLUMNS]
         cols_sql = ", ".join(f'"{c}"' for c in columns)
         if self.dialect_name == "sqlite":
-            # Within one statement SQLite keeps its cursor at the B-tree's right edge and appends the
-            # key-ordered rows there; executemany runs a statement per row, each searching from the root.
-            # ?1 and ?2 (ecosystem, tenant_id) are bound once per statement, a label text once per row.
-            def statement(n: int) -> str:
-                return f'INSERT INTO "usage_metric_values" ({cols_sql}) VALUES ' + ", ".join(
+            # Key-ordered rows: within one statement SQLite appends them at the B-tree's right edge. A row
+            # binds its label text once, for both labels_key and labels_json.
+            self._insert_sqlite(
+                conn,
+                "usage_metric_values",
+                columns,
+                [eco, tid],
+                7,
+                lambda i: (
                     f"(?1, ?2, ?{i}, ?{i + 1}, ?{i + 2}, ?{i + 3}, ?{i + 3}, ?{i + 4}, ?{i + 5}, ?{i + 6})"
-                    for i in range(3, 3 + 7 * n, 7)
-                )
-
-            limit = conn.connection.dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-            per_statement = max(1, min(1000, (limit - 2) // 7))
-            statements: dict[int, str] = {}
-            with self._dbapi_cursor(conn, f'INSERT INTO "usage_metric_values" ({cols_sql}) …') as cursor:
-                for chunk in _chunks(rows, per_statement):
-                    if len(chunk) not in statements:
-                        statements[len(chunk)] = statement(len(chunk))
-                    cursor.execute(statements[len(chunk)], [eco, tid, *chain.from_iterable(chunk)])
+                ),
+                list(chain.from_iterable(rows)),
+            )
             return
         wide = [(eco, tid, d, r, q, text, text, s, mx, n) for d, r, q, text, s, mx, n in rows]
         counts = [row[-1] for row in rows]
@@ -1288,43 +1315,22 @@ class TenantStore:
             constants.append(process(value) if process else value)
         columns = ("ecosystem", "tenant_id", "date", "timestamp", "dimension_id", "amount_units")
         if self.dialect_name == "sqlite":
-            self._insert_facts_sqlite(conn, columns, constants, dimension_ids, units)
+            # a fact binds only its dimension_id and amount_units: ?5, ?6 for the first, and so on
+            values: list[int] = [0] * (2 * len(dimension_ids))
+            values[0::2] = dimension_ids
+            values[1::2] = units
+            self._insert_sqlite(
+                conn,
+                "chargeback_facts",
+                columns,
+                constants,
+                2,
+                lambda i: f"(?1, ?2, ?3, ?4, ?{i}, ?{i + 1})",
+                values,
+            )
             return
         rows = zip(*map(repeat, constants), dimension_ids, units, strict=False)  # repeat() is endless
         self._bulk_insert(conn, facts, rows, columns=columns, processed=True)
-
-    def _insert_facts_sqlite(
-        self,
-        conn: Connection,
-        columns: Sequence[str],
-        constants: list[Any],
-        dimension_ids: list[int],
-        units: list[int],
-    ) -> None:
-        """Multi-row INSERTs, up to 1,000 facts each: executemany runs one statement per row, and the
-        per-statement work cost more than the row's insertion. ?1-?4 are the `constants` (the first four
-        `columns`), bound once per statement; a fact binds only its dimension_id and amount_units."""
-        cols_sql = ", ".join(f'"{c}"' for c in columns)
-
-        def statement(n: int) -> str:
-            return f'INSERT INTO "chargeback_facts" ({cols_sql}) VALUES ' + ", ".join(
-                f"(?1, ?2, ?3, ?4, ?{i}, ?{i + 1})" for i in range(5, 5 + 2 * n, 2)
-            )
-
-        # The parameters after the constants: dimension_id, amount_units, dimension_id, amount_units, …
-        pairs: list[int] = [0] * (2 * len(dimension_ids))
-        pairs[0::2] = dimension_ids
-        pairs[1::2] = units
-        # Below the connection's host parameter limit (by default 32766 since SQLite 3.32, 999 before).
-        limit = conn.connection.dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        width = 2 * max(1, min(1000, (limit - len(constants)) // 2))  # parameters after the constants
-        full = len(pairs) - len(pairs) % width
-        with self._dbapi_cursor(conn, f'INSERT INTO "chargeback_facts" ({cols_sql}) …') as cursor:
-            if full:
-                chunks = (constants + pairs[i : i + width] for i in range(0, full, width))
-                cursor.executemany(statement(width // 2), chunks)
-            if full < len(pairs):  # the leftover facts, fewer than a full statement's
-                cursor.execute(statement((len(pairs) - full) // 2), constants + pairs[full:])
 
     def _dangling_fact(self, conn: Connection, d: date) -> bool:
         """Whether a fact of `d` points at no dimension (facts carry no foreign key, see tables.py)."""
@@ -1334,14 +1340,8 @@ class TenantStore:
         return conn.execute(q).first() is not None
 
     def chargeback_total_units(self, d: date) -> int:
-        facts = t.chargeback_facts
-        with self._read() as conn:
-            v = conn.execute(
-                select(func.coalesce(func.sum(facts.c.amount_units), 0)).where(
-                    self._mine(facts), facts.c.date == d
-                )
-            ).scalar_one()
-        return int(v)
+        """Σ amount_units of `d` (0 without facts)."""
+        return self.chargeback_totals(d, d + timedelta(days=1)).get(d, 0)
 
     def chargeback_totals(self, start: date, end: date) -> dict[date, int]:
         """Σ amount_units per date with start ≤ d < end, one grouped query (dates without facts absent)."""
