@@ -1,6 +1,6 @@
-"""Confluent Cloud allocation: every allocator of allocation.md §9.1 through the real handlers
-(ConfluentCloudEcosystem.handlers(), resolution per confluent-cloud.md §6) and `allocate_date`, with
-in-memory DateInputs and concrete numbers (spec worked examples §11 and our own)."""
+"""Confluent Cloud allocation: every allocator of docs/allocation.md §9.1 through the real handlers
+(ConfluentCloudEcosystem.handlers(), resolution per docs/confluent-cloud.md §6) and `allocate_date`, with
+in-memory DateInputs and concrete numbers (worked examples of docs/allocation.md §11 and our own)."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def rows(result, product_type: str | None = None) -> list[tuple]:
 
 # ------------------------------------------------------------ CKU composition
 def test_cku_worked_example_70_30(eco):
-    """allocation.md §11.1: API-key owners sa-1, sa-2; bytes_in sa-1 300, bytes_out sa-2 700 (via keys)."""
+    """docs/allocation.md §11.1: key owners sa-1, sa-2; bytes_in sa-1 300, bytes_out sa-2 700 (via keys)."""
     ids = sa("sa-1", "sa-2") + [key("K1", "sa-1", "lkc-abc"), key("K2", "sa-2", "lkc-abc")]
     metrics = {
         ("lkc-abc", "bytes_in"): bytes_rows({"K1": 300}),

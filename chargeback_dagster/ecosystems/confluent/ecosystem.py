@@ -1,5 +1,5 @@
 """`confluent_cloud`: billing from the Costs API, inventory from the Confluent Cloud APIs, usage from a
-Prometheus scraping the Metrics API export (confluent-cloud.md).
+Prometheus scraping the Metrics API export (docs/confluent-cloud.md).
 
 Test-only knob: the environment variable ``CHARGEBACK_CCLOUD_BACKOFF_SCALE`` (a float, default 1) multiplies
 the client's exponential backoff for 5xx / transport errors. Provider-given 429 waits (``Retry-After``,
@@ -121,7 +121,7 @@ def backoff_scale() -> float:
 
 class ConfluentCloudEcosystem(Ecosystem):
     name = "confluent_cloud"
-    api_pool = "ccloud_api"  # Dagster concurrency pool of Confluent-calling steps (operations.md §5)
+    api_pool = "ccloud_api"  # Dagster concurrency pool of Confluent-calling steps (docs/operations.md §5)
 
     # -- clients --------------------------------------------------------------------------------------
     def _client(self, ctx: GatherContext, *, base_url: str | None = None, key=None, secret=None, **kw):

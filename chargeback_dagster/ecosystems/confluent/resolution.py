@@ -1,4 +1,4 @@
-"""Identity resolution per Confluent handler (confluent-cloud.md §6).
+"""Identity resolution per Confluent handler (docs/confluent-cloud.md §6).
 
 Every resolver has the engine's signature ``resolve(line, date_inputs, line_metrics) -> Resolution``.
 Sentinel ids produced here (``connector_api_key_masked``, ``ksqldb_owner_unknown``, an unknown ``sa-…``)
