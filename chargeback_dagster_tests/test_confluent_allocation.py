@@ -271,7 +271,10 @@ def test_kafka_resolution_is_shared_per_resource_and_date_only_while_its_inputs_
 
 
 def reference_kafka(resource_id: str, inputs: DateInputs, metrics: dict[str, list[MetricRow]]) -> tuple:
-    """resolve_kafka as specified, without indexes or memos: (active, derived, context)."""
+    """resolve_kafka as specified, without indexes or memos: (active, derived, context).
+
+    Usage weights come from the line's lists; metrics_derived from the cluster's bytes_in and bytes_out
+    of the date (decision D11): a list the line does not carry is taken from `inputs.metrics`."""
     ids = inputs.identities
     start = datetime(inputs.date.year, inputs.date.month, inputs.date.day, tzinfo=UTC)
     end = start + timedelta(days=1)
@@ -299,10 +302,13 @@ def reference_kafka(resource_id: str, inputs: DateInputs, metrics: dict[str, lis
     api_key_to_owner: dict[str, str] = {}
     derived: set[str] = set()
     for query_key in ("bytes_in", "bytes_out"):
-        if query_key not in metrics:
+        cluster_rows = (
+            metrics[query_key] if query_key in metrics else inputs.metrics.get((resource_id, query_key))
+        )
+        if cluster_rows is None:
             continue
         totals: dict[str, Decimal] = {}
-        for row in metrics[query_key]:
+        for row in cluster_rows:
             principal = row.labels.get("principal_id")
             if principal:
                 totals[principal] = totals.get(principal, Decimal(0)) + Decimal(str(row.value_sum))
@@ -319,7 +325,8 @@ def reference_kafka(resource_id: str, inputs: DateInputs, metrics: dict[str, lis
             else:
                 target = person(principal)
             per_owner[target] = per_owner.get(target, Decimal(0)) + value
-        usage[query_key] = per_owner
+        if query_key in metrics:
+            usage[query_key] = per_owner
         derived.update(per_owner)
     context: dict = {"usage": usage, "api_key_to_owner": api_key_to_owner}
     if found:
@@ -342,7 +349,8 @@ def exact(x):
 def test_kafka_resolution_matches_the_reference_over_dates_and_edge_values(seed):
     """Randomised: keys created/deleted around midnights (naive, UTC, +05:00), ownerless keys, owners
     and principals missing from the table, repeated principals, several keys per owner, non-positive,
-    huge (exponent notation) and tiny values, dates visited out of order and twice."""
+    huge (exponent notation) and tiny values, dates visited out of order and twice, and the date's stored
+    bytes lists (missing, the line's own, or others) completing the lists a line lacks."""
     rng = random.Random(seed)
     plus5 = timezone(timedelta(hours=5))
     instants = [
@@ -380,15 +388,27 @@ def test_kafka_resolution_matches_the_reference_over_dates_and_edge_values(seed)
     rng.shuffle(days)
     resources: dict[str, Resource] = {}  # the same mappings on every date, as in a backfill
     for d in days + days[::-1]:
-        inputs = DateInputs(d, [], resources, ids, {}, {})
+        # the date's stored lists (D11: what a line lacks comes from here): some missing, some the same
+        # objects the lines carry (as the engine passes them), some other lists
+        date_metrics: dict[tuple[str, str], list[MetricRow]] = {}
+        line_lists: dict[str, tuple[list[MetricRow], list[MetricRow]]] = {}
         for rid in ("lkc-a", "lkc-b", "lkc-none"):
             rows_in, rows_out = rows(), rows()
+            line_lists[rid] = (rows_in, rows_out)
+            for query_key, own in (("bytes_in", rows_in), ("bytes_out", rows_out)):
+                stored = rng.choice([None, own, rows()])
+                if stored is not None:
+                    date_metrics[(rid, query_key)] = stored
+        inputs = DateInputs(d, [], resources, ids, date_metrics, {})
+        for rid in ("lkc-a", "lkc-b", "lkc-none"):
+            rows_in, rows_out = line_lists[rid]
             for metrics in (
                 {"bytes_in": rows_in, "bytes_out": rows_out},
                 {"bytes_out": rows_out},
                 {},
                 {"bytes_in": rows_in},
                 {"bytes_in": rows_in, "bytes_out": rows_out},  # again: the memoised resolution
+                {"bytes_out": rows_out},
             ):
                 got = resolve_kafka(line("KAFKA_NUM_CKU", "1", rid=rid), inputs, metrics)
                 assert type(got) is Resolution
