@@ -142,6 +142,7 @@ class _Index:
         self._date: date | None = None
         self._day = 0  # its ordinal
         self._active: dict[str, tuple[list[str], dict[str, dict[str, str]]]] = {}
+        # (resource, line carries bytes_in, line carries bytes_out) → (bytes lists read, resolution)
         self._kafka: dict[tuple[str, bool, bool], tuple[_Rows | None, _Rows | None, Resolution]] = {}
         self._owner_usage: dict[int, tuple[_Rows, _OwnerUsage]] = {}
 
