@@ -92,6 +92,11 @@ LINE_METRICS: dict[str, tuple[str, ...]] = {
     "KAFKA_NUM_CKUS": (res.BYTES_IN, res.BYTES_OUT),
     "KAFKA_NETWORK_READ": (res.BYTES_OUT,),
     "KAFKA_NETWORK_WRITE": (res.BYTES_IN,),
+    # For metrics_derived only (decision D11, docs/confluent-cloud.md §8). They share the batched bytes
+    # queries (one per key and day for every cluster) that the CKU / network lines already make.
+    "KAFKA_PARTITION": (res.BYTES_IN, res.BYTES_OUT),
+    "KAFKA_BASE": (res.BYTES_IN, res.BYTES_OUT),
+    "KAFKA_STORAGE": (res.BYTES_IN, res.BYTES_OUT),
     "FLINK_NUM_CFU": (res.FLINK_PRIMARY, res.FLINK_FALLBACK),
     "FLINK_NUM_CFUS": (res.FLINK_PRIMARY, res.FLINK_FALLBACK),
 }
