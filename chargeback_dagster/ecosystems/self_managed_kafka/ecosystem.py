@@ -12,12 +12,6 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 from chargeback_dagster.allocation.models import usage_weights
-from chargeback_dagster.allocation.tiers import (
-    SELF_KAFKA_BYTES_IN,
-    SELF_KAFKA_BYTES_OUT,
-    self_managed_allocators,
-    self_managed_unknown_allocator,
-)
 from chargeback_dagster.allocation.types import Allocator, DateInputs, Handler, Resolution
 from chargeback_dagster.domain import BillingLine, MetricRow, Resource
 from chargeback_dagster.ecosystems import identity_sources as ids
@@ -34,6 +28,12 @@ from chargeback_dagster.ecosystems.quantities import (
     has_samples,
     network_gib,
     storage_gib_hours,
+)
+from chargeback_dagster.ecosystems.self_managed_kafka.allocators import (
+    SELF_KAFKA_BYTES_IN,
+    SELF_KAFKA_BYTES_OUT,
+    self_managed_allocators,
+    self_managed_unknown_allocator,
 )
 from chargeback_dagster.sources.prometheus import MetricsQueryError, RangeQuery
 
@@ -186,7 +186,7 @@ class SelfManagedKafkaEcosystem(Ecosystem):
         return found
 
     def _admin_resources(self, ctx: GatherContext) -> list[Resource]:
-        from chargeback_dagster.sources.kafka_admin import fetch_cluster_metadata
+        from chargeback_dagster.ecosystems.self_managed_kafka.kafka_admin import fetch_cluster_metadata
 
         ctx.check_deadline()
         metadata = fetch_cluster_metadata(self.settings.resource_source, ADMIN_TIMEOUT_SECONDS)

@@ -8,7 +8,6 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 from chargeback_dagster.allocation.models import usage_weights
-from chargeback_dagster.allocation.tiers import generic_allocator, generic_unknown_allocator
 from chargeback_dagster.allocation.types import Allocator, DateInputs, Handler, Resolution
 from chargeback_dagster.domain import BillingLine, MetricRow, Resource
 from chargeback_dagster.ecosystems import identity_sources as ids
@@ -18,6 +17,10 @@ from chargeback_dagster.ecosystems.base import (
     GatherContext,
     GatherError,
     InventoryGather,
+)
+from chargeback_dagster.ecosystems.generic_metrics.allocators import (
+    generic_allocator,
+    generic_unknown_allocator,
 )
 from chargeback_dagster.ecosystems.quantities import (
     HOURS_PER_DAY,
