@@ -17,14 +17,21 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 import httpx
 import pytest
 
+from chargeback_dagster import pipeline
 from chargeback_dagster.config import load_config
 from chargeback_dagster.defs.build import build_definitions
+from chargeback_dagster.devtools.ccloud_simulator import CCloudSimulator, Faults, OrgSpec, SimulatedOrg
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.devtools.openmetrics import OpenMetricsWriter
+from chargeback_dagster.ecosystems import ecosystem_for
+from chargeback_dagster.ecosystems.confluent.billing import COSTS_PATH
+from chargeback_dagster.store import TenantStore
+from chargeback_dagster_tests import test_confluent_billing as confluent
 from chargeback_dagster_tests import test_self_managed_kafka as kafka
 from chargeback_dagster_tests.test_generic_e2e import hours, make_defs, read_csv
 from chargeback_dagster_tests.test_self_managed_kafka import IN, OUT
@@ -151,3 +158,39 @@ def test_self_managed_overflowing_usage_and_quantity_are_skipped_and_reported(
         "Usage of {'principal': 'bob'} on 2026-02-01 skipped: its 24 samples sum beyond the float range"
         in messages
     )
+
+
+# --- Confluent Cloud: a cost row returned twice -------------------------------------------------------
+# One simulated day: 29 cost rows, billed total 172.006750; pages capped at 12 rows (3 pages).
+@pytest.mark.parametrize(
+    ("faults", "repeated", "total_before"),
+    [
+        # every page ends with its first row again: rows 0, 12 and 24 twice (+130.08 before)
+        (Faults(paths=(COSTS_PATH,), page_size_max=12, repeat_first_row=True), [0, 12, 24], "302.086750"),
+        # pages 2 and 3 start one row early: the rows at the page boundaries (11, 22) twice
+        (Faults(paths=(COSTS_PATH,), page_size_max=12, page_overlap=1), [11, 22], "173.201086"),
+    ],
+    ids=["same-page", "across-pages"],
+)
+def test_confluent_cost_row_returned_twice_is_counted_once(tmp_path, caplog, faults, repeated, total_before):
+    org = SimulatedOrg(OrgSpec(start_date=date(2026, 1, 1), days=1, environments=1, clusters_per_env=1))
+    day = org.days[0]
+    rows = org.cost_lines(day, day + timedelta(days=1))
+    assert (len(rows), org.billed_total(day)) == (29, Decimal("172.006750"))
+    doubled = org.billed_total(day) + sum((Decimal(str(rows[i]["amount"])) for i in repeated), Decimal(0))
+    assert doubled == Decimal(total_before)  # what the run stored before: the repeats summed as tiers
+    with CCloudSimulator(org) as sim:
+        sim.faults = faults
+        tenant = confluent.make_tenant(tmp_path, sim.url)
+        store = TenantStore.open(
+            tenant.database_url, tenant_name="cc", ecosystem=tenant.ecosystem, tenant_id="acme"
+        )
+        with caplog.at_level(logging.WARNING):
+            pipeline.gather_billing(store, ecosystem_for(tenant), [day], confluent.ctx_for(tenant))
+        assert len(sim.requests_to(COSTS_PATH)) == 3
+    assert sum((ln.total_cost for ln in store.billing_lines(day)), Decimal(0)) == Decimal("172.006750")
+    warnings = [r.getMessage() for r in caplog.records if "returned more than once" in r.getMessage()]
+    assert warnings == [
+        f"Billing row {rows[i]['id']} returned more than once by the Costs API; counted once"
+        for i in repeated
+    ]
