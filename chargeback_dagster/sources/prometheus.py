@@ -12,7 +12,7 @@ Rules implemented here (all binding):
   on the same step grid as the whole window; chunk results are merged per label set.
 * ``matrix`` (``values``) and ``vector`` (``value``) results are accepted (a ``scalar`` result is read as
   one sample with no labels). ``NaN``, ``±Inf`` and unparseable points are skipped; series left without
-  samples are dropped.
+  samples are dropped. A label set whose samples sum beyond the float range is skipped with a warning.
 * Labels are reduced to the grouping labels of the query's **outermost** aggregation
   (``sum by (team) (x)`` → ``{team}``; ``sum(x) by (a, b)`` → ``{a, b}``; ``sum without (a) (x)`` → every
   returned label except ``a`` and ``__name__``; an aggregation without a clause or no aggregation at all →
