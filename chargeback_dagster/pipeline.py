@@ -326,7 +326,7 @@ def _chunk_fetches(
                 reduced = (
                     result
                     if isinstance(result, MetricsQueryError)
-                    else [MetricRow(labels, s, m, n) for labels, s, m, n in reduce_series(result)]
+                    else [MetricRow(labels, s, m, n) for labels, s, m, n in reduce_series(result, d)]
                 )
             if isinstance(reduced, MetricsQueryError):
                 summary.failures.append(f"{d} {resource_id} {key}: {reduced}")

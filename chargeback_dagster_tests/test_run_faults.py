@@ -30,6 +30,7 @@ from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.devtools.openmetrics import OpenMetricsWriter
 from chargeback_dagster.ecosystems import ecosystem_for
 from chargeback_dagster.ecosystems.confluent.billing import COSTS_PATH
+from chargeback_dagster.sources.prometheus import Series, reduce_series
 from chargeback_dagster.store import TenantStore
 from chargeback_dagster_tests import test_confluent_billing as confluent
 from chargeback_dagster_tests import test_self_managed_kafka as kafka
@@ -89,7 +90,20 @@ def test_generic_overflowing_usage_and_quantity_are_skipped_and_reported(tmp_pat
         "Billing line egress for 2026-02-01 skipped: its Prometheus samples sum beyond the float range"
         in messages
     )
-    assert "Usage of {'team': 'team-c'} skipped: its 24 samples sum beyond the float range" in messages
+    assert (
+        "Usage of {'team': 'team-c'} on 2026-02-01 skipped: its 24 samples sum beyond the float range"
+        in messages
+    )
+
+
+def test_reduction_keeps_a_sum_that_only_overflows_part_way():
+    """fsum also overflows when just a partial sum does: 1e308 + 1e308 − 1e308 = 1e308 is kept (halved
+    retry), 1e308 + 1e308 is skipped; both label sets of one day, one row left."""
+    series = [
+        Series({"team": "a"}, [(1.0, 1e308), (2.0, 1e308), (3.0, -1e308)]),
+        Series({"team": "b"}, [(1.0, 1e308), (2.0, 1e308)]),
+    ]
+    assert reduce_series(series, D) == [({"team": "a"}, 1e308, 1e308, 3)]
 
 
 # --- self_managed_kafka: the batched usage path (several days per query) and the cluster quantities --------

@@ -169,12 +169,14 @@ def sample_sum(values: list[float]) -> float | None:
     return total if math.isfinite(total) else None
 
 
-def reduce_series(series: list[Series]) -> list[tuple[dict[str, str], float, float, int]]:
+def reduce_series(
+    series: list[Series], day: date | None = None
+) -> list[tuple[dict[str, str], float, float, int]]:
     """Per label set: ``(labels, value_sum, value_max, sample_count)``.
 
     Series with equal label sets are combined. A label set without samples yields ``(labels, 0.0, 0.0, 0)``.
-    A label set whose samples sum beyond the float range is left out, with a warning. Rows are ordered by
-    their sorted label items.
+    A label set whose samples sum beyond the float range is left out, with a warning (naming ``day`` when
+    given). Rows are ordered by their sorted label items.
     """
     acc: dict[tuple[tuple[str, str], ...], list[float]] = {}
     for s in series:
@@ -190,13 +192,13 @@ def reduce_series(series: list[Series]) -> list[tuple[dict[str, str], float, flo
         values = acc[key]
         total = sample_sum(values)
         if total is None:
-            logger.warning(overflow_message(dict(key), len(values)))
+            logger.warning(overflow_message(dict(key), len(values), day))
             continue
         out.append((dict(key), total, max(values) if values else 0.0, len(values)))
     return out
 
 
-def overflow_message(labels: dict[str, str], count: int, day: object = None) -> str:
+def overflow_message(labels: dict[str, str], count: int, day: date | None = None) -> str:
     on = f" on {day}" if day is not None else ""
     return f"Usage of {labels}{on} skipped: its {count} samples sum beyond the float range"
 
