@@ -39,7 +39,7 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 TEMP_SUFFIX = ".chargeback-tmp"
 STALE_TEMP_SECONDS = 3600
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("chargeback_dagster.csv_output")
 
 
 class CsvWriteError(Exception):
@@ -134,17 +134,20 @@ def remove_stale_temp_files(directory: Path) -> None:
 
     Best effort: a file that cannot be removed is logged and left; it never fails a write."""
     cutoff = time.time() - STALE_TEMP_SECONDS
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if not (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)):
-                continue
-            try:
-                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
-            except FileNotFoundError:
-                pass  # renamed by its writer or removed by another sweep meanwhile
-            except OSError as exc:
-                log.warning("Cannot remove stale temporary CSV file '%s': %s", entry.path, exc)
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if not (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)):
+                    continue
+                try:
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                except FileNotFoundError:
+                    pass  # renamed by its writer or removed by another sweep meanwhile
+                except OSError as exc:
+                    log.warning("Cannot remove stale temporary CSV file '%s': %s", entry.path, exc)
+    except OSError as exc:  # a directory we may write but not list
+        log.warning("Cannot look for stale temporary CSV files in '%s': %s", directory, exc)
 
 
 def write_csv(path: Path, groups: Iterable[Group], lines: CsvLines) -> int:

@@ -207,6 +207,9 @@ def test_temp_file_of_a_killed_write_is_removed_by_the_next_write(tmp_path):
     for other in others:
         other.write_text("not ours")
         os.utime(other, (hour_ago, hour_ago))
+    others.append(tmp_path / ".acme_2026-02-04.csv.0123456789abcdef.chargeback-tmp")
+    others[-1].mkdir()  # not a file: left alone, the write still succeeds
+    os.utime(others[-1], (hour_ago, hour_ago))
 
     write_csv(path, [row()])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
