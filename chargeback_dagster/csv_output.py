@@ -77,7 +77,7 @@ Group = tuple[datetime, tuple[str, ...], int]
 
 
 class CsvLines:
-    """Renders groups as CSV lines, the same text as csv.writer writing `format_row` of the full row.
+    """Renders groups as CSV lines: `format_row` of the full row, quoted as `_render` quotes, ending in LF.
 
     A line is cut around the amount: (ecosystem, tenant_id, timestamp) and the dimension fields before the
     amount, the fields after it. Each distinct part is rendered once and remembered for every file written
