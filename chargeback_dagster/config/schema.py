@@ -254,9 +254,6 @@ def _as_decimal(value: Any, default: Decimal) -> Decimal:
     return Decimal(str(value))
 
 
-PluginSettings = GenericMetricsSettings | SelfManagedKafkaSettings | ConfluentCloudSettings
-
-
 # --- tenant / app
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")

@@ -584,10 +584,10 @@ def _common(node: Node, ecosystem: str, config_dir: Path) -> dict[str, Any]:
 
 def _overrides(node: Node, key: str, protocol: str, ecosystem: str | None) -> dict[str, str]:
     out: dict[str, str] = {}
+    service_types = list(ECOSYSTEMS[ecosystem].service_types) if ecosystem is not None else None
     for k, v, line in node.mapping(key):
         path = f"{join(node.path, key)}['{k}']"
-        service_types = list(ECOSYSTEMS[ecosystem].service_types) if ecosystem is not None else []
-        if ecosystem is not None and k not in service_types:
+        if service_types is not None and k not in service_types:
             node.ok = False
             node.scope.err(
                 join(node.path, key),

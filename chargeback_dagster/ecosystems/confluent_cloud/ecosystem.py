@@ -13,6 +13,7 @@ from datetime import date
 from decimal import Decimal
 
 from chargeback_dagster.allocation.types import Allocator, Handler
+from chargeback_dagster.config import ConfluentCloudSettings
 from chargeback_dagster.domain import BillingLine
 from chargeback_dagster.ecosystems.base import (
     BillingGather,
@@ -129,6 +130,7 @@ def backoff_scale() -> float:
 
 class ConfluentCloudEcosystem(Ecosystem):
     name = "confluent_cloud"
+    settings: ConfluentCloudSettings
     api_pool = "ccloud_api"  # Dagster concurrency pool of Confluent-calling steps (docs/operations.md §5)
 
     # -- clients --------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from chargeback_dagster.allocation.models import usage_weights
 from chargeback_dagster.allocation.types import Allocator, DateInputs, Handler, Resolution
+from chargeback_dagster.config import SelfManagedKafkaSettings
 from chargeback_dagster.domain import BillingLine, MetricRow, Resource
 from chargeback_dagster.ecosystems import identity_sources as ids
 from chargeback_dagster.ecosystems.base import (
@@ -71,6 +72,7 @@ USAGE_QUERIES = {
 
 class SelfManagedKafkaEcosystem(Ecosystem):
     name = "self_managed_kafka"
+    settings: SelfManagedKafkaSettings
 
     # --- billing: cost model × Prometheus quantities -------------------------------------------------
     def gather_billing(self, dates: list[date], ctx: GatherContext) -> BillingGather:
