@@ -90,7 +90,9 @@ def fmt(value: Any) -> str:
         return "true" if value else "false"
     if value is None:
         return "null"
-    return str(value)
+    text = str(value)
+    # keep a problem on one readable line (a 5,000-digit "number" is echoed by its start only)
+    return text if len(text) <= 80 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def type_name(value: Any) -> str:
