@@ -186,7 +186,7 @@ def coerce(kind: str, value: Any) -> tuple[bool, Any, str]:
             return False, None, "a number"
         if not d.is_finite():
             return False, None, "a number"
-        if abs(d) > MAX_AMOUNT:
+        if d.copy_abs() > MAX_AMOUNT:  # copy_abs: no context, so 1E+999999999 cannot overflow
             return False, None, _NUMBER
         return True, d, ""
     if kind == "bool":
