@@ -1334,10 +1334,17 @@ def test_amount_that_cannot_be_stored_is_rejected(tmp_path: Path, rate: str, sho
     ]
 
 
-def test_largest_storable_amount_is_accepted(tmp_path: Path) -> None:
+def test_largest_storable_amount_is_the_bound(tmp_path: Path) -> None:
+    """The bound is exact: (2**63 - 1) units of 0.0001 load; every configured number above is refused."""
     cost_type = dict(BASE_PLUGIN["generic_metrics_only"]["cost_types"][0], rate="922337203685477.5807")
     app = load(tmp_path, {"tenants": {"t1": tenant("generic_metrics_only", ps={"cost_types": [cost_type]})}})
     assert app.tenants["t1"].plugin_settings.cost_types[0].rate == Decimal("922337203685477.5807")
+    smk = tenant("self_managed_kafka")
+    smk["plugin_settings"]["cost_model"]["compute_hourly_rate"] = "-922337203685477.5808"
+    assert tenant_problems(tmp_path, smk) == [
+        f"{SMK}plugin_settings.cost_model.compute_hourly_rate: must be a number between "
+        "-922337203685477.5807 and 922337203685477.5807, got '-922337203685477.5808'"
+    ]
 
 
 @pytest.mark.parametrize(
