@@ -55,9 +55,6 @@ def instance_concurrency_block(config) -> str:
 
 def concurrency_warnings(config) -> list[str]:
     """§5: warn when $DAGSTER_HOME/dagster.yaml caps tenant runs differently from max_parallel_tenants."""
-    import os
-    from pathlib import Path
-
     import yaml
 
     home = os.environ.get("DAGSTER_HOME")
@@ -92,7 +89,7 @@ CHECK_TIMEOUT_SECONDS = 5.0
 
 
 def check_connections(config) -> list[tuple[bool, str]]:
-    """Reach every remote each tenant names (operations.md §12): one (ok, line) per remote."""
+    """Reach every remote each tenant names (docs/operations.md §12): one (ok, line) per remote."""
     results = []
     for name, tenant in config.tenants.items():
         ps = tenant.plugin_settings
