@@ -1,0 +1,205 @@
+"""Request time limits are totals, and the run's deadline stops an in-flight request (issue 12 §2).
+
+A real HTTP server on 127.0.0.1 answers every request with headers at once and then trickles its body, one
+byte every 0.2 s: each socket read succeeds, so only a limit on the whole request can end it. Each test runs
+the client in a thread with a bounded wait, so code without such a limit fails the test instead of hanging.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import date
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from chargeback_dagster.config import load_config
+from chargeback_dagster.defs import guard
+from chargeback_dagster.defs.build import build_definitions
+from chargeback_dagster.devtools.local_run import materialize_range
+from chargeback_dagster.ecosystems.confluent.client import ConfluentApiError, ConfluentClient
+from chargeback_dagster.sources.prometheus import MetricsQueryError, PrometheusClient
+from chargeback_dagster_tests.test_operations import (
+    closed_port_url,
+    step_failures,
+    tenant_config,
+    write_config,
+)
+
+BYTE_INTERVAL = 0.2
+BODY_BYTES = 10_000  # 2,000 s at one byte per 0.2 s: never completes within a test
+BOUND = 30.0  # seconds a test waits for the client before failing
+
+
+class TricklingServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Trickle)
+        self.stop = threading.Event()
+        self.paths: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: TricklingServer
+
+    def do_GET(self) -> None:
+        self.server.paths.append(self.path.split("?")[0])
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(BODY_BYTES))
+        self.end_headers()
+        try:
+            for _ in range(BODY_BYTES):
+                if self.server.stop.wait(BYTE_INTERVAL):
+                    break
+                self.wfile.write(b" ")  # JSON whitespace
+                self.wfile.flush()
+        except OSError:  # the client gave up
+            pass
+        self.close_connection = True
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def trickle() -> Iterator[TricklingServer]:
+    server = TricklingServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.stop.set()
+    server.shutdown()
+    server.server_close()
+
+
+def bounded(server: TricklingServer, call: Callable[[], object]) -> tuple[object, float]:
+    """`call()`'s result (or the exception it raised) and its duration; fails the test when it is still
+    running after BOUND seconds (the server then stops trickling so the thread ends)."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(BOUND)
+    elapsed = time.monotonic() - started
+    if thread.is_alive():
+        server.stop.set()
+        thread.join(10)
+        pytest.fail(f"still waiting for the trickling response after {BOUND:g} s")
+    return outcome[0], elapsed
+
+
+# --- the total time limit of one request -----------------------------------------------------------
+def test_prometheus_request_has_a_total_time_limit(trickle):
+    waits: list[float] = []
+    client = PrometheusClient(trickle.url, timeout=1.0, sleep=waits.append)
+    error, elapsed = bounded(trickle, client.check)
+    assert isinstance(error, MetricsQueryError)
+    assert str(error) == (
+        f"Exhausted 4 attempts for {trickle.url}/api/v1/query: "
+        "ReadTimeout: no complete response within the total time limit of 1 s"
+    )
+    assert trickle.paths == ["/api/v1/query"] * 4
+    assert len(waits) == 3  # the retry policy is unchanged
+    assert 4 * 1.0 <= elapsed < 4 * 1.0 + 2.0  # four attempts of 1 s each
+
+
+def test_confluent_request_has_a_total_time_limit(trickle):
+    client = ConfluentClient(
+        trickle.url, "key", "secret-text", timeout=2.0, max_attempts=1, min_interval=0, sleep=lambda s: None
+    )
+    error, elapsed = bounded(trickle, lambda: client.get("/org/v2/environments", {"page_size": 10}))
+    assert isinstance(error, ConfluentApiError)
+    assert str(error) == (
+        "GET /org/v2/environments failed after 1 attempts: "
+        "no complete response within the total time limit of 2 s"
+    )
+    assert 2.0 <= elapsed < 2.0 + 2.0
+
+
+# --- the run's deadline stops a request in flight (operations §6) -----------------------------------
+def test_deadline_stops_a_confluent_request_in_flight(trickle):
+    deadline = guard.Deadline(2, guard.clock())  # 2 s left, far less than the 30 s request limit
+    client = ConfluentClient(
+        trickle.url,
+        "key",
+        "secret-text",
+        min_interval=0,
+        check_deadline=deadline.check,
+        deadline_left=deadline.seconds_left,
+    )
+    error, elapsed = bounded(trickle, lambda: client.get("/org/v2/environments"))
+    assert isinstance(error, guard.ExecutionTimeout)
+    assert str(error) == "Execution timed out after 2s"
+    assert trickle.paths == ["/org/v2/environments"]  # stopped, not retried
+    assert elapsed < 2.0 + 2.0
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def test_deadline_stops_a_prometheus_request_in_flight_in_a_run(tmp_path, trickle, instance):
+    # a generic tenant whose inventory step asks Prometheus for its identities: the trickling server
+    tenant = tenant_config(trickle.url, discovery=True, tenant_execution_timeout_seconds=3)
+    defs = build_definitions(load_config(write_config(tmp_path / "c.yaml", {"shop": tenant})))
+    day = date(2026, 2, 1)
+    result, elapsed = bounded(trickle, lambda: materialize_range(defs, "shop", day, day, instance=instance))
+    assert isinstance(result, dg.ExecuteInProcessResult) and not result.success
+    assert "Execution timed out after 3s" in step_failures(result)["shop__inventory"]
+    assert trickle.paths == ["/api/v1/query_range"]
+    assert elapsed < 3 + 6  # the deadline counts from run start; the run itself takes a few seconds
+
+
+def confluent_config(path: Path, api_url: str, timeout_seconds: int) -> Path:
+    tenant = {
+        "ecosystem": "confluent_cloud",
+        "tenant_id": "acme",
+        "partitions_start_date": "2026-01-01",
+        "tenant_execution_timeout_seconds": timeout_seconds,
+        "storage": {"connection_string": "sqlite:///data/ccloud.db"},
+        "plugin_settings": {
+            "ccloud_api": {"key": "key", "secret": "secret-text", "base_url": api_url},
+            "metrics": {"url": closed_port_url()},
+            "emitters": [{"type": "csv", "params": {"output_dir": "out"}}],
+        },
+    }
+    path.write_text(yaml.safe_dump({"tenants": {"ccloud": tenant}}, sort_keys=False))
+    return path
+
+
+def test_deadline_stops_a_confluent_request_in_flight_in_a_run(tmp_path, trickle, instance):
+    defs = build_definitions(load_config(confluent_config(tmp_path / "c.yaml", trickle.url, 3)))
+    day = date(2026, 2, 1)
+    result, elapsed = bounded(trickle, lambda: materialize_range(defs, "ccloud", day, day, instance=instance))
+    assert isinstance(result, dg.ExecuteInProcessResult) and not result.success
+    failures = step_failures(result)
+    assert failures, "the run failed without a step failure"
+    for step_key, error in failures.items():  # billing and inventory both wait on the Confluent API
+        assert "Execution timed out after 3s" in error, step_key
+    assert trickle.paths  # a request was in flight
+    assert elapsed < 3 + 6
