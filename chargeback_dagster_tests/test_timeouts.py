@@ -23,7 +23,7 @@ from chargeback_dagster.defs import guard
 from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.ecosystems.confluent.client import ConfluentApiError, ConfluentClient
-from chargeback_dagster.sources.prometheus import MetricsQueryError, PrometheusClient
+from chargeback_dagster.sources.prometheus import MetricsQueryError, PrometheusClient, RangeQuery, day_window
 from chargeback_dagster_tests.test_operations import (
     closed_port_url,
     step_failures,
@@ -154,6 +154,23 @@ def test_deadline_stops_a_confluent_request_in_flight(trickle):
     assert isinstance(error, guard.ExecutionTimeout)
     assert str(error) == "Execution timed out after 2s"
     assert trickle.paths == ["/org/v2/environments"]  # stopped, not retried
+    assert elapsed < 2.0 + 2.0
+
+
+def test_deadline_ends_every_query_of_a_prometheus_fetch(trickle):
+    deadline = guard.Deadline(2, guard.clock())
+    client = PrometheusClient(
+        trickle.url,
+        max_workers=2,
+        sleep=deadline.wrap_sleep(time.sleep),
+        deadline_left=deadline.seconds_left,
+    )
+    queries = [RangeQuery(f"sum(q{i})", *day_window(date(2026, 2, 1)), 60) for i in range(3)]
+    # the run's timeout, not three "failed" queries to store and retry in the next run
+    error, elapsed = bounded(trickle, lambda: client.query_range_many(queries))
+    assert isinstance(error, guard.ExecutionTimeout)
+    assert str(error) == "Execution timed out after 2s"
+    assert trickle.paths == ["/api/v1/query_range"] * 2  # the third, due after the deadline: never sent
     assert elapsed < 2.0 + 2.0
 
 

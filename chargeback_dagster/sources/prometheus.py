@@ -541,6 +541,9 @@ class PrometheusClient:
             except MetricsQueryError as exc:
                 return exc
             except Exception as exc:  # a bug or bad input must not hide the other queries' results
+                left = self._deadline_left()
+                if left is not None and left <= 0:
+                    raise  # the run's deadline (from the bounded retry wait) ends every query of the run
                 logger.exception("Unexpected error in Prometheus query")
                 return MetricsQueryError(self._scrub(f"{type(exc).__name__}: {exc}"))
 

@@ -178,6 +178,7 @@ class ConfluentClient:
                 status_text = last_error
             if attempt >= self.max_attempts:
                 break
+            self._check_deadline()  # a request cut off by the run's deadline is not retried
             wait = self._wait_seconds(attempt, response)
             self._log.warning(
                 "Confluent Cloud GET %s: %s on attempt %d/%d; retrying in %.2f s",
@@ -187,9 +188,8 @@ class ConfluentClient:
                 self.max_attempts,
                 wait,
             )
-            self._check_deadline()
             left = self._deadline_left()
-            self._sleep(wait if left is None else min(wait, max(left, 0.0)))  # then the check above fails
+            self._sleep(wait if left is None else min(wait, max(left, 0.0)))  # then the next check fails
         raise ConfluentApiError(
             f"GET {shown} failed after {self.max_attempts} attempts: {last_error}",
             status=response.status_code if response is not None else None,
