@@ -1,4 +1,4 @@
-"""Prometheus access used by every ecosystem (generic-metrics.md §1).
+"""Prometheus access used by every ecosystem (docs/generic-metrics.md §1).
 
 Rules implemented here (all binding):
 
@@ -12,7 +12,7 @@ Rules implemented here (all binding):
   on the same step grid as the whole window; chunk results are merged per label set.
 * ``matrix`` (``values``) and ``vector`` (``value``) results are accepted (a ``scalar`` result is read as
   one sample with no labels). ``NaN``, ``±Inf`` and unparseable points are skipped; series left without
-  samples are dropped.
+  samples are dropped. A label set whose samples sum beyond the float range is skipped with a warning.
 * Labels are reduced to the grouping labels of the query's **outermost** aggregation
   (``sum by (team) (x)`` → ``{team}``; ``sum(x) by (a, b)`` → ``{a, b}``; ``sum without (a) (x)`` → every
   returned label except ``a`` and ``__name__``; an aggregation without a clause or no aggregation at all →
@@ -73,7 +73,9 @@ __all__ = [
     "Series",
     "day_window",
     "grouping_labels",
+    "overflow_message",
     "reduce_series",
+    "sample_sum",
 ]
 
 
@@ -156,11 +158,30 @@ def day_window(d: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
-def reduce_series(series: list[Series]) -> list[tuple[dict[str, str], float, float, int]]:
+def sample_sum(values: list[float]) -> float | None:
+    """``math.fsum`` of sample values; None when the sum lies beyond the float range (±1.8e308).
+
+    Such a sum is bad data like a NaN sample: the caller skips and reports it instead of failing the run.
+    The common path is one fsum; only an overflow retries (on halved values, exact: fsum also overflows
+    when just a partial sum does)."""
+    try:
+        total = math.fsum(values)
+    except OverflowError:
+        try:
+            total = math.fsum([v * 0.5 for v in values]) * 2.0
+        except OverflowError:
+            return None
+    return total if math.isfinite(total) else None
+
+
+def reduce_series(
+    series: list[Series], day: date | None = None
+) -> list[tuple[dict[str, str], float, float, int]]:
     """Per label set: ``(labels, value_sum, value_max, sample_count)``.
 
     Series with equal label sets are combined. A label set without samples yields ``(labels, 0.0, 0.0, 0)``.
-    Rows are ordered by their sorted label items.
+    A label set whose samples sum beyond the float range is left out, with a warning (naming ``day`` when
+    given). Rows are ordered by their sorted label items.
     """
     acc: dict[tuple[tuple[str, str], ...], list[float]] = {}
     for s in series:
@@ -174,8 +195,17 @@ def reduce_series(series: list[Series]) -> list[tuple[dict[str, str], float, flo
     out = []
     for key in sorted(acc):
         values = acc[key]
-        out.append((dict(key), math.fsum(values), max(values) if values else 0.0, len(values)))
+        total = sample_sum(values)
+        if total is None:
+            logger.warning(overflow_message(dict(key), len(values), day))
+            continue
+        out.append((dict(key), total, max(values) if values else 0.0, len(values)))
     return out
+
+
+def overflow_message(labels: dict[str, str], count: int, day: date | None = None) -> str:
+    on = f" on {day}" if day is not None else ""
+    return f"Usage of {labels}{on} skipped: its {count} samples sum beyond the float range"
 
 
 def _utc(dt: datetime) -> datetime:
