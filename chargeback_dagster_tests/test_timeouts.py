@@ -24,6 +24,7 @@ from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.ecosystems.confluent.client import ConfluentApiError, ConfluentClient
 from chargeback_dagster.sources.prometheus import MetricsQueryError, PrometheusClient, RangeQuery, day_window
+from chargeback_dagster_tests.test_cli import ccloud_tenant, run_cli
 from chargeback_dagster_tests.test_operations import (
     closed_port_url,
     step_failures,
@@ -220,3 +221,22 @@ def test_deadline_stops_a_confluent_request_in_flight_in_a_run(tmp_path, trickle
         assert "Execution timed out after 3s" in error, step_key
     assert trickle.paths  # a request was in flight
     assert elapsed < 3 + 6
+
+
+# --- validate --check-connections (its 5 s limit per remote is a total) --------------------------------
+def test_check_connections_limits_trickling_remotes(tmp_path, trickle):
+    config = tmp_path / "c.yaml"
+    tenant = ccloud_tenant("sqlite:///data/cc.db", trickle.url, "secret-text", trickle.url)
+    config.write_text(yaml.safe_dump({"tenants": {"cc": tenant}}, sort_keys=False))
+    result, elapsed = bounded(
+        trickle, lambda: run_cli("validate", "--check-connections", "--config", str(config))
+    )
+    assert not isinstance(result, BaseException), result
+    assert (result.returncode, result.stderr) == (1, "")
+    assert result.stdout.splitlines() == [
+        "tenant 'cc': database: OK",
+        "tenant 'cc': cannot reach Confluent Cloud API: GET /org/v2/environments failed after 1 attempts: "
+        "no complete response within the total time limit of 5 s",
+        "tenant 'cc': cannot reach Prometheus: no complete response within the total time limit of 5 s",
+    ]
+    assert elapsed < 2 * 5 + 5  # two remotes of 5 s each, plus the CLI's start
