@@ -140,7 +140,7 @@ def test_confluent_request_has_a_total_time_limit(trickle):
     assert 2.0 <= elapsed < 2.0 + 2.0
 
 
-# --- the run's deadline stops a request in flight (operations §6) -----------------------------------
+# --- the run's deadline stops a request in flight (docs/operations.md §6)----------------------------------
 def test_deadline_stops_a_confluent_request_in_flight(trickle):
     deadline = guard.Deadline(2, guard.clock())  # 2 s left, far less than the 30 s request limit
     client = ConfluentClient(
