@@ -112,7 +112,7 @@ def bounded(server: TricklingServer, call: Callable[[], object]) -> tuple[object
     return outcome[0], elapsed
 
 
-# --- the total time limit of one request -----------------------------------------------------------
+# --- the total time limit of one request ---------------------------------------------------------------
 def test_prometheus_request_has_a_total_time_limit(trickle):
     waits: list[float] = []
     client = PrometheusClient(trickle.url, timeout=1.0, sleep=waits.append)
@@ -140,7 +140,7 @@ def test_confluent_request_has_a_total_time_limit(trickle):
     assert 2.0 <= elapsed < 2.0 + 2.0
 
 
-# --- the run's deadline stops a request in flight (docs/operations.md §6)----------------------------------
+# --- the run's deadline stops a request in flight (docs/operations.md §6) ------------------------------
 def test_deadline_stops_a_confluent_request_in_flight(trickle):
     deadline = guard.Deadline(2, guard.clock())  # 2 s left, far less than the 30 s request limit
     client = ConfluentClient(
