@@ -4,7 +4,7 @@ httpx's timeouts bound each socket operation, so a server that trickles its answ
 second) keeps a request alive indefinitely. `send` bounds the whole request — connect, send, headers and the
 complete body — by a total limit and, when the caller has one, by the run's deadline: every socket operation
 is capped at the time left when the request starts, and the body is read in chunks with the clock checked
-after each chunk.
+after each chunk. (A server that goes silent part-way is ended by that capped read timeout.)
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ def send(
             return run, "the run's execution deadline was reached"
         return own, f"no complete response within the total time limit of {limit:g} s"
 
-    budget, _ = left()
+    budget, reason = left()
     if budget <= 0:
-        raise httpx.ConnectTimeout("the run's execution deadline was reached", request=request)
+        raise httpx.ConnectTimeout(reason, request=request)
     timeout = client.timeout
     request.extensions["timeout"] = httpx.Timeout(
         connect=_cap(timeout.connect, budget),
