@@ -7,6 +7,7 @@ the client in a thread with a bounded wait, so code without such a limit fails t
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.ecosystems.confluent.client import ConfluentApiError, ConfluentClient
 from chargeback_dagster.sources.prometheus import MetricsQueryError, PrometheusClient, RangeQuery, day_window
-from chargeback_dagster_tests.test_cli import ccloud_tenant, run_cli
+from chargeback_dagster_tests.test_cli import ccloud_tenant, kafka_tenant, run_cli
 from chargeback_dagster_tests.test_operations import (
     closed_port_url,
     step_failures,
@@ -221,6 +222,42 @@ def test_deadline_stops_a_confluent_request_in_flight_in_a_run(tmp_path, trickle
         assert "Execution timed out after 3s" in error, step_key
     assert trickle.paths  # a request was in flight
     assert elapsed < 3 + 6
+
+
+def test_deadline_stops_the_kafka_admin_metadata_wait_in_a_run(tmp_path, instance):
+    # a "broker" that accepts connections and never answers: librdkafka waits for metadata
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])
+            except OSError:
+                continue
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        tenant = kafka_tenant(
+            "sqlite:///data/k.db", f"127.0.0.1:{silent.getsockname()[1]}", closed_port_url()
+        )
+        tenant["tenant_execution_timeout_seconds"] = 3
+        config = tmp_path / "c.yaml"
+        config.write_text(yaml.safe_dump({"tenants": {"onprem": tenant}}, sort_keys=False))
+        defs = build_definitions(load_config(config))
+        day = date(2026, 2, 1)
+        started = time.monotonic()
+        result = materialize_range(defs, "onprem", day, day, instance=instance)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        for conn in held:
+            conn.close()
+        silent.close()
+    assert "Execution timed out after 3s" in step_failures(result)["onprem__inventory"]
+    assert elapsed < 3 + 6  # not the 30 s metadata timeout
 
 
 # --- validate --check-connections (its 5 s limit per remote is a total) --------------------------------
