@@ -224,8 +224,27 @@ def test_deadline_stops_a_confluent_request_in_flight_in_a_run(tmp_path, trickle
     assert elapsed < 3 + 6
 
 
+class _EmptyPrometheus(BaseHTTPRequestHandler):
+    """Answers every query at once with no series."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"status":"success","data":{"resultType":"matrix","result":[]}}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
 def test_deadline_stops_the_kafka_admin_metadata_wait_in_a_run(tmp_path, instance):
-    # a "broker" that accepts connections and never answers: librdkafka waits for metadata
+    # billing finds no usage at once; the inventory asks a "broker" that accepts connections and never
+    # answers, so librdkafka waits for metadata (30 s at most)
+    prometheus = ThreadingHTTPServer(("127.0.0.1", 0), _EmptyPrometheus)
+    threading.Thread(target=prometheus.serve_forever, daemon=True).start()
     silent = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
     stop = threading.Event()
@@ -240,10 +259,9 @@ def test_deadline_stops_the_kafka_admin_metadata_wait_in_a_run(tmp_path, instanc
 
     threading.Thread(target=accept, daemon=True).start()
     try:
-        tenant = kafka_tenant(
-            "sqlite:///data/k.db", f"127.0.0.1:{silent.getsockname()[1]}", closed_port_url()
-        )
-        tenant["tenant_execution_timeout_seconds"] = 3
+        prometheus_url = f"http://127.0.0.1:{prometheus.server_address[1]}"
+        tenant = kafka_tenant("sqlite:///data/k.db", f"127.0.0.1:{silent.getsockname()[1]}", prometheus_url)
+        tenant["tenant_execution_timeout_seconds"] = 4
         config = tmp_path / "c.yaml"
         config.write_text(yaml.safe_dump({"tenants": {"onprem": tenant}}, sort_keys=False))
         defs = build_definitions(load_config(config))
@@ -256,8 +274,12 @@ def test_deadline_stops_the_kafka_admin_metadata_wait_in_a_run(tmp_path, instanc
         for conn in held:
             conn.close()
         silent.close()
-    assert "Execution timed out after 3s" in step_failures(result)["onprem__inventory"]
-    assert elapsed < 3 + 6  # not the 30 s metadata timeout
+        prometheus.shutdown()
+        prometheus.server_close()
+    failures = step_failures(result)
+    assert list(failures) == ["onprem__inventory"]
+    assert "Execution timed out after 4s" in failures["onprem__inventory"]
+    assert elapsed < 4 + 6  # not the 30 s metadata timeout
 
 
 # --- validate --check-connections (its 5 s limit per remote is a total) --------------------------------
