@@ -156,6 +156,7 @@ class SelfManagedKafkaEcosystem(Ecosystem):
             try:
                 resources.extend(self._admin_resources(ctx))
             except Exception as exc:  # KafkaAdminError, or anything the client raised
+                ctx.check_deadline()  # cut short by the run's deadline: a timeout, not a handler error
                 handler_errors[SERVICE_TYPE] = f"Failed to gather brokers/topics from Kafka Admin API: {exc}"
         else:
             resources.extend(self._resource(f"broker:{b}", "broker", b) for b in sorted(brokers))
@@ -199,7 +200,9 @@ class SelfManagedKafkaEcosystem(Ecosystem):
         from chargeback_dagster.ecosystems.self_managed_kafka.kafka_admin import fetch_cluster_metadata
 
         ctx.check_deadline()
-        metadata = fetch_cluster_metadata(self.settings.resource_source, ADMIN_TIMEOUT_SECONDS)
+        left = ctx.deadline_left()  # the metadata wait ends at the run's deadline at the latest
+        timeout = ADMIN_TIMEOUT_SECONDS if left is None else max(min(ADMIN_TIMEOUT_SECONDS, left), 0.0)
+        metadata = fetch_cluster_metadata(self.settings.resource_source, timeout)
         resources = [self._resource(f"broker:{b.node_id}", "broker", b.address) for b in metadata.brokers]
         resources.extend(self._resource(f"topic:{t}", "topic", t) for t in metadata.topics)
         return resources
