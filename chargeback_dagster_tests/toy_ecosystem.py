@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from chargeback_dagster.allocation.models import UNKNOWN_TO_UNALLOCATED, Chain, EvenSplit, to_unallocated
 from chargeback_dagster.allocation.types import Allocator, DateInputs, Handler, Resolution
-from chargeback_dagster.config.schema import PluginSettingsBase
+from chargeback_dagster.config import PluginSettingsBase
 from chargeback_dagster.domain import BillingLine, Identity, MetricRow, Resource
 from chargeback_dagster.ecosystems.base import BillingGather, Ecosystem, GatherContext, InventoryGather
 from chargeback_dagster.ecosystems.registry import EcosystemPlugin
