@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from chargeback_dagster.config.schema import PluginSettingsBase, TenantConfig
+    from chargeback_dagster.config import PluginSettingsBase, TenantConfig
     from chargeback_dagster.ecosystems.base import Ecosystem
 
 
