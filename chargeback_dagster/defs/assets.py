@@ -16,8 +16,8 @@ from chargeback_dagster import pipeline, suspension
 from chargeback_dagster.config import TenantConfig
 from chargeback_dagster.defs import guard
 from chargeback_dagster.defs.resources import AppConfigResource, PrometheusResource, TenantStoreResource
-from chargeback_dagster.ecosystems import ecosystem_for
 from chargeback_dagster.ecosystems.base import GatherContext, GatherError
+from chargeback_dagster.ecosystems.registry import ecosystem_for
 from chargeback_dagster.logging_setup import apply_logging, step_logger
 
 CSV_IO_MANAGER = "chargeback_csv_io_manager"
