@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -240,8 +242,8 @@ def take_lock(store: TenantStore, instance: dg.DagsterInstance, run_id: str) -> 
     raise dg.Failure(busy)
 
 
-# The heartbeat threads of this process, by (tenant, run id).
-_heartbeats: dict[tuple[str, str], threading.Thread] = {}
+# The tenant stores of the locks this process keeps alive, by (tenant, run id).
+_heartbeats: dict[tuple[str, str], TenantStore] = {}
 _heartbeats_guard = threading.Lock()
 
 
@@ -251,14 +253,13 @@ def keep_lock_alive(store: TenantStore, instance: dg.DagsterInstance, run_id: st
     with _heartbeats_guard:
         if key in _heartbeats:
             return
-        thread = threading.Thread(
+        _heartbeats[key] = store
+        threading.Thread(
             target=_heartbeat,
             args=(store, instance, run_id),
             name=f"chargeback-lock-{store.tenant_name}",
             daemon=True,  # dies with the process: a killed run stops beating
-        )
-        _heartbeats[key] = thread
-        thread.start()
+        ).start()
 
 
 def _heartbeat(store: TenantStore, instance: dg.DagsterInstance, run_id: str) -> None:
@@ -271,7 +272,8 @@ def _heartbeat(store: TenantStore, instance: dg.DagsterInstance, run_id: str) ->
             time.sleep(heartbeat_seconds())
             try:
                 if not run_in_progress(instance, run_id):
-                    store.release_run_lock(run_id)
+                    with contextlib.suppress(Exception):  # else the heartbeat expires
+                        store.release_run_lock(run_id)
                     return
                 if not store.touch_run_lock(run_id, utc_now()):
                     return
@@ -283,6 +285,17 @@ def _heartbeat(store: TenantStore, instance: dg.DagsterInstance, run_id: str) ->
     finally:
         with _heartbeats_guard:
             _heartbeats.pop((store.tenant_name, run_id), None)
+
+
+@atexit.register
+def _release_on_exit() -> None:
+    """A process exiting normally has ended its runs (the in-process executor runs them in this process):
+    free their locks now rather than after the takeover time, for runs no status sensor sees (CLI runs)."""
+    with _heartbeats_guard:
+        held = list(_heartbeats.items())
+    for (_, run_id), store in held:
+        with contextlib.suppress(Exception):  # else the heartbeat expires
+            store.release_run_lock(run_id)
 
 
 def close_orphans(

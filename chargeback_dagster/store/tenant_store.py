@@ -1880,4 +1880,4 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur.close()
 
 
-__all__ = ["StoreError", "TenantStore", "normalize_url"]
+__all__ = ["RunLock", "StoreError", "TenantStore", "normalize_url"]
