@@ -230,3 +230,16 @@ def test_a_run_of_another_instance_is_refused_while_the_holder_runs(
         assert holder.store.run_lock_holder() is None
         again = materialize_range(holder.defs, "search", FIRST, LAST, instance=dg.DagsterInstance.ephemeral())
         assert again.success
+
+
+def test_lock_time_overrides_must_be_positive_seconds(monkeypatch):
+    assert (guard.heartbeat_seconds(), guard.takeover_seconds()) == (10, 60)
+    monkeypatch.setenv("CHARGEBACK_LOCK_TAKEOVER_SECONDS", "2.5")
+    assert guard.takeover_seconds() == 2.5
+    for bad in ("0", "-1", "soon", "inf"):
+        monkeypatch.setenv("CHARGEBACK_LOCK_HEARTBEAT_SECONDS", bad)
+        with pytest.raises(dg.Failure) as err:
+            guard.heartbeat_seconds()
+        assert err.value.description == (
+            f"CHARGEBACK_LOCK_HEARTBEAT_SECONDS must be a positive number of seconds, got '{bad}'"
+        )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -83,12 +84,25 @@ def run_in_progress(instance: dg.DagsterInstance, run_id: str) -> bool:
     return run is not None and run.status in IN_PROGRESS
 
 
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise dg.Failure(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
 def heartbeat_seconds() -> float:
-    return float(os.environ.get(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_SECONDS))
+    return _env_seconds(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_SECONDS)
 
 
 def takeover_seconds() -> float:
-    return float(os.environ.get(TAKEOVER_ENV, DEFAULT_TAKEOVER_SECONDS))
+    return _env_seconds(TAKEOVER_ENV, DEFAULT_TAKEOVER_SECONDS)
 
 
 def lock_holder_dead(
@@ -216,6 +230,7 @@ def take_lock(store: TenantStore, instance: dg.DagsterInstance, run_id: str) -> 
     """Take or keep the tenant lock for `run_id` and keep its heartbeat fresh; returns the id of a dead
     holder this run took the lock over from."""
     busy = f"Pipeline is already running for tenant {store.tenant_name}"
+    heartbeat_seconds(), takeover_seconds()  # a bad override fails the step here, not the heartbeat thread
     for _ in range(3):  # lost races retry with the new holder
         now = utc_now()
         holder = store.run_lock_holder()
