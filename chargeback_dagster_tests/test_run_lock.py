@@ -22,6 +22,7 @@ import dagster as dg
 import httpx
 import pytest
 import yaml
+from dagster._core.test_utils import create_run_for_test
 
 from chargeback_dagster.config import load_config
 from chargeback_dagster.defs import guard
@@ -243,3 +244,33 @@ def test_lock_time_overrides_must_be_positive_seconds(monkeypatch):
         assert err.value.description == (
             f"CHARGEBACK_LOCK_HEARTBEAT_SECONDS must be a positive number of seconds, got '{bad}'"
         )
+
+
+def test_a_run_whose_lock_was_taken_over_stops_at_its_next_check(tmp_path, monkeypatch):
+    """A holder that could not beat for the takeover time (frozen host, database out of reach) may have been
+    taken over: once it runs again, its next deadline check stops it instead of writing beside the taker."""
+    monkeypatch.setenv("CHARGEBACK_LOCK_HEARTBEAT_SECONDS", "0.2")
+    store = open_store(f"sqlite:///{tmp_path / 'search.db'}")
+    with dg.instance_for_test() as instance:
+        run = create_run_for_test(instance, job_name="search_pipeline", status=dg.DagsterRunStatus.STARTED)
+        assert guard.take_lock(store, instance, run.run_id) is None
+        guard.check_lock_kept("search", run.run_id)  # held: nothing happens
+        at = guard.utc_now() + timedelta(seconds=120)  # as if the holder had been frozen for two minutes
+        assert store.try_take_run_lock(
+            "taker", at, replacing=run.run_id, stale_before=at - timedelta(seconds=60)
+        )
+
+        def stopped() -> bool:
+            try:
+                guard.check_lock_kept("search", run.run_id)
+            except dg.Failure as failure:
+                assert failure.description == (
+                    "The tenant lock of tenant search was taken over by another run after this run's "
+                    "heartbeat expired"
+                )
+                return True
+            return False
+
+        wait_for(stopped, 5, "the holder to notice the takeover")
+        assert store.run_lock_holder()[0] == "taker"
+    store.dispose()

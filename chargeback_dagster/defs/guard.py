@@ -240,9 +240,11 @@ def take_lock(store: TenantStore, instance: dg.DagsterInstance, run_id: str) -> 
                 return None
             continue
         if holder.run_id == run_id:
-            store.touch_run_lock(run_id, now)
-            keep_lock_alive(store, instance, run_id)
-            return None
+            if store.touch_run_lock(run_id, now):
+                _lost.discard((store.tenant_name, run_id))
+                keep_lock_alive(store, instance, run_id)
+                return None
+            continue
         dead = lock_holder_dead(instance, holder, now)
         if dead is None:
             raise dg.Failure(busy, metadata={"holding_run_id": holder.run_id})
@@ -260,6 +262,17 @@ def take_lock(store: TenantStore, instance: dg.DagsterInstance, run_id: str) -> 
 # The tenant stores of the locks this process keeps alive, by (tenant, run id).
 _heartbeats: dict[tuple[str, str], TenantStore] = {}
 _heartbeats_guard = threading.Lock()
+# Runs of this process whose lock another run took over (their heartbeat had expired, e.g. a frozen host).
+_lost: set[tuple[str, str]] = set()
+
+
+def check_lock_kept(tenant_name: str, run_id: str) -> None:
+    """Stop a run whose lock was taken over while it still ran, before it writes next to the taker."""
+    if (tenant_name, run_id) in _lost:
+        raise dg.Failure(
+            f"The tenant lock of tenant {tenant_name} was taken over by another run after this run's "
+            "heartbeat expired"
+        )
 
 
 def keep_lock_alive(store: TenantStore, instance: dg.DagsterInstance, run_id: str) -> None:
@@ -280,7 +293,8 @@ def keep_lock_alive(store: TenantStore, instance: dg.DagsterInstance, run_id: st
 def _heartbeat(store: TenantStore, instance: dg.DagsterInstance, run_id: str) -> None:
     """Refresh the heartbeat until the lock is no longer this run's, or the run has ended (then release the
     lock, which frees it for runs the status sensors never see, e.g. CLI runs in a temporary instance).
-    Database errors are retried until the heartbeat could have expired anyway."""
+    Database errors are retried until the heartbeat could have expired; a lock lost either way stops the run
+    at its next deadline check (`check_lock_kept`)."""
     last_beat = time.monotonic()
     try:
         while time.monotonic() - last_beat <= takeover_seconds():
@@ -291,12 +305,14 @@ def _heartbeat(store: TenantStore, instance: dg.DagsterInstance, run_id: str) ->
                         store.release_run_lock(run_id)
                     return
                 if not store.touch_run_lock(run_id, utc_now()):
+                    _lost.add((store.tenant_name, run_id))
                     return
                 last_beat = time.monotonic()
             except Exception as exc:
                 log.warning(
                     f"tenant={store.tenant_name} run_id={run_id} | tenant lock heartbeat failed: {exc}"
                 )
+        _lost.add((store.tenant_name, run_id))  # no beat for the takeover time: another run may take over
     finally:
         with _heartbeats_guard:
             _heartbeats.pop((store.tenant_name, run_id), None)
