@@ -106,21 +106,33 @@ def takeover_seconds() -> float:
 
 
 def lock_holder_dead(
-    instance: dg.DagsterInstance, holder: RunLock, now: datetime
+    instance: dg.DagsterInstance, tenant_name: str, holder: RunLock, now: datetime
 ) -> tuple[str, datetime | None] | None:
     """None while the lock's holder may be alive; else why it is dead and, when that was judged by its
     heartbeat, the time the heartbeat must still be older than for a takeover. A run unknown to this
     instance (another DAGSTER_HOME, a CLI run) is alive while its heartbeat is fresh."""
-    run = instance.get_run_by_id(holder.run_id)
+    run = instance.get_run_by_id(holder.run_id) or _run_of_this_process(tenant_name, holder.run_id)
     if run is not None and run.status not in IN_PROGRESS:
         return "which is no longer in progress", None
     takeover = takeover_seconds()
     age = (now - holder.heartbeat_at).total_seconds()
     if age <= takeover:
         return None
-    return f"whose heartbeat is {age:.0f}s old (takeover after {takeover:g}s)", now - timedelta(
-        seconds=takeover
-    )
+    why = f"whose heartbeat is {age:.0f}s old (takeover after {takeover:g}s)"
+    return why, now - timedelta(seconds=takeover)
+
+
+def _run_of_this_process(tenant_name: str, run_id: str) -> dg.DagsterRun | None:
+    """A run this process executes in another instance (e.g. successive in-process runs, each in its own
+    temporary instance), as that instance reports it."""
+    with _heartbeats_guard:
+        beating = _heartbeats.get((tenant_name, run_id))
+    if beating is None:
+        return None
+    try:
+        return beating[1].get_run_by_id(run_id)
+    except Exception:  # that instance is gone: judge by the heartbeat
+        return None
 
 
 def max_runtime_tags(tenant: TenantConfig) -> dict[str, str]:
@@ -245,7 +257,7 @@ def take_lock(store: TenantStore, instance: dg.DagsterInstance, run_id: str) -> 
                 keep_lock_alive(store, instance, run_id)
                 return None
             continue
-        dead = lock_holder_dead(instance, holder, now)
+        dead = lock_holder_dead(instance, store.tenant_name, holder, now)
         if dead is None:
             raise dg.Failure(busy, metadata={"holding_run_id": holder.run_id})
         why, stale_before = dead
@@ -259,8 +271,8 @@ def take_lock(store: TenantStore, instance: dg.DagsterInstance, run_id: str) -> 
     raise dg.Failure(busy)
 
 
-# The tenant stores of the locks this process keeps alive, by (tenant, run id).
-_heartbeats: dict[tuple[str, str], TenantStore] = {}
+# The tenant store and Dagster instance of each lock this process keeps alive, by (tenant, run id).
+_heartbeats: dict[tuple[str, str], tuple[TenantStore, dg.DagsterInstance]] = {}
 _heartbeats_guard = threading.Lock()
 # Runs of this process whose lock another run took over (their heartbeat had expired, e.g. a frozen host).
 _lost: set[tuple[str, str]] = set()
@@ -281,7 +293,7 @@ def keep_lock_alive(store: TenantStore, instance: dg.DagsterInstance, run_id: st
     with _heartbeats_guard:
         if key in _heartbeats:
             return
-        _heartbeats[key] = store
+        _heartbeats[key] = (store, instance)
         threading.Thread(
             target=_heartbeat,
             args=(store, instance, run_id),
@@ -324,7 +336,7 @@ def _release_on_exit() -> None:
     free their locks now rather than after the takeover time, for runs no status sensor sees (CLI runs)."""
     with _heartbeats_guard:
         held = list(_heartbeats.items())
-    for (_, run_id), store in held:
+    for (_, run_id), (store, _) in held:
         with contextlib.suppress(Exception):  # else the heartbeat expires
             store.release_run_lock(run_id)
 

@@ -42,7 +42,9 @@ def tenant_busy(instance: dg.DagsterInstance, store, tenant_name: str) -> bool:
     if records:
         return True
     holder = store.run_lock_holder()
-    return holder is not None and guard.lock_holder_dead(instance, holder, guard.utc_now()) is None
+    return (
+        holder is not None and guard.lock_holder_dead(instance, tenant_name, holder, guard.utc_now()) is None
+    )
 
 
 def evaluate_refresh(
