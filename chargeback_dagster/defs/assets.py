@@ -1,4 +1,4 @@
-"""Per-tenant, daily-partitioned assets: billing → inventory → usage_metrics → chargeback (operations.md §1).
+"""Daily-partitioned tenant assets (docs/operations.md §1): billing → inventory → usage_metrics → chargeback.
 
 Each asset is a thin wrapper: it works out the run's dates, opens the tenant's store and ecosystem, and
 calls the matching step of pipeline.py. All of a tenant's assets use a single-run backfill policy, so a
@@ -36,7 +36,7 @@ def tenant_partitions(tenant: TenantConfig) -> dg.DailyPartitionsDefinition:
 
 
 class TenantStep:
-    """What every step of a tenant run starts with: config, logging, the guard (operations.md §4), store,
+    """What every step of a tenant run starts with: config, logging, the guard (docs/operations.md §4), store,
     ecosystem, dates, deadline (§6) and gather-failure accounting (§7)."""
 
     def __init__(
@@ -71,8 +71,10 @@ class TenantStep:
     def prometheus_client(self):
         if self._client is None:
             self.check_deadline()
-            # retry waits respect the run's deadline
-            self._client = self._prometheus.client(self.tenant.name, self.deadline.wrap_sleep(time.sleep))
+            # retry waits and in-flight requests respect the run's deadline
+            self._client = self._prometheus.client(
+                self.tenant.name, self.deadline.wrap_sleep(time.sleep), self.deadline.seconds_left
+            )
         return self._client
 
     def gather_context(self) -> GatherContext:
@@ -82,6 +84,7 @@ class TenantStep:
             now=self.now,
             prometheus=self.prometheus_client,
             check_deadline=self.check_deadline,
+            deadline_left=self.deadline.seconds_left,
         )
 
     def inside_cutoff(self) -> list[date]:

@@ -20,7 +20,7 @@ from chargeback_dagster.sources.prometheus import PrometheusClient
 
 
 class GatherError(Exception):
-    """A gather failure (operations.md §7): counts towards suspension."""
+    """A gather failure (docs/operations.md §7): counts towards suspension."""
 
 
 @dataclass
@@ -32,6 +32,7 @@ class GatherContext:
     now: datetime
     prometheus: Callable[[], PrometheusClient]
     check_deadline: Callable[[], None] = lambda: None
+    deadline_left: Callable[[], float | None] = lambda: None  # seconds to the run's deadline (None: none)
 
 
 @dataclass

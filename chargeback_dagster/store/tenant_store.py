@@ -1,4 +1,4 @@
-"""Per-tenant storage (operations.md §13): SQLAlchemy Core on SQLite or PostgreSQL (decision D10).
+"""Per-tenant storage (docs/operations.md §13): SQLAlchemy Core on SQLite or PostgreSQL (decision D10).
 
 Only SQL both dialects run. Ordering that must be identical on both backends (billing line order, CSV row
 order) is done in Python by code point, because PostgreSQL's ORDER BY follows the database collation.
@@ -259,7 +259,7 @@ class TenantStore:
             return ctx.get_current_revision()
 
     def migrate(self) -> None:
-        """`upgrade head` (operations.md §13).
+        """`upgrade head` (docs/operations.md §13).
 
         SQLite: inside BEGIN IMMEDIATE; PostgreSQL: under an advisory lock. Unknown revision → StoreError.
         """
@@ -512,7 +512,7 @@ class TenantStore:
     )
 
     def replace_billing(self, lines: list[BillingLine], dates: Iterable[date], gathered_at: datetime) -> dict:
-        """Per-date replacement (confluent-cloud.md §4), one transaction.
+        """Per-date replacement (docs/confluent-cloud.md §4), one transaction.
 
         Every date that has ≥ 1 line in `lines` gets exactly those lines (lines keep the stored
         allocation/topic-attribution attempt counters when their key survives). Dates of `dates` without
@@ -657,7 +657,7 @@ class TenantStore:
         ]
 
     def increment_allocation_attempts(self, line: BillingLine) -> int:
-        """allocation.md §6 step 1: own transaction, committed at once. Returns the new count."""
+        """docs/allocation.md §6 step 1: own transaction, committed at once. Returns the new count."""
         b = t.billing
         with self._write() as conn:
             res = conn.execute(
@@ -1213,7 +1213,7 @@ class TenantStore:
         succeeded_lines: list[BillingLine],
         calculated_at: datetime,
     ) -> int:
-        """Replace the facts of `d` (operations.md §4 `chargeback`), one transaction.
+        """Replace the facts of `d` (docs/operations.md §4 `chargeback`), one transaction.
 
         `blocks`: block key (the dimension key without identity_id: env_id, resource_id, product_category,
         product_type, cost_type, allocation_method, allocation_detail, composition_part) → identity_id →
@@ -1389,7 +1389,7 @@ class TenantStore:
         return sorted((*r[:-1], int(r[-1])) for r in rows)
 
     def csv_groups(self, start: date, end: date) -> list[tuple[datetime, tuple[str, ...], int]]:
-        """The CSV rows of dates start ≤ d < end (operations.md §10) as (timestamp, CSV_DIMENSION_COLUMNS
+        """The CSV rows of dates start ≤ d < end (docs/operations.md §10) as (timestamp, CSV_DIMENSION_COLUMNS
         values, Σ amount_units), facts summed over env_id and composition_part, ordered by code point.
 
         Facts are read as (dimension_id, units) and grouped here: a join and GROUP BY over text columns in
@@ -1532,7 +1532,7 @@ class TenantStore:
     # ------------------------------------------------------------------ retention
 
     def purge_before(self, cutoff_date: date, exact_cutoff: datetime) -> dict[str, int]:
-        """operations.md §9, one transaction. Returns rows deleted per table."""
+        """docs/operations.md §9, one transaction. Returns rows deleted per table."""
         out: dict[str, int] = {}
         dim, facts = t.chargeback_dimensions, t.chargeback_facts
         with self._write() as conn:
@@ -1637,7 +1637,7 @@ class TenantStore:
                 select(func.max(ps.c.date)).where(self._mine(ps), ps.c.chargeback_calculated_at.is_not(None))
             ).scalar_one_or_none()
 
-    # ------------------------------------------------------------------ tenant status (operations.md §7)
+    # ------------------------------------------------------------------ tenant status (docs/operations.md §7)
 
     def _ensure_status(self, conn: Connection) -> None:
         stmt = self._insert(t.tenant_status).on_conflict_do_nothing(index_elements=["tenant_name"])
@@ -1725,7 +1725,7 @@ class TenantStore:
             )
             return before if res.rowcount == 1 else None
 
-    # ------------------------------------------------------------------ tenant run lock (operations.md §4)
+    # ------------------------------------------------------------- tenant run lock (docs/operations.md §4)
 
     def run_lock_holder(self) -> RunLock | None:
         lk = t.tenant_run_lock
@@ -1789,7 +1789,7 @@ class TenantStore:
             res = conn.execute(delete(lk).where(lk.c.tenant_name == self.tenant_name, lk.c.run_id == run_id))
             return res.rowcount == 1
 
-    # ------------------------------------------------------------------ run audit (operations.md §4)
+    # ------------------------------------------------------------------ run audit (docs/operations.md §4)
 
     def upsert_pipeline_run(self, run_id: str, **fields: Any) -> None:
         """Create the audit row of `run_id` (with `fields`) or update the given fields of it."""
