@@ -177,19 +177,21 @@ def test_killed_holder_is_taken_over_within_the_takeover_time(
         with dg.DagsterInstance.from_config(str(holder.home)) as instance:
             # Dagster still reports the killed run as started: only the heartbeat tells it is dead
             assert instance.get_run_by_id(holder.run_id).status == dg.DagsterRunStatus.STARTED
-            attempts = []
+            attempts = []  # (seconds after the kill the attempt started, succeeded)
             while True:
+                started = time.monotonic() - killed_at
                 result = materialize_range(holder.defs, "search", FIRST, LAST, instance=instance)
-                attempts.append(result.success)
-                if result.success or time.monotonic() - killed_at > TAKEOVER_SECONDS + 15:
+                attempts.append((started, result.success))
+                if result.success or started > TAKEOVER_SECONDS + 30:
                     break
                 assert failures(result) and all(f == BUSY for f in failures(result))
                 time.sleep(0.5)
-            waited = time.monotonic() - killed_at
-        assert attempts[0] is False  # right after the kill the heartbeat is still fresh
-        assert attempts[-1] is True
-        # the takeover time, plus the heartbeat interval and whole-second timestamps, plus one run
-        assert waited < TAKEOVER_SECONDS + HEARTBEAT_SECONDS + 6
+        assert attempts[0][1] is False  # right after the kill the heartbeat is still fresh
+        assert attempts[-1][1] is True
+        # within the takeover time: no run that started later than the takeover time after the kill (plus
+        # up to 2 s of whole-second timestamps) was refused, however long each attempt took
+        refused = [at for at, ok in attempts if not ok]
+        assert max(refused) < TAKEOVER_SECONDS + 2
         killed = holder.store.get_pipeline_run(holder.run_id)
         assert (killed["status"], killed["error_message"]) == ("failed", guard.ORPHANED)
         totals = holder.store.chargeback_totals(FIRST, LAST + timedelta(days=1))
