@@ -66,6 +66,7 @@ class TenantStep:
 
     def check_deadline(self) -> None:
         self.deadline.check()
+        guard.check_lock_kept(self.tenant.name, self.run_id)
 
     def prometheus_client(self):
         if self._client is None:
