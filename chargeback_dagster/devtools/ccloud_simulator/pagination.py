@@ -16,7 +16,7 @@ PAGE_SIZE_MAX = 100
 DEFAULT_PAGE_SIZE = 10
 
 
-def page(
+def paginate(
     base_url: str,
     faults: Faults,
     path: str,

@@ -19,7 +19,7 @@ from chargeback_dagster.devtools.ccloud_simulator.costs import (
 )
 from chargeback_dagster.devtools.ccloud_simulator.faults import Faults
 from chargeback_dagster.devtools.ccloud_simulator.org import SimulatedOrg
-from chargeback_dagster.devtools.ccloud_simulator.pagination import page as paginate
+from chargeback_dagster.devtools.ccloud_simulator.pagination import paginate
 
 DEFAULT_KEY = "SIMKEY0000000001"
 DEFAULT_SECRET = "sim-secret-do-not-log"
