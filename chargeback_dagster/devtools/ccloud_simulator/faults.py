@@ -25,6 +25,10 @@ class Faults:
     * ``fail_page_token_once``: the first matching request carrying ``page_token`` answers 400
       (``page_token_failures=N``: the next N such requests do).
     * ``loop_page_token``: pages requested with a ``page_token`` point ``metadata.next`` at the same token.
+    * ``page_size_max``: pages hold at most this many rows whatever ``page_size`` asks (0: no such cap).
+    * ``repeat_first_row``: every page of a listing ends with its first row again (a duplicate on one page).
+    * ``page_overlap``: pages requested with a ``page_token`` start this many rows before it (< page size),
+      so the rows at each page boundary come twice (as from a listing that shifted between requests).
     """
 
     rate_limit_burst: int = 0
@@ -38,6 +42,9 @@ class Faults:
     fail_page_token_once: bool = False
     page_token_failures: int = 0
     loop_page_token: bool = False
+    page_size_max: int = 0
+    repeat_first_row: bool = False
+    page_overlap: int = 0
 
     def __post_init__(self) -> None:
         if self.rate_limit_header not in RATE_LIMIT_HEADERS:

@@ -38,19 +38,26 @@ def paginate(
         raise ApiError(400, "page_size must be an integer") from None
     if size < 1:
         raise ApiError(400, "page_size must be positive")
+    faulty = faults.applies_to(path)
     size = min(size, page_max)
+    if faulty and faults.page_size_max > 0:
+        size = min(size, faults.page_size_max)
     offset = 0
     token = params.get("page_token")
     if token:
         offset = _decode_token(token, listing)
+        if faulty and faults.page_overlap > 0:
+            offset = max(offset - faults.page_overlap, 0)
     rows = items[offset : offset + size]
+    if faulty and faults.repeat_first_row and rows:
+        rows = [*rows, rows[0]]
     link_params = dict(base)
     if "page_size" in params:
         link_params["page_size"] = str(size)
     first = f"{base_url}{path}" + (f"?{urlencode(link_params)}" if link_params else "")
     metadata: dict[str, Any] = {"first": first}
     next_token: str | None = None
-    if token and faults.loop_page_token and faults.applies_to(path):
+    if token and faults.loop_page_token and faulty:
         next_token = token
     elif offset + size < len(items):
         next_token = _encode_token(offset + size, listing)
