@@ -19,6 +19,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from chargeback_dagster.outputs.registry import OUTPUTS
+
 from .overrides import SERVICE_TYPES, check_override
 from .schema import (
     DEFAULT_CSV_TEMPLATE,
@@ -648,8 +650,8 @@ def _emitters(parent: Node, key: str, config_dir: Path, default_template: str) -
         if node is None:
             continue
         etype = node.field("type", "str")
-        if etype is not BAD and etype != "csv":
-            node.err("type", f"Unknown emitter type '{etype}'. Available: csv")
+        if etype is not BAD and etype not in OUTPUTS:
+            node.err("type", f"Unknown emitter type '{etype}'. Available: {', '.join(sorted(OUTPUTS))}")
             etype = BAD
         name = node.field("name", "str", etype if etype is not BAD else None)
         aggregation = node.field("aggregation", "str", None, choices=["daily", "monthly"])
