@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import date
+from datetime import date, timedelta
 
 import dagster as dg
 import pytest
@@ -37,7 +37,7 @@ class JsonSummary(Output):
     def write(self, emitter: EmitterConfig) -> dict[str, int]:
         written = {}
         for d in self.result.dates:
-            groups = self.result.read_groups(d, date.fromordinal(d.toordinal() + 1))
+            groups = self.result.read_groups(d, d + timedelta(days=1))
             path = self.path_for(emitter, d)
             path.parent.mkdir(parents=True, exist_ok=True)
             summary = {"date": d.isoformat(), "rows": len(groups), "amount_units": sum(g[2] for g in groups)}
