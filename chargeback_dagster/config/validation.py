@@ -28,6 +28,7 @@ from chargeback_dagster.ecosystems.confluent_cloud.allocators import (
 from chargeback_dagster.ecosystems.registry import ECOSYSTEMS
 
 from ..money import UNIT
+from ..outputs.registry import OUTPUTS
 from .overrides import check_override
 from .schema import (
     DEFAULT_CSV_TEMPLATE,
@@ -689,8 +690,8 @@ def _emitters(parent: Node, key: str, config_dir: Path, default_template: str) -
         if node is None:
             continue
         etype = node.field("type", "str")
-        if etype is not BAD and etype != "csv":
-            node.err("type", f"Unknown emitter type '{etype}'. Available: csv")
+        if etype is not BAD and etype not in OUTPUTS:
+            node.err("type", f"Unknown emitter type '{etype}'. Available: {', '.join(sorted(OUTPUTS))}")
             etype = BAD
         name = node.field("name", "str", etype if etype is not BAD else None)
         aggregation = node.field("aggregation", "str", None, choices=["daily", "monthly"])
