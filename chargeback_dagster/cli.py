@@ -277,25 +277,25 @@ def _open_stores(args):
 
 
 def cmd_resume(args) -> int:
-    from chargeback_dagster import suspension
+    from chargeback_dagster import tenant_ops
 
     opened = _open_stores(args)
     if opened is None:
         return 1
     for store in opened[1].values():
-        print(suspension.resume(store).message)
+        print(tenant_ops.resume(store).message)
         store.dispose()
     return 0
 
 
 def cmd_status(args) -> int:
-    from chargeback_dagster import suspension
+    from chargeback_dagster import tenant_ops
 
     opened = _open_stores(args)
     if opened is None:
         return 1
     for store in opened[1].values():
-        print("\n".join(suspension.status_lines(store)))
+        print("\n".join(tenant_ops.status_lines(store)))
         store.dispose()
     return 0
 
