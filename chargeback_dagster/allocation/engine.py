@@ -1,4 +1,4 @@
-"""The allocation engine: one date's billing lines → merged chargeback amounts (docs/allocation.md §2, §6).
+"""The allocation engine: a date's billing lines → merged chargeback amounts (docs/allocation.md §2, §6, §12).
 
 `allocate_date` is pure apart from `record_failure` (the caller's committed increment of a line's
 `allocation_attempts`) and logging. The caller persists `DateAllocation.blocks` and resets the counters of
