@@ -83,10 +83,15 @@ def allocate(lines: list[BillingLine], **kw: Any):
 def credit_rows(result, product_type: str = "PROMO_CREDIT") -> list[tuple[str, str, str, str, str]]:
     """(identity, amount, cost_type, method, detail) of one product type's rows, sorted by identity."""
     return sorted(
-        (r["identity_id"], format_units(r["amount_units"]), r["cost_type"], r["allocation_method"], d)
+        (
+            r["identity_id"],
+            format_units(r["amount_units"]),
+            r["cost_type"],
+            r["allocation_method"],
+            r["allocation_detail"],
+        )
         for r in result.row_dicts()
         if r["product_type"] == product_type
-        for d in [r["allocation_detail"]]
     )
 
 
