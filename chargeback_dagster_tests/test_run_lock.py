@@ -256,7 +256,7 @@ def test_a_run_whose_lock_was_taken_over_stops_at_its_next_check(tmp_path, monke
     store = open_store(f"sqlite:///{tmp_path / 'search.db'}")
     with dg.instance_for_test() as instance:
         run = create_run_for_test(instance, job_name="search_pipeline", status=dg.DagsterRunStatus.STARTED)
-        assert guard.take_lock(store, instance, run.run_id) is None
+        assert tenant_ops.take_lock(store, run.run_id, guard.run_lookup(instance)) is None
         tenant_ops.check_lock_kept("search", run.run_id)  # held: nothing happens
         at = tenant_ops.now_utc() + timedelta(seconds=120)  # as if the holder had been frozen for two minutes
         assert store.try_take_run_lock(

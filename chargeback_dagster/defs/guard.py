@@ -81,10 +81,6 @@ def max_runtime_tags(tenant: TenantConfig) -> dict[str, str]:
     return {MAX_RUNTIME_TAG: str(seconds + RUN_MONITORING_GRACE_SECONDS)} if seconds > 0 else {}
 
 
-def take_lock(store: TenantStore, instance: dg.DagsterInstance, run_id: str) -> str | None:
-    return tenant_ops.take_lock(store, run_id, run_lookup(instance))
-
-
 # --- the guard -------------------------------------------------------------------------------------
 @dataclass
 class Guarded:
