@@ -1,267 +1,74 @@
-"""Typed, validated configuration objects (pydantic v2).
+"""The config models shared by every tenant (docs/configuration.md): app, tenant, storage, metrics, emitters.
 
-These models describe the *result* of loading: every value in them has already been checked by
-``chargeback_dagster.config.validation`` (which produces the exact documented error messages), so the models
-only carry types, defaults and a few helpers used at runtime.
+These pydantic models are the single declaration of each field's type, default, range and message; the
+ecosystems declare their ``plugin_settings`` models beside their code (``ecosystems/<name>/config.py``) on top
+of :class:`PluginSettingsBase`. Validators raise ``fields.problem`` so the message is the documented one.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from datetime import date
-from decimal import Decimal
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import (
+    Field,
+    SecretStr,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .fields import (
+    Bool,
+    ConfigModel,
+    HttpUrl,
+    Int,
+    IsoDate,
+    Key,
+    LogLevel,
+    NonEmptyStr,
+    Secret,
+    Str,
+    errors_of,
+    fmt,
+    normalized,
+    problem,
+    raise_all,
+    read_str,
+)
+from .overrides import check_override
 
 DEFAULT_LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 DEFAULT_CSV_TEMPLATE = "{tenant_id}_{date}.csv"
-DEFAULT_TOPIC_ATTRIBUTION_TEMPLATE = "topic_attr_{tenant_id}_{date}.csv"
-DEFAULT_CKU_USAGE_RATIO = Decimal("0.70")
-DEFAULT_CKU_SHARED_RATIO = Decimal("0.30")
-DEFAULT_EXCLUDE_TOPIC_PATTERNS = ["__consumer_offsets", "_schemas", "_confluent-*"]
-
-Ecosystem = Literal["confluent_cloud", "self_managed_kafka", "generic_metrics_only"]
-ECOSYSTEMS: tuple[str, ...] = ("confluent_cloud", "generic_metrics_only", "self_managed_kafka")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+TEMPLATE_PLACEHOLDERS = ("tenant_id", "tenant_name", "date")
+_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+_FILE_NAME_UNSAFE_RE = re.compile(r"[/\\\x00-\x1f\x7f]")
+PG_SCHEMES = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2")
+SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 
 # --- top level
-class LoggingConfig(_Model):
-    level: str = "INFO"
-    format: str = DEFAULT_LOG_FORMAT
-    per_module_levels: dict[str, str] = Field(default_factory=dict)
+class LoggingConfig(ConfigModel):
+    level: LogLevel = "INFO"
+    format: Str = DEFAULT_LOG_FORMAT
+    per_module_levels: dict[Key, LogLevel] = Field(default_factory=dict)
 
 
-class FeaturesConfig(_Model):
-    enable_periodic_refresh: bool = True
-    refresh_interval: int = 1800
-    max_parallel_tenants: int = 4
+class FeaturesConfig(ConfigModel):
+    enable_periodic_refresh: Bool = True
+    refresh_interval: Int = Field(1800, ge=30)
+    max_parallel_tenants: Int = Field(4, ge=1, le=64)
 
 
-class StorageConfig(_Model):
-    backend: str = "sqlalchemy"
-    connection_string: SecretStr
-
-
-# --- common plugin
-class MetricsConfig(_Model):
-    type: Literal["prometheus"] = "prometheus"
-    url: str
-    auth_type: Literal["basic", "bearer", "none"] = "none"
-    username: str | None = None
-    password: SecretStr | None = None
-    bearer_token: SecretStr | None = None
-
-
-class EmitterParams(_Model):
-    output_dir: Path  # absolute (resolved against the config directory)
-    filename_template: str = DEFAULT_CSV_TEMPLATE
-
-
-class EmitterConfig(_Model):
-    type: str
-    name: str
-    aggregation: Literal["daily", "monthly"] | None = None
-    params: EmitterParams
-
-
-class StaticIdentity(_Model):
-    identity_id: str
-    identity_type: str
-    display_name: str | None = None
-    team: str | None = None
-
-
-class IdentitySourceConfig(_Model):
-    """Identity source of ``generic_metrics_only`` and ``self_managed_kafka``.
-
-    ``label`` and ``discovery_query`` are only accepted in YAML for ``generic_metrics_only``; for
-    ``self_managed_kafka`` they are rejected as unknown keys and keep their defaults here (the Kafka
-    discovery query and the ``principal`` label are fixed by the ecosystem).
-    """
-
-    source: Literal["prometheus", "static", "both"] = "prometheus"
-    label: str = "principal"
-    discovery_query: str | None = None
-    principal_to_team: dict[str, str] = Field(default_factory=dict)
-    default_team: str = "UNASSIGNED"
-    static_identities: list[StaticIdentity] = Field(default_factory=list)
-
-    @property
-    def includes_prometheus(self) -> bool:
-        return self.source in ("prometheus", "both")
-
-    @property
-    def includes_static(self) -> bool:
-        return self.source in ("static", "both")
-
-
-class PluginSettingsBase(_Model):
-    allocator_params: dict[str, Any] = Field(default_factory=dict)
-    allocator_overrides: dict[str, str] = Field(default_factory=dict)
-    identity_resolution_overrides: dict[str, str] = Field(default_factory=dict)
-    min_refresh_gap_seconds: int = 1800
-    metrics_step_seconds: int = 3600
-    metrics: MetricsConfig | None = None
-    emitters: list[EmitterConfig] = Field(default_factory=list)
-
-
-# --- generic
-class CostQuantity(_Model):
-    type: Literal["fixed", "storage_gib", "network_gib"]
-    count: int | None = None
-    query: str | None = None
-
-
-class CostTypeConfig(_Model):
-    name: str
-    product_category: str
-    rate: Decimal
-    cost_quantity: CostQuantity
-    allocation_strategy: Literal["even_split", "usage_ratio"] = "even_split"
-    allocation_query: str | None = None
-    allocation_label: str | None = None
-
-
-class GenericMetricsSettings(PluginSettingsBase):
-    cluster_id: str
-    display_name: str | None = None
-    identity_source: IdentitySourceConfig = Field(default_factory=IdentitySourceConfig)
-    discovery_window_hours: int = 1
-    cost_types: list[CostTypeConfig]
-
-
-# --- self-managed
-RATE_FIELDS = (
-    "compute_hourly_rate",
-    "storage_per_gib_hourly",
-    "network_ingress_per_gib",
-    "network_egress_per_gib",
-)
-
-
-class CostRates(_Model):
-    compute_hourly_rate: Decimal
-    storage_per_gib_hourly: Decimal
-    network_ingress_per_gib: Decimal
-    network_egress_per_gib: Decimal
-
-
-class RateOverrides(_Model):
-    compute_hourly_rate: Decimal | None = None
-    storage_per_gib_hourly: Decimal | None = None
-    network_ingress_per_gib: Decimal | None = None
-    network_egress_per_gib: Decimal | None = None
-
-
-class CostModelConfig(CostRates):
-    region_overrides: dict[str, RateOverrides] = Field(default_factory=dict)
-
-    def effective_rates(self, region: str | None = None) -> CostRates:
-        """Base rates with ``region_overrides[region]`` applied (missing rates inherit)."""
-        values = {f: getattr(self, f) for f in RATE_FIELDS}
-        override = self.region_overrides.get(region) if region is not None else None
-        if override is not None:
-            for f in RATE_FIELDS:
-                v = getattr(override, f)
-                if v is not None:
-                    values[f] = v
-        return CostRates(**values)
-
-
-class ResourceSourceConfig(_Model):
-    source: Literal["prometheus", "admin_api"] = "prometheus"
-    bootstrap_servers: str | None = None
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-
-
-class SelfManagedKafkaSettings(PluginSettingsBase):
-    cluster_id: str
-    broker_count: int
-    region: str | None = None
-    cost_model: CostModelConfig
-    identity_source: IdentitySourceConfig = Field(default_factory=IdentitySourceConfig)
-    resource_source: ResourceSourceConfig = Field(default_factory=ResourceSourceConfig)
-    discovery_window_hours: int = 1
-
-    def effective_rates(self) -> CostRates:
-        return self.cost_model.effective_rates(self.region)
-
-
-# --- confluent
-class CCloudApiConfig(_Model):
-    key: SecretStr
-    secret: SecretStr
-    base_url: str = "https://api.confluent.cloud"
-    flink_url_template: str = "https://flink.{region}.{cloud}.confluent.cloud"
-
-
-class BillingApiConfig(_Model):
-    days_per_query: int = 15
-
-
-class FlinkCredential(_Model):
-    region_id: str
-    key: SecretStr
-    secret: SecretStr
-
-
-class TopicAttributionConfig(_Model):
-    enabled: bool = False
-    exclude_topic_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE_TOPIC_PATTERNS))
-    missing_metrics_behavior: Literal["even_split", "skip"] = "even_split"
-    cost_mapping_overrides: dict[
-        str, Literal["bytes_ratio", "retained_bytes_ratio", "even_split", "disabled"]
-    ] = Field(default_factory=dict)
-    metric_name_overrides: dict[str, str] = Field(default_factory=dict)
-    retention_days: int = 90
-    emitters: list[EmitterConfig] = Field(default_factory=list)
-
-
-class ConfluentCloudSettings(PluginSettingsBase):
-    ccloud_api: CCloudApiConfig
-    billing_api: BillingApiConfig = Field(default_factory=BillingApiConfig)
-    flink: list[FlinkCredential] = Field(default_factory=list)
-    topic_attribution: TopicAttributionConfig = Field(default_factory=TopicAttributionConfig)
-
-    @property
-    def cku_usage_ratio(self) -> Decimal:
-        return _as_decimal(self.allocator_params.get("kafka_cku_usage_ratio"), DEFAULT_CKU_USAGE_RATIO)
-
-    @property
-    def cku_shared_ratio(self) -> Decimal:
-        return _as_decimal(self.allocator_params.get("kafka_cku_shared_ratio"), DEFAULT_CKU_SHARED_RATIO)
-
-    def flink_credential(self, region_id: str) -> FlinkCredential | None:
-        wanted = region_id.strip().lower()
-        return next((c for c in self.flink if c.region_id == wanted), None)
-
-
-def _as_decimal(value: Any, default: Decimal) -> Decimal:
-    if value is None:
-        return default
-    if isinstance(value, Decimal):
-        return value
-    return Decimal(str(value))
-
-
-PluginSettings = GenericMetricsSettings | SelfManagedKafkaSettings | ConfluentCloudSettings
-
-
-# --- tenant / app
-_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
-
-
+# --- storage
 def url_scheme(url: str) -> str:
     m = _URL_SCHEME.match(url)
     return m.group(1) if m else ""
@@ -298,30 +105,299 @@ def resolve_database_url(url: str, config_dir: Path | str) -> str:
     return url
 
 
-class TenantConfig(_Model):
+def _pg_url_problem(url: str) -> str | None:
+    """Why SQLAlchemy would refuse this PostgreSQL URL at connect time (never echoes the URL: a secret)."""
+    try:
+        port = make_url(url).port
+    except ValueError:  # a port that is not a number
+        return "invalid database URL: port must be a number between 1 and 65535"
+    except ArgumentError:
+        return "invalid database URL"
+    if port is not None and not 1 <= port <= 65535:
+        return f"invalid database URL: port must be a number between 1 and 65535, got {port}"
+    return None
+
+
+class StorageConfig(ConfigModel):
+    backend: Str = "sqlalchemy"
+    connection_string: Secret  # default: sqlite:///data/<tenant name>.db (set from the validation context)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_database(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and data.get("connection_string") in (None, "") and info.context:
+            return {**data, "connection_string": f"sqlite:///data/{info.context['tenant_name']}.db"}
+        return data
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, backend: str) -> str:
+        if backend.strip().lower() not in ("sqlalchemy", "sqlmodel"):
+            raise problem(f"Unknown storage backend: '{backend}'")
+        return "sqlalchemy"
+
+    @field_validator("connection_string")
+    @classmethod
+    def _database_url(cls, secret: SecretStr) -> SecretStr:
+        url = secret.get_secret_value().strip()
+        scheme = url_scheme(url)
+        if scheme not in SQLITE_SCHEMES + PG_SCHEMES:
+            raise problem(
+                f"unsupported database URL scheme '{scheme}'; use sqlite:///<path> or "
+                "postgresql+psycopg://<user>:<password>@<host>/<db>"
+            )
+        if scheme in SQLITE_SCHEMES and (sqlite_file_path(url, ".") is None or "mode=memory" in url):
+            raise problem("in-memory SQLite is not supported")
+        if scheme in PG_SCHEMES and (why := _pg_url_problem(url)):
+            raise problem(why)
+        return SecretStr(url)
+
+
+# --- common plugin settings
+class MetricsConfig(ConfigModel):
+    type: Literal["prometheus"] = "prometheus"
+    url: HttpUrl
+    auth_type: Annotated[Literal["basic", "bearer", "none"], normalized(str.lower)] = "none"
+    username: Str | None = None
+    password: Secret | None = None
+    bearer_token: Secret | None = Field(None, validate_default=True)
+
+    @field_validator("bearer_token")
+    @classmethod
+    def _credentials_match_auth_type(cls, token: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        auth, d = info.data.get("auth_type"), info.data
+        at_auth = {"up": 1, "line_at": ("auth_type",)}
+        if auth == "basic" and (d.get("username", "") is None or d.get("password", "") is None):
+            raise problem("username and password required for basic auth", **at_auth)
+        if auth == "bearer" and token is None:
+            raise problem("bearer_token required for bearer auth", **at_auth)
+        given = [d.get("username"), d.get("password"), token]
+        if auth == "none" and any(v is not None for v in given):
+            raise problem("credentials provided but auth_type is 'none'", **at_auth)
+        return token
+
+
+class EmitterParams(ConfigModel):
+    output_dir: Path  # absolute (resolved against the config directory)
+    filename_template: Str = DEFAULT_CSV_TEMPLATE
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Path:
+        config_dir = info.context["config_dir"] if info.context else "."
+        return Path(os.path.normpath(os.path.join(str(config_dir), os.path.expanduser(read_str(value)))))
+
+    @field_validator("filename_template")
+    @classmethod
+    def _placeholders(cls, template: str) -> str:
+        names = _PLACEHOLDER_RE.findall(template)
+        unknown = [p for p in names if p not in TEMPLATE_PLACEHOLDERS]
+        if unknown:
+            raise problem(
+                f"unknown placeholder '{{{unknown[0]}}}'; allowed: {{tenant_id}}, {{tenant_name}}, {{date}}"
+            )
+        if "date" not in names:
+            raise problem("must contain {date}")
+        return template
+
+
+class EmitterConfig(ConfigModel):
+    OUTPUT_TYPES: ClassVar[tuple[str, ...]] = ("csv",)
+    type: Str
+    name: Str | None = Field(None, validate_default=True)  # default: the type
+    aggregation: Literal["daily", "monthly"] | None = None
+    params: EmitterParams
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, kind: str) -> str:
+        if kind not in cls.OUTPUT_TYPES:
+            raise problem(f"Unknown emitter type '{kind}'. Available: {', '.join(cls.OUTPUT_TYPES)}")
+        return kind
+
+    @field_validator("name")
+    @classmethod
+    def _default_name(cls, name: str | None, info: ValidationInfo) -> str | None:
+        return info.data.get("type") if name is None else name
+
+    @classmethod
+    def check_list(cls, raw: Any, handler: Any, field: str) -> Any:
+        """Validate an emitters list: items, then names unique and no two emitters writing the same files."""
+        found: list[tuple[tuple[Any, ...], Any]] = []
+        try:
+            emitters = handler(raw)
+        except ValidationError as exc:
+            emitters, found = None, errors_of(exc)
+        if not isinstance(raw, list):
+            raise_all(found, raw)
+            return emitters
+        seen: set[str] = set()
+        for i, item in enumerate(raw):
+            name = _emitter_name(item)
+            if name is not None and name in seen:
+                found.append(((), problem(f"duplicate emitter name '{name}'", line_at=(i, "name"))))
+            seen.add(name)
+        files: dict[tuple[str, str], str] = {}
+        for i, e in enumerate(emitters or []):
+            key = (str(e.params.output_dir), e.params.filename_template)
+            if files.get(key, e.name) != e.name:
+                message = (
+                    f"emitters '{files[key]}' and '{e.name}' write to the same files '{key[0]}/{key[1]}'"
+                )
+                found.append(((), problem(message, up=1, line_at=(field, i))))
+            files.setdefault(key, e.name)
+        raise_all(found, raw)
+        return emitters
+
+
+def _emitter_name(item: Any) -> str | None:
+    """The name an emitters item ends up with (as read from YAML), or None if it has none yet."""
+    if not isinstance(item, dict):
+        return None
+    value = item.get("name")
+    if value is None or value == "":
+        value = item.get("type")
+        if value not in EmitterConfig.OUTPUT_TYPES:
+            return None
+    try:
+        return read_str(value)
+    except ValueError:
+        return None
+
+
+class StaticIdentity(ConfigModel):
+    identity_id: Str
+    identity_type: Str
+    display_name: Str | None = None
+    team: Str | None = None
+
+
+class IdentitySourceConfig(ConfigModel):
+    """Where identities come from (self-managed Kafka; the generic ecosystem adds ``label`` and a query)."""
+
+    source: Literal["prometheus", "static", "both"] = "prometheus"
+    principal_to_team: dict[Key, NonEmptyStr] = Field(default_factory=dict)
+    default_team: Str = "UNASSIGNED"
+    static_identities: list[StaticIdentity] = Field(default_factory=list, validate_default=True)
+
+    @field_validator("static_identities")
+    @classmethod
+    def _static_needs_identities(
+        cls, items: list[StaticIdentity], info: ValidationInfo
+    ) -> list[StaticIdentity]:
+        if info.data.get("source") == "static" and not items:
+            raise problem("static_identities required when source='static'", up=1, line_at=("source",))
+        return items
+
+    @property
+    def includes_prometheus(self) -> bool:
+        return self.source in ("prometheus", "both")
+
+    @property
+    def includes_static(self) -> bool:
+        return self.source in ("static", "both")
+
+
+class PluginSettingsBase(ConfigModel):
+    """Settings every ecosystem accepts (docs/configuration.md §4); its own model adds the rest."""
+
+    allocator_params: dict[Key, Any] = Field(default_factory=dict)
+    allocator_overrides: dict[Key, str] = Field(default_factory=dict)
+    identity_resolution_overrides: dict[Key, str] = Field(default_factory=dict)
+    min_refresh_gap_seconds: Int = Field(1800, ge=0)
+    metrics_step_seconds: Int = Field(3600, ge=60, le=86400)
+    metrics: MetricsConfig | None = None
+    emitters: list[EmitterConfig] = Field(default_factory=list)
+
+    @field_validator("allocator_overrides", "identity_resolution_overrides", mode="before")
+    @classmethod
+    def _overrides(cls, raw: Any, info: ValidationInfo) -> Any:
+        """Each override must import as a callable of the right shape (docs/configuration.md §10)."""
+        if not isinstance(raw, dict):
+            return raw
+        allocator = info.field_name == "allocator_overrides"
+        service_types = None if allocator or not info.context else info.context["service_types"]
+        out: dict[str, str] = {}
+        found = []
+        for key, value in raw.items():
+            if service_types is not None and key not in service_types:
+                message = f"unknown service_type '{key}' for {info.context['ecosystem']}; "
+                found.append(((), problem(message + f"expected one of {service_types!r}", line_at=(key,))))
+            elif value is not None and not isinstance(value, str):
+                found.append(((key,), problem(f"must be a string, got '{fmt(value)}'")))
+            elif why := check_override(value or "", "Allocator" if allocator else "IdentityResolver"):
+                found.append(((key,), problem(why)))
+            else:
+                out[str(key)] = value.strip()
+        raise_all(found, raw)
+        return out
+
+    @field_validator("emitters", mode="wrap")
+    @classmethod
+    def _emitters(cls, raw: Any, handler: Any) -> Any:
+        return EmitterConfig.check_list(raw, handler, "emitters")
+
+    def all_emitters(self) -> list[EmitterConfig]:
+        """Every emitter of the tenant (each writes its own files)."""
+        return list(self.emitters)
+
+    def load_warnings(self) -> list[str]:
+        """Warnings to log when the config loads (e.g. a block that is accepted but not acted on)."""
+        return []
+
+
+# --- tenant / app
+TENANT_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+
+
+class TenantConfig(ConfigModel):
     name: str
-    ecosystem: Ecosystem
-    tenant_id: str
-    partitions_start_date: date = date(2025, 1, 1)
-    lookback_days: int = 200
-    cutoff_days: int = 5
-    retention_days: int = 250
-    allocation_retry_limit: int = 3
-    topic_attribution_retry_limit: int = 3
-    zero_gather_deletion_threshold: int = -1
-    gather_failure_threshold: int = 5
-    tenant_execution_timeout_seconds: int = 3600
-    metrics_prefetch_workers: int = 4
-    storage: StorageConfig
-    plugin_settings: PluginSettings
+    ecosystem: str  # a registered ecosystem name (checked when the config is loaded)
+    tenant_id: Str = Field(max_length=128)
+    partitions_start_date: IsoDate = date(2025, 1, 1)
+    lookback_days: Int = Field(200, ge=1, le=364)
+    cutoff_days: Int = Field(5, ge=1, le=30)
+    retention_days: Int = Field(250, ge=1, le=730)
+    allocation_retry_limit: Int = Field(3, ge=1, le=10)
+    topic_attribution_retry_limit: Int = Field(3, ge=1, le=10)
+    zero_gather_deletion_threshold: Int = Field(-1, ge=-1)
+    gather_failure_threshold: Int = Field(5, ge=1)
+    tenant_execution_timeout_seconds: Int = Field(3600, ge=0)
+    metrics_prefetch_workers: Int = Field(4, ge=1, le=20)
+    storage: StorageConfig = Field(default_factory=dict, validate_default=True)
+    # the ecosystem's own settings model, dumped with all its fields
+    plugin_settings: SerializeAsAny[PluginSettingsBase]
     config_dir: Path = Field(exclude=True)
+
+    @field_validator("tenant_id")
+    @classmethod
+    def _file_name_safe(cls, tenant_id: str) -> str:
+        # tenant_id is part of CSV file names: it must not leave output_dir or hide control characters
+        if ".." in tenant_id or _FILE_NAME_UNSAFE_RE.search(tenant_id):
+            raise problem(f"must not contain '/', '\\', '..' or control characters, got {tenant_id!r}")
+        return tenant_id
+
+    @field_validator("partitions_start_date")
+    @classmethod
+    def _in_the_past(cls, start: date) -> date:
+        if start >= datetime.now(UTC).date():
+            raise problem(f"partitions_start_date must be before today, got {start.isoformat()}", bare=True)
+        return start
+
+    @field_validator("cutoff_days")
+    @classmethod
+    def _cutoff_inside_lookback(cls, cutoff: int, info: ValidationInfo) -> int:
+        lookback = info.data.get("lookback_days")
+        if lookback is not None and lookback <= cutoff:
+            raise problem("lookback_days must be > cutoff_days", up=1, line_at=("lookback_days",), bare=True)
+        return cutoff
 
     @property
     def database_url(self) -> str:
         return resolve_database_url(self.storage.connection_string.get_secret_value(), self.config_dir)
 
 
-class AppConfig(_Model):
+class AppConfig(ConfigModel):
     config_path: Path
     config_dir: Path
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

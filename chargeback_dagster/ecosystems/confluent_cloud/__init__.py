@@ -1,0 +1,1 @@
+"""Confluent Cloud ecosystem (docs/confluent-cloud.md)."""
