@@ -136,7 +136,7 @@ def report(
     line: float = 0,
 ) -> None:
     """Add one problem per pydantic error (``ValidationError.errors()``) of ``model`` validated from
-    ``raw[base]``; ``raw`` is the tree whose lines are used, ``prefix`` e.g. ``tenant 't1' (gcp): ``.
+    ``raw[base]``; ``raw`` is the tree whose lines are used, ``prefix`` e.g. ``tenant 't1' (<ecosystem>): ``.
     """
     for error in errors:
         loc = tuple(error["loc"])
