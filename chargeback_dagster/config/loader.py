@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import functools
-import importlib
 import logging
 import os
 import re
 import threading
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import yaml
 from dotenv import load_dotenv
-from pydantic import Field, ValidationError
 
-from .errors import END, Problems, report
-from .fields import ConfigModel, fmt, read_str, type_name
-from .models import (
-    TENANT_NAME_RE,
-    AppConfig,
-    FeaturesConfig,
-    LoggingConfig,
-    PluginSettingsBase,
-    StorageConfig,
-    TenantConfig,
-    resolve_database_url,
-    sqlite_file_path,
-)
-from .overrides import SERVICE_TYPES
+from .fields import type_name
+from .models import AppConfig
+from .validate import validate
 
 logger = logging.getLogger("chargeback_dagster.config")
 
@@ -284,223 +269,6 @@ def resolve_env_file(config_path: Path, env_file: str | os.PathLike[str] | None 
         return resolved
     beside = config_path.parent / ".env"
     return beside if beside.is_file() else None
-
-
-# --- validation
-# ecosystem name -> "module:Class" of its plugin_settings model, imported on first use (the ecosystems'
-# modules import the config layer); to be read from ecosystems/registry.py once that lists them.
-SETTINGS_MODELS: dict[str, str] = {
-    "confluent_cloud": "chargeback_dagster.ecosystems.confluent_cloud.config:ConfluentCloudSettings",
-    "generic_metrics_only": "chargeback_dagster.ecosystems.generic_metrics.config:GenericMetricsSettings",
-    "self_managed_kafka": "chargeback_dagster.ecosystems.self_managed_kafka.config:SelfManagedKafkaSettings",
-}
-
-
-@functools.cache
-def settings_model_for(ecosystem: str) -> type[PluginSettingsBase] | None:
-    target = SETTINGS_MODELS.get(ecosystem)
-    if target is None:
-        return None
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-_COMMON_FIELDS = frozenset(PluginSettingsBase.model_fields)
-
-
-class _ConfigFile(ConfigModel):
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
-    tenants: dict[Any, Any] = Field(default_factory=dict)
-
-
-def validate(
-    raw: dict[Any, Any], config_path: Path, config_dir: Path
-) -> tuple[AppConfig | None, list[str], list[str]]:
-    """Validate the interpolated tree. Returns (config or None, problem lines in file order, warnings)."""
-    problems, warnings = Problems(), []
-    top: _ConfigFile | None = None
-    try:
-        top = _ConfigFile.model_validate(raw)
-    except ValidationError as exc:
-        report(exc.errors(), problems, model=_ConfigFile, raw=raw)
-    tenants: dict[str, TenantConfig | None] = {}
-    claims: list[_Claims] = []
-    raw_tenants = raw.get("tenants")
-    for key, traw in raw_tenants.items() if isinstance(raw_tenants, dict) else ():
-        line = raw_tenants.key_lines.get(key, 0)
-        tenants[str(key)] = _tenant(str(key), traw, line, config_dir, problems, warnings, claims)
-    _cross_tenant(claims, problems)
-    if not tenants:
-        warnings.insert(0, "No tenants configured")
-    if problems or top is None:
-        return None, problems.lines(), warnings
-    app = AppConfig(
-        config_path=config_path,
-        config_dir=config_dir,
-        logging=top.logging,
-        features=top.features,
-        tenants=tenants,
-        warnings=warnings,
-    )
-    return app, [], warnings
-
-
-def _tenant(
-    name: str,
-    raw: Any,
-    line: float,
-    config_dir: Path,
-    problems: Problems,
-    warnings: list[str],
-    claims: list[_Claims],
-) -> TenantConfig | None:
-    """One tenant's settings, or None after adding its problems (each prefixed with the tenant)."""
-    if not TENANT_NAME_RE.match(name):
-        problems.add(
-            line,
-            f"tenant name '{name}' is invalid: use a letter followed by up to 62 letters, digits or "
-            "underscores",
-        )
-    if not isinstance(raw, dict):
-        problems.add(line, f"tenant '{name}': must be a mapping, got '{fmt(raw)}'")
-        return None
-    ecosystem = raw.get("ecosystem")
-    settings_model = settings_model_for(ecosystem) if isinstance(ecosystem, str) else None
-    prefix = f"tenant '{name}' ({ecosystem}): " if settings_model else f"tenant '{name}': "
-    if settings_model is None and ecosystem not in (None, ""):
-        problems.add(
-            raw.key_lines.get("ecosystem", line),
-            f"{prefix}unknown ecosystem '{fmt(ecosystem)}'; expected one of: "
-            f"{', '.join(sorted(SETTINGS_MODELS))}",
-        )
-    context = {
-        "config_dir": config_dir,
-        "tenant_name": name,
-        "ecosystem": ecosystem,
-        "service_types": SERVICE_TYPES.get(ecosystem),
-    }
-    settings: PluginSettingsBase | None = None
-    settings_errors: ValidationError | None = None
-    if settings_model is not None:
-        ps = raw.get("plugin_settings")
-        try:
-            settings = settings_model.model_validate({} if ps in (None, "") else ps, context=context)
-        except ValidationError as exc:
-            settings_errors = exc
-    # tenant fields first: a missing tenant_id and a missing plugin setting share the tenant's line
-    data = {k: v for k, v in raw.items() if k not in ("name", "config_dir")}
-    data.update(
-        name=name,
-        config_dir=config_dir,
-        plugin_settings=PluginSettingsBase() if settings is None else settings,
-    )
-    if ecosystem is not None and settings_model is None:
-        data["ecosystem"] = str(ecosystem)  # reported above
-    tenant: TenantConfig | None = None
-    failed: set[Any] = set()
-    try:
-        tenant = TenantConfig.model_validate(data, context=context)
-    except ValidationError as exc:
-        errors = exc.errors()
-        failed = {e["loc"][0] for e in errors}
-        report(errors, problems, model=TenantConfig, raw=raw, prefix=prefix, line=line)
-    for reserved in ("name", "config_dir"):  # set by the loader, not from YAML
-        if reserved in raw:
-            problems.add(raw.key_lines.get(reserved, line), f"{prefix}unknown key '{reserved}'")
-    if settings_errors is not None:
-        report(
-            _own_settings_first(settings_errors.errors()),
-            problems,
-            model=settings_model,
-            raw=raw,
-            base=("plugin_settings",),
-            prefix=prefix,
-            line=line,
-        )
-    claims.append(_claims(name, raw, tenant, settings, failed, context))
-    if tenant is None or settings is None:
-        return None
-    if tenant.retention_days < tenant.lookback_days:
-        warnings.append(
-            f"{prefix}retention_days ({tenant.retention_days}) < lookback_days ({tenant.lookback_days}): "
-            "old dates are re-gathered on every refresh and purged again"
-        )
-    warnings.extend(prefix + warning for warning in settings.load_warnings())
-    return tenant
-
-
-def _own_settings_first(errors: list[Any]) -> list[Any]:
-    """An ecosystem's own settings before the common ones, unknown keys last: the docs' table order, used
-    for problems on the same line (e.g. several required settings missing)."""
-
-    def rank(error: Any) -> int:
-        if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
-            return 2
-        return 1 if error["loc"] and error["loc"][0] in _COMMON_FIELDS else 0
-
-    return sorted(errors, key=rank)
-
-
-# --- across tenants
-@dataclass(frozen=True)
-class _Claims:
-    """What a tenant claims that no other tenant may share: its database, its CSV file patterns."""
-
-    tenant: str
-    database: str | None
-    csv_patterns: list[str]
-
-
-def _claims(
-    name: str,
-    raw: dict[Any, Any],
-    tenant: TenantConfig | None,
-    settings: PluginSettingsBase | None,
-    failed: set[Any],
-    context: dict[str, Any],
-) -> _Claims:
-    """The tenant's claims as far as they are valid (a tenant with other problems still claims them)."""
-    storage = tenant.storage if tenant is not None else None
-    if tenant is None and "storage" not in failed:
-        storage = StorageConfig.model_validate(raw.get("storage") or {}, context=context)
-    database = None
-    if storage is not None:
-        url = storage.connection_string.get_secret_value()
-        path = sqlite_file_path(url, context["config_dir"])
-        database = f"sqlite:{path}" if path is not None else resolve_database_url(url, context["config_dir"])
-    tenant_id = tenant.tenant_id if tenant is not None else None
-    if tenant is None and "tenant_id" not in failed:
-        tenant_id = read_str(raw["tenant_id"])
-    patterns: set[str] = set()
-    if tenant_id is not None and settings is not None:
-        for emitter in settings.all_emitters():
-            filled = emitter.params.filename_template.replace("{tenant_id}", tenant_id)
-            patterns.add(os.path.join(str(emitter.params.output_dir), filled.replace("{tenant_name}", name)))
-    return _Claims(tenant=name, database=database, csv_patterns=sorted(patterns))
-
-
-def _cross_tenant(claims: list[_Claims], problems: Problems) -> None:
-    databases: dict[str, str] = {}
-    csv_patterns: dict[str, str] = {}
-    for claim in claims:
-        if claim.database is not None and claim.database in databases:
-            problems.add(
-                END,
-                f"tenants '{databases[claim.database]}' and '{claim.tenant}' share the same storage "
-                "connection_string — each tenant must use a separate database",
-            )
-        elif claim.database is not None:
-            databases[claim.database] = claim.tenant
-        for pattern in claim.csv_patterns:
-            if pattern in csv_patterns:
-                problems.add(
-                    END,
-                    f"tenants '{csv_patterns[pattern]}' and '{claim.tenant}' write CSV files to the same "
-                    f"path pattern '{pattern}'",
-                )
-            else:
-                csv_patterns[pattern] = claim.tenant
 
 
 # --- public API

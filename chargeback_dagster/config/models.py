@@ -19,6 +19,7 @@ from pydantic import (
     SerializeAsAny,
     ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -28,6 +29,7 @@ from sqlalchemy.exc import ArgumentError
 from .fields import (
     Bool,
     ConfigModel,
+    Found,
     HttpUrl,
     Int,
     IsoDate,
@@ -221,9 +223,9 @@ class EmitterConfig(ConfigModel):
         return info.data.get("type") if name is None else name
 
     @classmethod
-    def check_list(cls, raw: Any, handler: Any, field: str) -> Any:
+    def check_list(cls, raw: Any, handler: ValidatorFunctionWrapHandler, field: str) -> Any:
         """Validate an emitters list: items, then names unique and no two emitters writing the same files."""
-        found: list[tuple[tuple[Any, ...], Any]] = []
+        found: list[Found] = []
         try:
             emitters = handler(raw)
         except ValidationError as exc:
@@ -316,7 +318,7 @@ class PluginSettingsBase(ConfigModel):
         if not isinstance(raw, dict):
             return raw
         allocator = info.field_name == "allocator_overrides"
-        service_types = None if allocator or not info.context else info.context["service_types"]
+        service_types = None if allocator or not info.context else info.context.get("service_types")
         out: dict[str, str] = {}
         found = []
         for key, value in raw.items():
@@ -334,7 +336,7 @@ class PluginSettingsBase(ConfigModel):
 
     @field_validator("emitters", mode="wrap")
     @classmethod
-    def _emitters(cls, raw: Any, handler: Any) -> Any:
+    def _emitters(cls, raw: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         return EmitterConfig.check_list(raw, handler, "emitters")
 
     def all_emitters(self) -> list[EmitterConfig]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler, field_validator
 
 from chargeback_dagster.config.fields import (
     Bool,
@@ -112,7 +112,7 @@ class TopicAttributionConfig(ConfigModel):
 
     @field_validator("emitters", mode="wrap")
     @classmethod
-    def _emitters(cls, raw: Any, handler: Any) -> Any:
+    def _emitters(cls, raw: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         return EmitterConfig.check_list(raw, handler, "emitters")
 
 
@@ -156,7 +156,7 @@ class ConfluentCloudSettings(PluginSettingsBase):
 
     @field_validator("flink", mode="wrap")
     @classmethod
-    def _one_credential_per_region(cls, raw: Any, handler: Any) -> Any:
+    def _one_credential_per_region(cls, raw: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         found = []
         try:
             credentials = handler(raw)

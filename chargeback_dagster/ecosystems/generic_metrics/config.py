@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler, field_validator
 
 from chargeback_dagster.config.fields import (
     ConfigModel,
@@ -94,7 +94,7 @@ class GenericMetricsSettings(PluginSettingsBase):
 
     @field_validator("cost_types", mode="wrap")
     @classmethod
-    def _cost_types(cls, raw: Any, handler: Any) -> Any:
+    def _cost_types(cls, raw: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         """At least one cost type, names unique."""
         found = []
         try:
