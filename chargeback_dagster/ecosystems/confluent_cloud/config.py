@@ -99,14 +99,10 @@ class TopicAttributionConfig(ConfigModel):
         for key, value in raw.items():
             if key not in TOPIC_METRIC_KEYS:
                 found.append(((), problem(f"unknown key '{key}'", line_at=(key,))))
-            elif (
-                not isinstance(value, (str, int, Decimal))
-                or isinstance(value, bool)
-                or not str(value).strip()
-            ):
-                found.append(((key,), problem(f"must be a string, got '{fmt(value)}'")))
+            elif name := _metric_name(value):
+                out[key] = name
             else:
-                out[key] = read_str(value).strip()
+                found.append(((key,), problem(f"must be a string, got '{fmt(value)}'")))
         raise_all(found, raw)
         return out
 
@@ -207,3 +203,11 @@ class ConfluentCloudSettings(PluginSettingsBase):
     def flink_credential(self, region_id: str) -> FlinkCredential | None:
         wanted = region_id.strip().lower()
         return next((c for c in self.flink if c.region_id == wanted), None)
+
+
+def _metric_name(value: Any) -> str:
+    """The metric name written (stripped), or "" when it is not a non-empty string."""
+    try:
+        return read_str(value).strip()
+    except ValueError:
+        return ""
