@@ -185,6 +185,9 @@ def normalized(how: Callable[[str], str]) -> BeforeValidator:
     return BeforeValidator(lambda value: how(read_str(value)))
 
 
+AS_TEXT = BeforeValidator(read_str)  # a choice is text: `source: false` is "must be a string", not a choice
+
+
 Int = Annotated[int, BeforeValidator(read_int)]
 Number = Annotated[Decimal, BeforeValidator(read_number)]
 Bool = Annotated[bool, BeforeValidator(read_bool)]

@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from .fields import (
+    AS_TEXT,
     Bool,
     ConfigModel,
     Found,
@@ -157,7 +158,7 @@ class StorageConfig(ConfigModel):
 
 # --- common plugin settings
 class MetricsConfig(ConfigModel):
-    type: Literal["prometheus"] = "prometheus"
+    type: Annotated[Literal["prometheus"], AS_TEXT] = "prometheus"
     url: HttpUrl
     auth_type: Annotated[Literal["basic", "bearer", "none"], normalized(str.lower)] = "none"
     username: Str | None = None
@@ -207,7 +208,7 @@ class EmitterConfig(ConfigModel):
     OUTPUT_TYPES: ClassVar[tuple[str, ...]] = ("csv",)
     type: Str
     name: Str | None = Field(None, validate_default=True)  # default: the type
-    aggregation: Literal["daily", "monthly"] | None = None
+    aggregation: Annotated[Literal["daily", "monthly"], AS_TEXT] | None = None
     params: EmitterParams
 
     @field_validator("type")
@@ -267,6 +268,11 @@ def _emitter_name(item: Any) -> str | None:
         return None
 
 
+def emitter_params_in(raw: Any, key: str) -> list[Any]:
+    items = raw.get(key) if isinstance(raw, dict) else None
+    return [item.get("params") for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
 class StaticIdentity(ConfigModel):
     identity_id: Str
     identity_type: Str
@@ -277,7 +283,7 @@ class StaticIdentity(ConfigModel):
 class IdentitySourceConfig(ConfigModel):
     """Where identities come from (self-managed Kafka; the generic ecosystem adds ``label`` and a query)."""
 
-    source: Literal["prometheus", "static", "both"] = "prometheus"
+    source: Annotated[Literal["prometheus", "static", "both"], AS_TEXT] = "prometheus"
     principal_to_team: dict[Key, NonEmptyStr] = Field(default_factory=dict)
     default_team: Str = "UNASSIGNED"
     static_identities: list[StaticIdentity] = Field(default_factory=list, validate_default=True)
@@ -339,9 +345,11 @@ class PluginSettingsBase(ConfigModel):
     def _emitters(cls, raw: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         return EmitterConfig.check_list(raw, handler, "emitters")
 
-    def all_emitters(self) -> list[EmitterConfig]:
-        """Every emitter of the tenant (each writes its own files)."""
-        return list(self.emitters)
+    @classmethod
+    def emitter_params(cls, raw: Any) -> list[tuple[type[EmitterParams], Any]]:
+        """(params model, YAML params) of every emitter in these raw settings: the files a tenant claims are
+        checked across tenants even when some of its other settings are invalid."""
+        return [(EmitterParams, params) for params in emitter_params_in(raw, "emitters")]
 
     def load_warnings(self) -> list[str]:
         """Warnings to log when the config loads (e.g. a block that is accepted but not acted on)."""

@@ -5,6 +5,7 @@ Every problem of the file is collected (errors.py words and orders them) before 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -157,7 +158,7 @@ def _tenant(
             prefix=prefix,
             line=line,
         )
-    claims.append(_claims(name, raw, tenant, settings, failed, context))
+    claims.append(_claims(name, raw, tenant, settings_model, failed, context))
     if tenant is None or settings is None:
         return None
     if tenant.retention_days < tenant.lookback_days:
@@ -195,27 +196,37 @@ def _claims(
     name: str,
     raw: dict[Any, Any],
     tenant: TenantConfig | None,
-    settings: PluginSettingsBase | None,
+    settings_model: type[PluginSettingsBase] | None,
     failed: set[Any],
     context: dict[str, Any],
 ) -> _Claims:
-    """The tenant's claims as far as they are valid (a tenant with other problems still claims them)."""
-    storage = tenant.storage if tenant is not None else None
-    if tenant is None and "storage" not in failed:
-        storage = StorageConfig.model_validate(raw.get("storage") or {}, context=context)
+    """The tenant's database and CSV file patterns, each as far as it is valid on its own (a tenant with
+    other problems still claims them, so a clash is reported with those problems)."""
+    storage = raw.get("storage") or {}
     database = None
-    if storage is not None:
-        url = storage.connection_string.get_secret_value()
-        path = sqlite_file_path(url, context["config_dir"])
-        database = f"sqlite:{path}" if path is not None else resolve_database_url(url, context["config_dir"])
+    if isinstance(storage, dict):
+        with contextlib.suppress(ValidationError):
+            url = StorageConfig.model_validate(
+                {"connection_string": storage.get("connection_string")}, context=context
+            ).connection_string.get_secret_value()
+            path = sqlite_file_path(url, context["config_dir"])
+            database = (
+                f"sqlite:{path}" if path is not None else resolve_database_url(url, context["config_dir"])
+            )
     tenant_id = tenant.tenant_id if tenant is not None else None
     if tenant is None and "tenant_id" not in failed:
         tenant_id = read_str(raw["tenant_id"])
     patterns: set[str] = set()
-    if tenant_id is not None and settings is not None:
-        for emitter in settings.all_emitters():
-            filled = emitter.params.filename_template.replace("{tenant_id}", tenant_id)
-            patterns.add(os.path.join(str(emitter.params.output_dir), filled.replace("{tenant_name}", name)))
+    for params_model, params in (
+        settings_model.emitter_params(raw.get("plugin_settings")) if settings_model else ()
+    ):
+        if tenant_id is None or not isinstance(params, dict):
+            continue
+        fields = {key: params.get(key) for key in ("output_dir", "filename_template")}
+        with contextlib.suppress(ValidationError):
+            valid = params_model.model_validate(fields, context=context)
+            filled = valid.filename_template.replace("{tenant_id}", tenant_id).replace("{tenant_name}", name)
+            patterns.add(os.path.join(str(valid.output_dir), filled))
     return _Claims(tenant=name, database=database, csv_patterns=sorted(patterns))
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from chargeback_dagster.config.fields import (
     Bool,
@@ -24,7 +31,12 @@ from chargeback_dagster.config.fields import (
     read_str,
     type_name,
 )
-from chargeback_dagster.config.models import EmitterConfig, EmitterParams, PluginSettingsBase
+from chargeback_dagster.config.models import (
+    EmitterConfig,
+    EmitterParams,
+    PluginSettingsBase,
+    emitter_params_in,
+)
 
 DEFAULT_CKU_USAGE_RATIO = Decimal("0.70")
 DEFAULT_CKU_SHARED_RATIO = Decimal("0.30")
@@ -75,10 +87,10 @@ class TopicAttributionConfig(ConfigModel):
     exclude_topic_patterns: list[Str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE_TOPIC_PATTERNS))
     missing_metrics_behavior: Annotated[Literal["even_split", "skip"], normalized(str.lower)] = "even_split"
     cost_mapping_overrides: dict[
-        Annotated[str, normalized(lambda key: key.strip().upper())],
+        Annotated[str, BeforeValidator(lambda key: str(key).strip().upper())],
         Annotated[
             Literal["bytes_ratio", "retained_bytes_ratio", "even_split", "disabled"],
-            normalized(lambda mode: mode.strip().lower()),
+            BeforeValidator(lambda mode: fmt(mode).strip().lower()),
         ],
     ] = Field(default_factory=dict)
     metric_name_overrides: dict[Key, str] = Field(default_factory=dict)
@@ -181,8 +193,11 @@ class ConfluentCloudSettings(PluginSettingsBase):
             )
         return ta
 
-    def all_emitters(self) -> list[EmitterConfig]:
-        return [*self.emitters, *self.topic_attribution.emitters]
+    @classmethod
+    def emitter_params(cls, raw: Any) -> list[tuple[type[EmitterParams], Any]]:
+        topic_attribution = raw.get("topic_attribution") if isinstance(raw, dict) else None
+        topic_params = emitter_params_in(topic_attribution, "emitters")
+        return [*super().emitter_params(raw), *((TopicEmitterParams, params) for params in topic_params)]
 
     def load_warnings(self) -> list[str]:
         if not self.topic_attribution.enabled:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler, field_validator
 
 from chargeback_dagster.config.fields import (
+    AS_TEXT,
     ConfigModel,
     Int,
     Number,
@@ -34,7 +35,7 @@ class GenericIdentitySourceConfig(IdentitySourceConfig):
 
 
 class CostQuantity(ConfigModel):
-    type: Literal["fixed", "storage_gib", "network_gib"]
+    type: Annotated[Literal["fixed", "storage_gib", "network_gib"], AS_TEXT]
     count: Int | None = Field(None, gt=0)
     query: Str | None = Field(None, validate_default=True)
 
@@ -61,7 +62,7 @@ class CostTypeConfig(ConfigModel):
     product_category: Str
     rate: Number = Field(ge=0)
     cost_quantity: CostQuantity
-    allocation_strategy: Literal["even_split", "usage_ratio"] = "even_split"
+    allocation_strategy: Annotated[Literal["even_split", "usage_ratio"], AS_TEXT] = "even_split"
     allocation_query: Str | None = None
     allocation_label: Str | None = Field(None, validate_default=True)
 

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from chargeback_dagster.config.fields import (
+    AS_TEXT,
     ConfigModel,
     Int,
     Key,
@@ -65,7 +66,7 @@ class CostModelConfig(CostRates):
 
 
 class ResourceSourceConfig(ConfigModel):
-    source: Literal["prometheus", "admin_api"] = "prometheus"
+    source: Annotated[Literal["prometheus", "admin_api"], AS_TEXT] = "prometheus"
     bootstrap_servers: Str | None = None
     security_protocol: Annotated[
         Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"], normalized(str.upper)
