@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from chargeback_dagster.config.fields import (
+    MAX_AMOUNT,
     Bool,
     ConfigModel,
     HttpUrl,
@@ -140,7 +141,7 @@ class ConfluentCloudSettings(PluginSettingsBase):
                 continue
             number = parse_number(value)
             where = {"line_at": (key,), "bare": True}
-            if number is None:
+            if number is None or number.copy_abs() > MAX_AMOUNT:  # as any configured number
                 message = f"plugin_settings.allocator_params.{key} must be numeric, got {type_name(value)}"
                 found.append(((), problem(message, **where)))
                 continue
