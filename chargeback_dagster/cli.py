@@ -147,7 +147,7 @@ def _check_sqlite(url: str) -> None:
 
 
 def _check_confluent(api) -> None:
-    from chargeback_dagster.ecosystems.confluent.client import ConfluentClient
+    from chargeback_dagster.ecosystems.confluent_cloud.client import ConfluentClient
 
     client = ConfluentClient(
         api.base_url,
@@ -166,6 +166,8 @@ def _check_prometheus(metrics) -> None:
     """One instant query ``1`` (the pipeline's client would retry with backoff for many seconds)."""
     import httpx
 
+    from chargeback_dagster.sources import timed_http
+
     url = httpx.URL(str(metrics.url))
     headers, auth = {}, None
     if metrics.auth_type == "basic":
@@ -175,9 +177,9 @@ def _check_prometheus(metrics) -> None:
     elif url.username or url.password:  # user-info becomes Basic auth, as in the pipeline's client
         auth = httpx.BasicAuth(url.username, url.password)
     base = str(url.copy_with(username=None, password=None)).rstrip("/")
-    response = httpx.post(
-        f"{base}/api/v1/query", data={"query": "1"}, headers=headers, auth=auth, timeout=CHECK_TIMEOUT_SECONDS
-    )
+    with httpx.Client(headers=headers, auth=auth, timeout=CHECK_TIMEOUT_SECONDS) as client:
+        request = client.build_request("POST", f"{base}/api/v1/query", data={"query": "1"})
+        response = timed_http.send(client, request, CHECK_TIMEOUT_SECONDS)  # a total limit, however slow
     if response.status_code != 200:
         raise RuntimeError(f"POST /api/v1/query answered HTTP {response.status_code}")
     try:
@@ -189,7 +191,7 @@ def _check_prometheus(metrics) -> None:
 
 
 def _check_kafka(resource_source) -> None:
-    from chargeback_dagster.sources.kafka_admin import fetch_cluster_metadata
+    from chargeback_dagster.ecosystems.self_managed_kafka.kafka_admin import fetch_cluster_metadata
 
     fetch_cluster_metadata(resource_source, timeout_seconds=CHECK_TIMEOUT_SECONDS)
 

@@ -27,6 +27,9 @@ Rules implemented here (all binding):
   retry (this includes Prometheus' own 400/422 JSON error bodies, whose ``errorType``/``error`` therefore
   appear inside the body text). A 2xx body with ``"status": "error"`` →
   ``MetricsQueryError("<errorType>: <error>")``.
+* Each request has a total time limit (``timeout``, 60 s: connect, send and the whole body, see
+  ``timed_http``); ``deadline_left()`` (seconds, None = no deadline) also cuts an in-flight request short at
+  the run's deadline, after which the retry wait (``sleep``, bounded by the same deadline) fails the run.
 * Credentials never appear in errors or logs: URLs are shown without user-info and query string, and any
   configured password / token text is masked as ``***`` in error messages.
 """
@@ -51,6 +54,8 @@ from typing import Any, overload
 
 import httpx
 import orjson
+
+from chargeback_dagster.sources import timed_http
 
 logger = logging.getLogger("chargeback_dagster.prometheus")
 
@@ -397,6 +402,7 @@ class PrometheusClient:
         timeout: float = 60.0,
         max_workers: int = 4,
         sleep: Callable[[float], None] = time.sleep,
+        deadline_left: Callable[[], float | None] = lambda: None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         auth_type = (getattr(auth_type, "value", auth_type) or "none").lower()
@@ -416,6 +422,8 @@ class PrometheusClient:
         self.auth_type = auth_type
         self.max_workers = max_workers
         self._sleep = sleep
+        self._deadline_left = deadline_left
+        self._timeout = timeout
         self._secrets = [s for s in (password, bearer_token, url_password) if s and len(s) >= 3]
         self._lock = threading.Lock()
         self.request_count = 0
@@ -439,7 +447,11 @@ class PrometheusClient:
 
     @classmethod
     def from_config(
-        cls, metrics_config: Any, max_workers: int, sleep: Callable[[float], None] = time.sleep
+        cls,
+        metrics_config: Any,
+        max_workers: int,
+        sleep: Callable[[float], None] = time.sleep,
+        deadline_left: Callable[[], float | None] = lambda: None,
     ) -> PrometheusClient:
         """Build from a config object with ``url``, ``auth_type``, ``username``, ``password`` (SecretStr |
         None) and ``bearer_token`` (SecretStr | None)."""
@@ -458,6 +470,7 @@ class PrometheusClient:
             bearer_token=secret(getattr(metrics_config, "bearer_token", None)),
             max_workers=max_workers,
             sleep=sleep,
+            deadline_left=deadline_left,
         )
 
     # -- lifecycle
@@ -558,6 +571,9 @@ class PrometheusClient:
             except MetricsQueryError as exc:
                 return exc
             except Exception as exc:  # a bug or bad input must not hide the other queries' results
+                left = self._deadline_left()
+                if left is not None and left <= 0:
+                    raise  # the run's deadline (from the bounded retry wait) ends every query of the run
                 logger.exception("Unexpected error in Prometheus query")
                 return MetricsQueryError(self._scrub(f"{type(exc).__name__}: {exc}"))
 
@@ -606,7 +622,8 @@ class PrometheusClient:
         with self._lock:
             self.request_count += 1
         try:
-            response = self._http.post(url, data=form)
+            request = self._http.build_request("POST", url, data=form)
+            response = timed_http.send(self._http, request, self._timeout, self._deadline_left)
         except httpx.TransportError as exc:
             raise _RetryableError(self._scrub(f"{type(exc).__name__}: {exc}")) from None
         if response.status_code in RETRY_STATUSES:

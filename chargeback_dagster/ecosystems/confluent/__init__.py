@@ -1,1 +1,0 @@
-"""Confluent Cloud ecosystem (docs/confluent-cloud.md)."""
