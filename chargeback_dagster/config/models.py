@@ -11,7 +11,7 @@ import os
 import re
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
@@ -26,6 +26,7 @@ from pydantic import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from ..outputs.registry import OUTPUTS
 from .fields import (
     AS_TEXT,
     Bool,
@@ -205,8 +206,7 @@ class EmitterParams(ConfigModel):
 
 
 class EmitterConfig(ConfigModel):
-    OUTPUT_TYPES: ClassVar[tuple[str, ...]] = ("csv",)
-    type: Str
+    type: Str  # a name in outputs/registry.py
     name: Str | None = Field(None, validate_default=True)  # default: the type
     aggregation: Annotated[Literal["daily", "monthly"], AS_TEXT] | None = None
     params: EmitterParams
@@ -214,8 +214,8 @@ class EmitterConfig(ConfigModel):
     @field_validator("type")
     @classmethod
     def _known_type(cls, kind: str) -> str:
-        if kind not in cls.OUTPUT_TYPES:
-            raise problem(f"Unknown emitter type '{kind}'. Available: {', '.join(cls.OUTPUT_TYPES)}")
+        if kind not in OUTPUTS:
+            raise problem(f"Unknown emitter type '{kind}'. Available: {', '.join(sorted(OUTPUTS))}")
         return kind
 
     @field_validator("name")
@@ -260,7 +260,7 @@ def _emitter_name(item: Any) -> str | None:
     value = item.get("name")
     if value is None or value == "":
         value = item.get("type")
-        if value not in EmitterConfig.OUTPUT_TYPES:
+        if value not in OUTPUTS:
             return None
     try:
         return read_str(value)

@@ -6,14 +6,14 @@ Every problem of the file is collected (errors.py words and orders them) before 
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError
+
+from chargeback_dagster.ecosystems.registry import ECOSYSTEMS
 
 from .errors import END, Problems, report, yaml_line
 from .fields import ConfigModel, fmt, read_str
@@ -28,25 +28,6 @@ from .models import (
     resolve_database_url,
     sqlite_file_path,
 )
-from .overrides import SERVICE_TYPES
-
-# ecosystem name -> "module:Class" of its plugin_settings model, imported on first use (the ecosystems'
-# modules import the config layer); to be read from ecosystems/registry.py once that lists them.
-SETTINGS_MODELS: dict[str, str] = {
-    "confluent_cloud": "chargeback_dagster.ecosystems.confluent_cloud.config:ConfluentCloudSettings",
-    "generic_metrics_only": "chargeback_dagster.ecosystems.generic_metrics.config:GenericMetricsSettings",
-    "self_managed_kafka": "chargeback_dagster.ecosystems.self_managed_kafka.config:SelfManagedKafkaSettings",
-}
-
-
-@functools.cache
-def settings_model_for(ecosystem: str) -> type[PluginSettingsBase] | None:
-    target = SETTINGS_MODELS.get(ecosystem)
-    if target is None:
-        return None
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
-
 
 _COMMON_FIELDS = frozenset(PluginSettingsBase.model_fields)
 
@@ -109,17 +90,17 @@ def _tenant(
         problems.add(line, f"tenant '{name}': must be a mapping, got '{fmt(raw)}'")
         return None
     ecosystem = raw.get("ecosystem")
-    settings_model = settings_model_for(ecosystem) if isinstance(ecosystem, str) else None
+    plugin = ECOSYSTEMS.get(ecosystem) if isinstance(ecosystem, str) else None
+    settings_model = plugin.settings_class() if plugin is not None else None
     prefix = f"tenant '{name}' ({ecosystem}): " if settings_model else f"tenant '{name}': "
     if settings_model is None and ecosystem not in (None, ""):
         problems.add(
             yaml_line(raw, ("ecosystem",), line),
-            f"{prefix}unknown ecosystem '{fmt(ecosystem)}'; expected one of: "
-            f"{', '.join(sorted(SETTINGS_MODELS))}",
+            f"{prefix}unknown ecosystem '{fmt(ecosystem)}'; expected one of: {', '.join(sorted(ECOSYSTEMS))}",
         )
     context = {"config_dir": config_dir, "tenant_name": name}
-    if settings_model is not None:
-        context.update(ecosystem=ecosystem, service_types=SERVICE_TYPES[ecosystem])
+    if plugin is not None:
+        context.update(ecosystem=ecosystem, service_types=list(plugin.service_types))
     settings: PluginSettingsBase | None = None
     settings_errors: ValidationError | None = None
     if settings_model is not None:

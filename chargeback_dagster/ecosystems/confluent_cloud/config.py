@@ -38,9 +38,11 @@ from chargeback_dagster.config.models import (
     PluginSettingsBase,
     emitter_params_in,
 )
+from chargeback_dagster.ecosystems.confluent_cloud.allocators import (
+    DEFAULT_CKU_SHARED_RATIO,
+    DEFAULT_CKU_USAGE_RATIO,
+)
 
-DEFAULT_CKU_USAGE_RATIO = Decimal("0.70")
-DEFAULT_CKU_SHARED_RATIO = Decimal("0.30")
 CKU_RATIOS = {
     "kafka_cku_usage_ratio": DEFAULT_CKU_USAGE_RATIO,
     "kafka_cku_shared_ratio": DEFAULT_CKU_SHARED_RATIO,
