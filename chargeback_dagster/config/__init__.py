@@ -20,65 +20,38 @@ from .models import (
 )
 from .overrides import OverrideError, load_callable
 
-# The ecosystems' settings models live in ecosystems/<name>/config.py (which import this package); they are
-# re-exported here lazily for existing imports.
-_ECOSYSTEM_MODELS = {
-    "chargeback_dagster.ecosystems.confluent_cloud.config": (
-        "BillingApiConfig",
-        "CCloudApiConfig",
-        "ConfluentCloudSettings",
-        "FlinkCredential",
-        "TopicAttributionConfig",
-    ),
-    "chargeback_dagster.ecosystems.generic_metrics.config": (
-        "CostQuantity",
-        "CostTypeConfig",
-        "GenericMetricsSettings",
-    ),
-    "chargeback_dagster.ecosystems.self_managed_kafka.config": (
-        "CostModelConfig",
-        "CostRates",
-        "RateOverrides",
-        "ResourceSourceConfig",
-        "SelfManagedKafkaSettings",
-    ),
+# The ecosystems' settings models live in ecosystems/<name>/config.py (which import this package); re-exported
+# lazily for existing imports (test_config.py).
+_SETTINGS_MODULES = {
+    "ConfluentCloudSettings": "chargeback_dagster.ecosystems.confluent_cloud.config",
+    "GenericMetricsSettings": "chargeback_dagster.ecosystems.generic_metrics.config",
+    "SelfManagedKafkaSettings": "chargeback_dagster.ecosystems.self_managed_kafka.config",
 }
 
 
 def __getattr__(name: str) -> Any:
-    for module, names in _ECOSYSTEM_MODELS.items():
-        if name in names:
-            return getattr(importlib.import_module(module), name)
+    if name in _SETTINGS_MODULES:
+        return getattr(importlib.import_module(_SETTINGS_MODULES[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "AppConfig",
-    "BillingApiConfig",
-    "CCloudApiConfig",
     "ConfigError",
     "ConfluentCloudSettings",
-    "CostModelConfig",
-    "CostQuantity",
-    "CostRates",
-    "CostTypeConfig",
     "EmitterConfig",
     "EmitterParams",
     "FeaturesConfig",
-    "FlinkCredential",
     "GenericMetricsSettings",
     "IdentitySourceConfig",
     "LoggingConfig",
     "MetricsConfig",
     "OverrideError",
     "PluginSettingsBase",
-    "RateOverrides",
-    "ResourceSourceConfig",
     "SelfManagedKafkaSettings",
     "StaticIdentity",
     "StorageConfig",
     "TenantConfig",
-    "TopicAttributionConfig",
     "clear_config_cache",
     "get_config",
     "load_callable",
