@@ -92,7 +92,7 @@ def _tenant(
     ecosystem = raw.get("ecosystem")
     plugin = ECOSYSTEMS.get(ecosystem) if isinstance(ecosystem, str) else None
     settings_model = plugin.settings_class() if plugin is not None else None
-    prefix = f"tenant '{name}' ({ecosystem}): " if settings_model else f"tenant '{name}': "
+    prefix = f"tenant '{name}' ({ecosystem}): " if plugin is not None else f"tenant '{name}': "
     if settings_model is None and ecosystem not in (None, ""):
         problems.add(
             yaml_line(raw, ("ecosystem",), line),
