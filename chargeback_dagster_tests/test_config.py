@@ -19,16 +19,16 @@ import yaml
 from chargeback_dagster.config import (
     AppConfig,
     ConfigError,
-    ConfluentCloudSettings,
-    GenericMetricsSettings,
     OverrideError,
-    SelfManagedKafkaSettings,
     clear_config_cache,
     get_config,
     load_callable,
     load_config,
 )
+from chargeback_dagster.ecosystems.confluent_cloud.config import ConfluentCloudSettings
+from chargeback_dagster.ecosystems.generic_metrics.config import GenericMetricsSettings
 from chargeback_dagster.ecosystems.self_managed_kafka import config as self_managed_kafka_config
+from chargeback_dagster.ecosystems.self_managed_kafka.config import SelfManagedKafkaSettings
 
 FIX = "chargeback_dagster_tests.config_overrides_fixtures"
 CC = "tenant 't1' (confluent_cloud): "

@@ -26,6 +26,8 @@ from pydantic import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from chargeback_dagster.allocation.credits import CREDIT_POLICIES, DEFAULT_CREDIT_POLICY
+
 from ..outputs.registry import OUTPUTS
 from .fields import (
     AS_TEXT,
@@ -374,6 +376,8 @@ class TenantConfig(ConfigModel):
     gather_failure_threshold: Int = Field(5, ge=1)
     tenant_execution_timeout_seconds: Int = Field(3600, ge=0)
     metrics_prefetch_workers: Int = Field(4, ge=1, le=20)
+    # how negative billing lines (credits, discounts) are allocated (docs/allocation.md §12)
+    credit_policy: Annotated[Literal[CREDIT_POLICIES], AS_TEXT] = DEFAULT_CREDIT_POLICY.value
     storage: StorageConfig = Field(default_factory=dict, validate_default=True)
     # the ecosystem's own settings model, dumped with all its fields
     plugin_settings: SerializeAsAny[PluginSettingsBase]
