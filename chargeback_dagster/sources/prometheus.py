@@ -20,23 +20,24 @@ Rules implemented here (all binding):
   timestamp are **added** (as if the query had been ``sum by (<labels>)``), so a series never holds two
   samples for one timestamp.
 * ``warnings`` are logged at WARNING on logger ``chargeback_dagster.prometheus``.
-* Retries: HTTP 408, 425, 429, 500, 502, 503, 504 and transport errors (including timeouts), at most 4
-  attempts; before retry ``n`` (1..3) wait ``2^n × U(0.8, 1.2)`` s, or ``Retry-After`` (seconds or HTTP date)
-  capped at 60 s. Exhausted → ``MetricsQueryError("Exhausted 4 attempts for <url>: <last error>")``.
+* Retries (``RetryPolicy`` of ``sources/http.py``): HTTP 408, 425, 429, 500, 502, 503, 504 and transport
+  errors (including timeouts), at most 4 attempts; before retry ``n`` (1..3) wait ``2^n × U(0.8, 1.2)`` s,
+  or ``Retry-After`` (seconds or HTTP date) capped at 60 s.
+  Exhausted → ``MetricsQueryError("Exhausted 4 attempts for <url>: <last error>")``.
 * Any other HTTP status ≥ 400 → ``MetricsQueryError("HTTP <code>: <first 200 chars of body>")`` without
   retry (this includes Prometheus' own 400/422 JSON error bodies, whose ``errorType``/``error`` therefore
   appear inside the body text). A 2xx body with ``"status": "error"`` →
   ``MetricsQueryError("<errorType>: <error>")``.
 * Each request has a total time limit (``timeout``, 60 s: connect, send and the whole body, see
-  ``timed_http``); ``deadline_left()`` (seconds, None = no deadline) also cuts an in-flight request short at
-  the run's deadline, after which the retry wait (``sleep``, bounded by the same deadline) fails the run.
+  ``sources/http.py``); ``deadline_left()`` (seconds, None = no deadline) also cuts an in-flight request
+  short at the run's deadline, after which the retry wait (``sleep``, bounded by the same deadline) fails
+  the run.
 * Credentials never appear in errors or logs: URLs are shown without user-info and query string, and any
   configured password / token text is masked as ``***`` in error messages.
 """
 
 from __future__ import annotations
 
-import email.utils
 import gc
 import json
 import logging
@@ -55,7 +56,7 @@ from typing import Any, overload
 import httpx
 import orjson
 
-from chargeback_dagster.sources import timed_http
+from chargeback_dagster.sources import http
 
 logger = logging.getLogger("chargeback_dagster.prometheus")
 
@@ -363,29 +364,16 @@ def _reducer(query: str) -> Callable[[dict[str, str]], dict[str, str]]:
 # ----------------------------------------------------------------------------------------------- client
 
 
-class _RetryableError(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
+def _backoff(attempt: int) -> float:
+    return (2**attempt) * random.uniform(0.8, 1.2)
 
 
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when is None:
-            return None
-        seconds = (_utc(when) - datetime.now(UTC)).total_seconds()
-    if math.isnan(seconds):
-        return None
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP_SECONDS)
+_RETRY = http.RetryPolicy(
+    attempts=MAX_ATTEMPTS,
+    backoff=_backoff,
+    max_wait=RETRY_AFTER_CAP_SECONDS,  # the backoff stays below it: it caps the Retry-After wait
+    header_statuses=RETRY_STATUSES,
+)
 
 
 class PrometheusClient:
@@ -596,41 +584,32 @@ class PrometheusClient:
         """The successful (< 400) response, after the retries of the module docstring."""
         url = self.url + path
         safe_url = self.safe_url + path
-        last_error = ""
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                return self._attempt(url, form)
-            except _RetryableError as exc:
-                last_error = str(exc)
-                if attempt == MAX_ATTEMPTS:
-                    break
-                wait = exc.retry_after
-                if wait is None:
-                    wait = (2**attempt) * random.uniform(0.8, 1.2)
-                logger.warning(
-                    "Prometheus request to %s failed (attempt %d/%d): %s; retrying in %.1f s",
-                    safe_url,
-                    attempt,
-                    MAX_ATTEMPTS,
-                    last_error,
-                    wait,
-                )
-                self._sleep(wait)
-        raise MetricsQueryError(f"Exhausted {MAX_ATTEMPTS} attempts for {safe_url}: {last_error}")
+
+        def log(attempt: int, failure: http.Retryable, wait: float) -> None:
+            logger.warning(
+                "Prometheus request to %s failed (attempt %d/%d): %s; retrying in %.1f s",
+                safe_url,
+                attempt,
+                MAX_ATTEMPTS,
+                failure,
+                wait,
+            )
+
+        try:
+            return _RETRY.run(lambda: self._attempt(url, form), sleep=self._sleep, log=log)
+        except http.Retryable as exc:
+            raise MetricsQueryError(f"Exhausted {MAX_ATTEMPTS} attempts for {safe_url}: {exc}") from None
 
     def _attempt(self, url: str, form: dict[str, str]) -> httpx.Response:
         with self._lock:
             self.request_count += 1
         try:
             request = self._http.build_request("POST", url, data=form)
-            response = timed_http.send(self._http, request, self._timeout, self._deadline_left)
+            response = http.send(self._http, request, self._timeout, self._deadline_left)
         except httpx.TransportError as exc:
-            raise _RetryableError(self._scrub(f"{type(exc).__name__}: {exc}")) from None
+            raise http.Retryable(self._scrub(f"{type(exc).__name__}: {exc}")) from None
         if response.status_code in RETRY_STATUSES:
-            raise _RetryableError(
-                self._scrub(f"HTTP {response.status_code}: {response.text[:200]}"),
-                _parse_retry_after(response.headers.get("Retry-After")),
-            )
+            raise http.Retryable(self._scrub(f"HTTP {response.status_code}: {response.text[:200]}"), response)
         if response.status_code >= 400:
             raise MetricsQueryError(self._scrub(f"HTTP {response.status_code}: {response.text[:200]}"))
         return response
