@@ -57,6 +57,7 @@ import httpx
 import orjson
 
 from chargeback_dagster.sources import http
+from chargeback_dagster.sources.promql import grouping_labels
 
 logger = logging.getLogger("chargeback_dagster.prometheus")
 
@@ -231,127 +232,14 @@ def _redact_url(url: str) -> str:
 
 # ------------------------------------------------------------------------------ PromQL grouping labels
 
-_AGGREGATIONS = frozenset(
-    {
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "group",
-        "stddev",
-        "stdvar",
-        "count",
-        "count_values",
-        "bottomk",
-        "topk",
-        "quantile",
-        "limitk",
-        "limit_ratio",
-    }
-)
-
-
-def _tokenize(query: str) -> list[tuple[str, str, int]]:
-    """(kind, text, paren depth) tokens; strings, label matchers ``{..}`` and ranges ``[..]`` are skipped."""
-    tokens: list[tuple[str, str, int]] = []
-    depth = 0
-    i, n = 0, len(query)
-    while i < n:
-        c = query[i]
-        if c.isspace():
-            i += 1
-        elif c == "#":  # comment to end of line
-            while i < n and query[i] != "\n":
-                i += 1
-        elif c in "\"'`":
-            j = i + 1
-            while j < n and query[j] != c:
-                j += 2 if query[j] == "\\" and c != "`" else 1
-            i = j + 1
-        elif c in "{[":
-            close = "}" if c == "{" else "]"
-            j = i + 1
-            while j < n and query[j] != close:
-                if query[j] in "\"'`":
-                    q = query[j]
-                    j += 1
-                    while j < n and query[j] != q:
-                        j += 2 if query[j] == "\\" and q != "`" else 1
-                j += 1
-            i = j + 1
-        elif c == "(":
-            tokens.append(("(", c, depth))
-            depth += 1
-            i += 1
-        elif c == ")":
-            depth -= 1
-            tokens.append((")", c, depth))
-            i += 1
-        elif c.isalpha() or c in "_:":
-            j = i
-            while j < n and (query[j].isalnum() or query[j] in "_:"):
-                j += 1
-            tokens.append(("id", query[i:j], depth))
-            i = j
-        else:
-            tokens.append(("op", c, depth))
-            i += 1
-    return tokens
-
-
-def _label_list(tokens: list[tuple[str, str, int]], i: int) -> tuple[list[str], int]:
-    """Parse ``( a, b )`` starting at tokens[i] == '('; returns labels and the index after ')'."""
-    labels: list[str] = []
-    if i >= len(tokens) or tokens[i][0] != "(":
-        return labels, i
-    i += 1
-    while i < len(tokens) and tokens[i][0] != ")":
-        if tokens[i][0] == "id":
-            labels.append(tokens[i][1])
-        i += 1
-    return labels, i + 1
-
-
-def _skip_group(tokens: list[tuple[str, str, int]], i: int) -> int:
-    """tokens[i] == '(' → index after its matching ')'."""
-    depth = tokens[i][2]
-    i += 1
-    while i < len(tokens) and not (tokens[i][0] == ")" and tokens[i][2] == depth):
-        i += 1
-    return i + 1
-
-
-def grouping_labels(query: str) -> tuple[str, tuple[str, ...]]:
-    """Grouping of the outermost aggregation: ``("by", labels)``, ``("without", labels)`` or ``("none", ())``.
-
-    The outermost aggregation is the first aggregation operator at the smallest parenthesis depth.
-    """
-    tokens = _tokenize(query)
-    best: int | None = None
-    for idx, (kind, text, depth) in enumerate(tokens):
-        if kind != "id" or text.lower() not in _AGGREGATIONS:
-            continue
-        nxt = tokens[idx + 1] if idx + 1 < len(tokens) else None
-        if nxt is None or not (nxt[0] == "(" or (nxt[0] == "id" and nxt[1].lower() in ("by", "without"))):
-            continue
-        if best is None or depth < tokens[best][2]:
-            best = idx
-    if best is None:
-        return "none", ()
-    i = best + 1
-    if tokens[i][0] == "id":  # sum by (a) (...)
-        mode = tokens[i][1].lower()
-        labels, _ = _label_list(tokens, i + 1)
-        return mode, tuple(labels)
-    i = _skip_group(tokens, i)  # sum (...) by (a)
-    if i < len(tokens) and tokens[i][0] == "id" and tokens[i][1].lower() in ("by", "without"):
-        labels, _ = _label_list(tokens, i + 1)
-        return tokens[i][1].lower(), tuple(labels)
-    return "none", ()
-
 
 def _reducer(query: str) -> Callable[[dict[str, str]], dict[str, str]]:
-    mode, labels = grouping_labels(query)
+    """The label reduction of the module docstring; raises MetricsQueryError when the query cannot be
+    parsed (called once Prometheus has accepted the query, so a bad query fails with Prometheus' message)."""
+    try:
+        mode, labels = grouping_labels(query)
+    except ValueError as exc:
+        raise MetricsQueryError(f"Cannot read the grouping labels of the query: {exc}") from None
     if mode == "by":
         keep = set(labels)
         return lambda m: {k: v for k, v in m.items() if k in keep}
@@ -492,7 +380,7 @@ class PrometheusClient:
             return []
         step = int(q.step_seconds)
         query = q.query.replace("{step}", f"{step}s")
-        reduce = _reducer(q.query)
+        reduce: Callable[[dict[str, str]], dict[str, str]] | None = None
         last = end - 1000  # inclusive end sent to Prometheus: window end − 1 s
         # Per label set either the columns of its only series as returned (the usual case: ascending
         # timestamps, all inside the window) or, once it needs filtering or merging, timestamp → value.
@@ -510,6 +398,8 @@ class PrometheusClient:
                 "step": str(step),
             }
             response = self._post("/api/v1/query_range", form)
+            if reduce is None:  # after Prometheus accepted the query: a bad one fails with its message
+                reduce = _reducer(q.query)
             for key, ts_list, values in self._read_series(response, form, reduce):
                 if ts_list and key not in columns and key not in points:
                     # a new label set with every sample inside the window is taken as returned: as columns
