@@ -14,7 +14,6 @@ import gc
 import json
 import math
 import random
-import threading
 from datetime import UTC, date, datetime, timedelta
 from urllib.parse import parse_qs
 
@@ -415,54 +414,40 @@ def test_what_orjson_rejects_is_parsed_by_json_as_before():
         client_answering(b"{not json").query_range(q)
 
 
-def test_collection_is_paused_while_parsing_and_restored(monkeypatch):
+def test_large_matrix_is_parsed_with_collection_on_and_few_collections(monkeypatch):
+    # 2 days at 60 s for 50 series: 144,000 points. The collector stays on for the whole process, and the
+    # points are not objects it tracks, so parsing them triggers no burst of collections.
     t0 = at(D1)
-    body = json.dumps(
-        {
-            "status": "success",
-            "data": {"resultType": "matrix", "result": [{"metric": {}, "values": [[t0, "1"]]}]},
-        }
-    ).encode()
-    q = RangeQuery("x", *day_window(D1), 3600)
-    seen: list[bool] = []
-    real_loads = prom._loads
+    grid = [t0 + 60 * i for i in range(2 * 1440)]
+    result = [{"metric": {"team": f"t{k:02d}"}, "values": [[t, f"{k}.5"] for t in grid]} for k in range(50)]
+    body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}}).encode()
+    start = day_window(D1)[0]
+    q = RangeQuery("sum by (team) (x)", start, start + timedelta(days=2), 60)
+    enabled_while_parsing: list[bool] = []
 
-    def spy(content: bytes):
-        seen.append(gc.isenabled())
-        return real_loads(content)
+    def reducer(query: str):
+        def reduce(labels: dict[str, str]) -> dict[str, str]:
+            enabled_while_parsing.append(gc.isenabled())
+            return labels
 
+        return reduce
+
+    monkeypatch.setattr(prom, "_reducer", reducer)
     client = client_answering(body)
-    monkeypatch.setattr(prom, "_loads", spy)
-    assert gc.isenabled()
-    client.query_range(q)
-    assert seen == [False] and gc.isenabled()
+    collections: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.collect()
+    gc.callbacks.append(count)
     try:
-        gc.disable()  # someone else's choice is kept
-        client.query_range(q)
-        assert not gc.isenabled()
+        series = client.query_range(q)
     finally:
-        gc.enable()
-    with pytest.raises(MetricsQueryError):  # restored after an error too
-        client_answering(b'{"status":"error","errorType":"bad_data","error":"x"}').query_range(q)
-    assert gc.isenabled()
-
-
-def test_overlapping_pauses_in_threads_end_with_collection_on():
-    inside = threading.Barrier(2)
-    leave = threading.Event()
-
-    def pause(wait_for_leave: bool) -> None:
-        with prom._gc_paused():
-            inside.wait()
-            if wait_for_leave:
-                leave.wait()
-
-    first = threading.Thread(target=pause, args=(True,))
-    first.start()
-    second = threading.Thread(target=pause, args=(False,))
-    second.start()
-    second.join()
-    assert not gc.isenabled()  # the first block is still running
-    leave.set()
-    first.join()
-    assert gc.isenabled()
+        gc.callbacks.remove(count)
+    assert enabled_while_parsing == [True] * 50
+    assert [s.labels for s in series] == [{"team": f"t{k:02d}"} for k in range(50)]
+    assert all(s.samples.timestamps is series[0].samples.timestamps for s in series)  # one shared grid
+    assert series[7].samples.values == [7.5] * len(grid)
+    assert len(collections) <= 10, collections  # as JSON lists the points would trigger ~200
