@@ -219,6 +219,22 @@ def test_refresh_skips_suspended_and_busy_tenants(shop, instance):
     )
 
 
+def test_refresh_skips_while_a_run_of_another_instance_holds_the_lock(shop, instance):
+    """A lock holder this instance does not know (another DAGSTER_HOME, a CLI run) is alive while its
+    heartbeat is fresh; once the heartbeat is older than the takeover time the tenant is free."""
+    tick = datetime(2026, 7, 18, 9, 30, tzinfo=UTC)
+    store = open_store(shop)
+    now = guard.utc_now()
+    assert store.try_take_run_lock("run-of-another-instance", now)
+    assert (
+        evaluate_refresh(shop, instance, tick).skip_message == "Pipeline is already running for tenant shop"
+    )
+    store.touch_run_lock(
+        "run-of-another-instance", now - timedelta(seconds=guard.DEFAULT_TAKEOVER_SECONDS + 1)
+    )
+    assert len(evaluate_refresh(shop, instance, tick).run_requests) == 1
+
+
 def test_refresh_sensor_default_status_follows_the_feature_flag(tmp_path):
     for enabled, status in ((True, dg.DefaultSensorStatus.RUNNING), (False, dg.DefaultSensorStatus.STOPPED)):
         path = write_config(

@@ -117,7 +117,7 @@ def test_upgrade_from_0001_keeps_facts_and_drops_their_index(store_url):
         conn.commit()
     assert s.current_revision() == "0001"
     s.migrate()
-    assert s.current_revision() == s.head_revision() == "0003"
+    assert s.current_revision() == s.head_revision() == "0004"
     assert s.chargeback_rows(D1) == [(*key("sa-1"), 1234)]
     inspector = sa.inspect(s.engine)
     assert inspector.get_indexes("chargeback_facts") == []
@@ -152,7 +152,7 @@ def test_upgrade_from_0002_keeps_metric_values(store_url):
     at("0002", command.upgrade)
     s.store_metric_fetches([(D1, "lkc-1", "q", [m2, m1], None), (D1, "lkc-1", "empty", [], None)], NOW)
     s.migrate()
-    assert s.current_revision() == "0003"
+    assert s.current_revision() == s.head_revision()
     assert s.metric_rows(D1) == {("lkc-1", "q"): [m1, m2], ("lkc-1", "empty"): []}
     if s.dialect_name == "sqlite":
         assert without_rowid()
@@ -163,6 +163,44 @@ def test_upgrade_from_0002_keeps_metric_values(store_url):
     if s.dialect_name == "sqlite":
         assert not without_rowid()
     assert s.metric_rows(D1) == {("lkc-1", "q"): [m2], ("lkc-1", "empty"): []}
+    s.dispose()
+
+
+def test_run_lock_heartbeat_and_takeover_are_conditional(store_url):
+    """Migration 0004 gives a lock row written at 0003 its acquisition time as heartbeat; a takeover by
+    heartbeat replaces the holder only while its heartbeat is still stale (one conditional UPDATE)."""
+    from alembic import command
+
+    s = TenantStore(store_url, tenant_name="t1", ecosystem=ECO, tenant_id=TID)
+    with s.engine.connect() as conn:
+        cfg = s._alembic_config()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+        conn.execute(
+            sa.text(
+                "INSERT INTO tenant_run_lock (ecosystem, tenant_id, tenant_name, run_id, acquired_at) "
+                "VALUES (:e, :t, 't1', 'old-run', :at)"
+            ),
+            {"e": ECO, "t": TID, "at": NOW.replace(tzinfo=None) if s.dialect_name == "sqlite" else NOW},
+        )
+        conn.commit()
+    s.migrate()
+    assert s.run_lock_holder() == ("old-run", NOW, NOW)
+
+    later = NOW + timedelta(seconds=90)
+    assert s.touch_run_lock("old-run", later)  # the holder is alive after all
+    assert not s.try_take_run_lock(
+        "new-run", later, replacing="old-run", stale_before=later - timedelta(seconds=60)
+    )
+    assert s.run_lock_holder() == ("old-run", NOW, later)
+    assert not s.touch_run_lock("new-run", later)  # a run that does not hold the lock cannot refresh it
+
+    much_later = later + timedelta(seconds=61)
+    assert s.try_take_run_lock(
+        "new-run", much_later, replacing="old-run", stale_before=much_later - timedelta(seconds=60)
+    )
+    assert s.run_lock_holder() == ("new-run", much_later, much_later)
+    assert not s.try_take_run_lock("third", much_later)  # held: the INSERT does nothing
     s.dispose()
 
 

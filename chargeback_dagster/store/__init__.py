@@ -1,5 +1,5 @@
 """Per-tenant database (docs/operations.md §13)."""
 
-from chargeback_dagster.store.tenant_store import StoreError, TenantStore, normalize_url
+from chargeback_dagster.store.tenant_store import RunLock, StoreError, TenantStore, normalize_url
 
-__all__ = ["StoreError", "TenantStore", "normalize_url"]
+__all__ = ["RunLock", "StoreError", "TenantStore", "normalize_url"]

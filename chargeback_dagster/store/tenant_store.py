@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from itertools import chain, repeat
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import orjson
 from sqlalchemy import (
@@ -82,6 +82,14 @@ CSV_DIMENSION_COLUMNS = DIMENSION_KEY_COLUMNS[1:-1]
 
 class StoreError(Exception):
     """A tenant database problem the caller should report as is."""
+
+
+class RunLock(NamedTuple):
+    """The tenant run lock's row (docs/operations.md §4)."""
+
+    run_id: str
+    acquired_at: datetime
+    heartbeat_at: datetime
 
 
 class _StaleDimensionCache(Exception):
@@ -1719,16 +1727,26 @@ class TenantStore:
 
     # ------------------------------------------------------------- tenant run lock (docs/operations.md §4)
 
-    def run_lock_holder(self) -> tuple[str, datetime] | None:
+    def run_lock_holder(self) -> RunLock | None:
         lk = t.tenant_run_lock
         with self._read() as conn:
             r = conn.execute(
-                select(lk.c.run_id, lk.c.acquired_at).where(lk.c.tenant_name == self.tenant_name)
+                select(lk.c.run_id, lk.c.acquired_at, lk.c.heartbeat_at).where(
+                    lk.c.tenant_name == self.tenant_name
+                )
             ).first()
-        return None if r is None else (r.run_id, r.acquired_at)
+        return None if r is None else RunLock(r.run_id, r.acquired_at, r.heartbeat_at or r.acquired_at)
 
-    def try_take_run_lock(self, run_id: str, at: datetime, *, replacing: str | None = None) -> bool:
-        """Take the lock when it is free (`replacing` None) or still held by run `replacing`."""
+    def try_take_run_lock(
+        self,
+        run_id: str,
+        at: datetime,
+        *,
+        replacing: str | None = None,
+        stale_before: datetime | None = None,
+    ) -> bool:
+        """Take the lock when it is free (`replacing` None) or still held by run `replacing` — and, with
+        `stale_before`, only while that holder's heartbeat is not newer than it. One statement: atomic."""
         lk = t.tenant_run_lock
         with self._write() as conn:
             if replacing is None:
@@ -1741,15 +1759,28 @@ class TenantStore:
                             "tenant_name": self.tenant_name,
                             "run_id": run_id,
                             "acquired_at": at,
+                            "heartbeat_at": at,
                         }
                     ],
                 )
             else:
+                held = [lk.c.tenant_name == self.tenant_name, lk.c.run_id == replacing]
+                if stale_before is not None:
+                    held.append(func.coalesce(lk.c.heartbeat_at, lk.c.acquired_at) <= _utc(stale_before))
                 res = conn.execute(
-                    update(lk)
-                    .where(lk.c.tenant_name == self.tenant_name, lk.c.run_id == replacing)
-                    .values(run_id=run_id, acquired_at=_utc(at))
+                    update(lk).where(*held).values(run_id=run_id, acquired_at=_utc(at), heartbeat_at=_utc(at))
                 )
+            return res.rowcount == 1
+
+    def touch_run_lock(self, run_id: str, at: datetime) -> bool:
+        """Refresh the heartbeat of the lock held by `run_id`; False when that run no longer holds it."""
+        lk = t.tenant_run_lock
+        with self._write() as conn:
+            res = conn.execute(
+                update(lk)
+                .where(lk.c.tenant_name == self.tenant_name, lk.c.run_id == run_id)
+                .values(heartbeat_at=_utc(at))
+            )
             return res.rowcount == 1
 
     def release_run_lock(self, run_id: str) -> bool:
@@ -1849,4 +1880,4 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur.close()
 
 
-__all__ = ["StoreError", "TenantStore", "normalize_url"]
+__all__ = ["RunLock", "StoreError", "TenantStore", "normalize_url"]
