@@ -73,7 +73,6 @@ __all__ = [
     "Samples",
     "Series",
     "day_window",
-    "grouping_labels",
     "overflow_message",
     "reduce_series",
     "sample_sum",
