@@ -23,6 +23,7 @@ import pytest
 from chargeback_dagster import pipeline
 from chargeback_dagster.domain import MetricRow
 from chargeback_dagster.sources import prometheus as prom
+from chargeback_dagster.sources import prometheus_columns as pc
 from chargeback_dagster.sources.prometheus import (
     MetricsQueryError,
     PrometheusClient,
@@ -53,7 +54,7 @@ def reference_series(bodies: list[dict], q: RangeQuery) -> list[Series]:
     for body in bodies:
         for item in body["data"]["result"]:
             key = tuple(sorted(reduce({str(k): str(v) for k, v in item["metric"].items()}).items()))
-            points = [p for p in map(prom._parse_point, item["values"]) if p is not None]
+            points = [p for p in map(pc.parse_point, item["values"]) if p is not None]
             stamps = [t for t, _ in points]
             bucket = merged.get(key)
             if (
@@ -222,7 +223,7 @@ def test_a_repeated_label_set_is_added_per_timestamp_whatever_came_first():
 def test_columns_fast_path_equals_per_point_parsing():
     rng = random.Random(7)
     odd = [None, "x", [1], [1, 2, 3], "ab", {"a": 1, "b": 2}, [True, "1"], ["1", "2"], [1e308, "1"], 5]
-    grid = prom._Grid()  # shared across calls, as for the series of one response
+    grid = pc.Grid()  # shared across calls, as for the series of one response
     for _ in range(2000):
         stamps = rng.choice([[1.0, 2], [1, 2.0], [True, 2], [0, 2], [-0.0, 2], [3.5, 1e308]])
         if rng.random() < 0.5:
@@ -230,26 +231,26 @@ def test_columns_fast_path_equals_per_point_parsing():
         raw = [[t, random_value(rng)] for t in stamps]
         if rng.random() < 0.3:
             raw.insert(rng.randrange(len(raw) + 1), rng.choice(odd))
-        points = [p for p in map(prom._parse_point, raw) if p is not None]
+        points = [p for p in map(pc.parse_point, raw) if p is not None]
         expected = bits(([t for t, _ in points], [v for _, v in points]))
-        assert bits(prom._columns(raw)) == expected, raw
-        assert bits(prom._columns(raw, grid)) == expected, raw
+        assert bits(pc.columns(raw)) == expected, raw
+        assert bits(pc.columns(raw, grid)) == expected, raw
 
 
 def test_equal_timestamp_columns_are_converted_once_and_shared():
     t0 = int(at(D1))
-    grid = prom._Grid()
-    first, _ = prom._columns([[t0, "1"], [t0 + 60, "2"]], grid)
-    again, values = prom._columns([[float(t0), "3"], [t0 + 60, "4"]], grid)  # equal numbers, other types
+    grid = pc.Grid()
+    first, _ = pc.columns([[t0, "1"], [t0 + 60, "2"]], grid)
+    again, values = pc.columns([[float(t0), "3"], [t0 + 60, "4"]], grid)  # equal numbers, other types
     assert again is first and values == [3.0, 4.0]
-    other, _ = prom._columns([[t0, "5"], [t0 + 120, "6"]], grid)
+    other, _ = pc.columns([[t0, "5"], [t0 + 120, "6"]], grid)
     assert other is not first and other == [t0, t0 + 120.0]
     # a column with a skipped point is parsed per point and not remembered
-    assert prom._columns([[t0, "NaN"], [t0 + 120, "6"]], grid)[0] == [t0 + 120.0]
-    assert prom._columns([[t0, "7"], [t0 + 120, "8"]], grid)[0] is other
+    assert pc.columns([[t0, "NaN"], [t0 + 120, "6"]], grid)[0] == [t0 + 120.0]
+    assert pc.columns([[t0, "7"], [t0 + 120, "8"]], grid)[0] is other
     # 0 == -0.0: a column holding a zero timestamp is never shared, so each keeps its sign of zero
-    assert bits(prom._columns([[0, "1"]], grid)[0]) == bits([0.0])
-    assert bits(prom._columns([[-0.0, "1"]], grid)[0]) == bits([-0.0])
+    assert bits(pc.columns([[0, "1"]], grid)[0]) == bits([0.0])
+    assert bits(pc.columns([[-0.0, "1"]], grid)[0]) == bits([-0.0])
 
 
 def test_series_on_one_grid_share_one_timestamps_list():

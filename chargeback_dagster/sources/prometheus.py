@@ -38,7 +38,6 @@ Rules implemented here (all binding):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -48,14 +47,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from operator import attrgetter, lt
-from typing import Any, Literal, overload
+from typing import Any, overload
 
 import httpx
-import msgspec
-import orjson
 
 from chargeback_dagster.sources import http
+from chargeback_dagster.sources import prometheus_columns as pc
 from chargeback_dagster.sources.promql import grouping_labels
 
 logger = logging.getLogger("chargeback_dagster.prometheus")
@@ -402,8 +399,8 @@ class PrometheusClient:
                 if ts_list and key not in columns and key not in points:
                     # a new label set with every sample inside the window is taken as returned: as columns
                     # when its timestamps ascend (Prometheus' order), else as a dict if none repeats
-                    if ts_list is not checked:  # series sharing one timestamps list (_columns): one check
-                        checked, (ascending, inside) = ts_list, _column_shape(ts_list, start, end)
+                    if ts_list is not checked:  # series sharing one timestamps list (pc.Grid): one check
+                        checked, (ascending, inside) = ts_list, pc.column_shape(ts_list, start, end)
                     if inside:
                         if ascending:
                             columns[key] = (ts_list, values)
@@ -508,18 +505,14 @@ class PrometheusClient:
         form: dict[str, str],
         reduce: Callable[[dict[str, str]], dict[str, str]],
     ) -> list[tuple[_LabelKey, list[float], list[float]]]:
-        """Each returned series as (reduced label set, timestamps, values).
-
-        A successful matrix (the usual answer) is decoded straight into typed points that the cyclic
-        garbage collector does not track: a 7-day matrix is ~10^5 points alive until they are converted,
-        and as JSON lists their allocations would trigger collections that traverse them (and the whole
-        heap) again and again (measured: 4x the parse time). Any other answer is read as parsed JSON."""
-        matrix = _decode_matrix(response.content)
+        """Each returned series as (reduced label set, timestamps, values); a successful matrix without
+        JSON lists (see prometheus_columns)."""
+        matrix = pc.decode_matrix(response.content)
         if matrix is None:
             rows = _iter_result_columns(self._data(response, form))
         else:
             self._log_warnings(matrix.warnings, form)
-            rows = _matrix_columns(matrix.data.result)
+            rows = pc.matrix_columns(matrix.data.result)
         return [(tuple(sorted(reduce(m).items())), ts, vs) for m, ts, vs in rows]
 
     def _log_warnings(self, warnings: Iterable[Any], form: dict[str, str]) -> None:
@@ -531,7 +524,7 @@ class PrometheusClient:
     def _data(self, response: httpx.Response, form: dict[str, str]) -> dict[str, Any]:
         """The ``data`` object of a 2xx response (logs ``warnings``, raises on ``"status": "error"``)."""
         try:
-            payload = _loads(response.content)
+            payload = pc.loads(response.content)
         except ValueError:
             raise MetricsQueryError(
                 self._scrub(
@@ -551,167 +544,20 @@ class PrometheusClient:
         return data if isinstance(data, dict) else {}
 
 
-def _column_shape(ts_list: list[float], start: int, end: int) -> tuple[bool, bool]:
-    """``(ascending, inside)`` of a non-empty timestamps column: whether it strictly ascends and whether
-    every timestamp lies in the window ``[start, end)`` (integer milliseconds)."""
-    ascending = all(map(lt, ts_list, ts_list[1:]))
-    first, final = (ts_list[0], ts_list[-1]) if ascending else (min(ts_list), max(ts_list))
-    return ascending, start <= round(first * 1000) and round(final * 1000) < end
-
-
-class _Point(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=False):
-    """``[<unix time>, "<value>"]``, untracked by the garbage collector (``gc=False``: it holds no object
-    that could form a cycle)."""
-
-    ts: float
-    value: str
-
-
-class _MatrixSeries(msgspec.Struct, gc=False):
-    values: list[_Point]
-    metric: dict[str, str] = {}
-
-
-class _Matrix(msgspec.Struct, gc=False):
-    resultType: Literal["matrix"]  # Prometheus' field name
-    result: list[_MatrixSeries]
-
-
-class _MatrixResponse(msgspec.Struct, gc=False):
-    status: Literal["success"]
-    data: _Matrix
-    warnings: list[str] = []
-
-
-_MATRIX_DECODER = msgspec.json.Decoder(_MatrixResponse)
-_TS = attrgetter("ts")
-_VALUE = attrgetter("value")
-
-
-def _decode_matrix(content: bytes) -> _MatrixResponse | None:
-    """A successful matrix answer of the usual shape; None for any other answer (an error, another result
-    type, odd points or JSON that only Python's json reads), which the general path then reads exactly as
-    before."""
-    try:
-        return _MATRIX_DECODER.decode(content)
-    except msgspec.DecodeError:  # also ValidationError: a shape other than the one declared
-        return None
-
-
-def _matrix_columns(
-    result: list[_MatrixSeries],
-) -> Iterable[tuple[dict[str, str], list[float], list[float]]]:
-    """_iter_result_columns for a decoded matrix."""
-    grid = _Grid()
-    for item in result:
-        points = item.values
-        if not points:
-            yield item.metric, [], []
-            continue
-        ts_raw, values_raw = tuple(map(_TS, points)), tuple(map(_VALUE, points))
-        columns = _from_columns(ts_raw, values_raw, grid)
-        yield item.metric, *(columns or _parse_points(zip(ts_raw, values_raw, strict=True)))
-
-
-def _loads(content: bytes) -> Any:
-    """The JSON body, parsed by orjson (several times faster than json on large matrices). What orjson
-    rejects but json accepts (NaN/Infinity literals, UTF-16/32, lone surrogates) is parsed by json, as the
-    client always did (httpx's ``Response.json()`` is ``json.loads(content)``)."""
-    try:
-        return orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return json.loads(content)
-
-
-def _parse_point(point: Any) -> tuple[float, float] | None:
-    try:
-        ts, raw = point
-        value = float(raw)
-        ts = float(ts)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(value) or not math.isfinite(ts):
-        return None
-    return ts, value
-
-
-class _Grid:
-    """The last timestamps column _columns converted for a response, reused for the next equal column: the
-    series of a response mostly share one evaluation grid, so it is converted once and one list is shared
-    (read only), which also lets later steps check it and cut it into days once per grid."""
-
-    __slots__ = ("floats", "raw", "reusable")
-
-    def __init__(self) -> None:
-        self.raw: tuple[Any, ...] = ()
-        self.floats: list[float] = []
-        self.reusable: bool | None = None  # decided at the first match
-
-    def match(self, raw: tuple[Any, ...]) -> list[float] | None:
-        """The floats of ``raw`` when it equals the kept column. Equal numbers convert to equal floats,
-        except that 0 == -0.0: a column holding a zero timestamp is not reused."""
-        if raw != self.raw:
-            return None
-        if self.reusable is None:
-            self.reusable = 0.0 not in self.floats
-        return self.floats if self.reusable else None
-
-    def keep(self, raw: tuple[Any, ...], floats: list[float]) -> None:
-        self.raw, self.floats, self.reusable = raw, floats, None
-
-
-def _columns(raw_points: list[Any], grid: _Grid | None = None) -> tuple[list[float], list[float]]:
-    """Timestamps and values of a ``values`` array; non-finite and unparseable points skipped.
-
-    Fast path: transpose the whole array at C level (unpacking into two columns accepts exactly what
-    ``ts, value = point`` accepts) and convert it (_from_columns); any oddity falls back to per-point
-    parsing."""
-    try:
-        ts_raw, values_raw = zip(*raw_points, strict=True)
-    except (TypeError, ValueError):
-        return _parse_points(raw_points)
-    return _from_columns(ts_raw, values_raw, grid) or _parse_points(raw_points)
-
-
-def _from_columns(
-    ts_raw: tuple[Any, ...], values_raw: tuple[Any, ...], grid: _Grid | None
-) -> tuple[list[float], list[float]] | None:
-    """Both columns as floats, or None when a point does not convert or is not finite. With ``grid``, a
-    timestamps column equal to the previous converted one is that same list."""
-    try:
-        known = grid.match(ts_raw) if grid is not None else None
-        ts_list = list(map(float, ts_raw)) if known is None else known
-        values = list(map(float, values_raw))
-    except (TypeError, ValueError):
-        return None
-    # inf and nan propagate through a sum, so a finite sum proves every addend finite (a sum that
-    # overflows merely takes the per-point path); a matched column passed this check when kept
-    if (known is not None or math.isfinite(sum(ts_list))) and math.isfinite(sum(values)):
-        if grid is not None and known is None:
-            grid.keep(ts_raw, ts_list)
-        return ts_list, values
-    return None
-
-
-def _parse_points(raw_points: Iterable[Any]) -> tuple[list[float], list[float]]:
-    points = [p for p in map(_parse_point, raw_points) if p is not None]
-    return [ts for ts, _ in points], [v for _, v in points]
-
-
 def _iter_result_columns(data: dict[str, Any]) -> Iterable[tuple[dict[str, str], list[float], list[float]]]:
     """Like _iter_result, with each series' samples as (timestamps, values) columns."""
     if data.get("resultType") != "matrix" or not isinstance(data.get("result"), list):
         for metric, points in _iter_result(data):
             yield metric, [ts for ts, _ in points], [v for _, v in points]
         return
-    grid = _Grid()
+    grid = pc.Grid()
     for item in data["result"]:
         if not isinstance(item, dict):
             continue
         metric = item.get("metric") or {}
         raw_points = item.get("values") if "values" in item else [item.get("value")]
         if isinstance(raw_points, list) and raw_points:
-            ts_list, values = _columns(raw_points, grid)
+            ts_list, values = pc.columns(raw_points, grid)
         else:
             ts_list, values = [], []
         yield {str(k): str(v) for k, v in metric.items()}, ts_list, values
@@ -721,7 +567,7 @@ def _iter_result(data: dict[str, Any]) -> Iterable[tuple[dict[str, str], list[tu
     result_type = data.get("resultType")
     result = data.get("result")
     if result_type == "scalar":
-        point = _parse_point(result)
+        point = pc.parse_point(result)
         yield {}, [point] if point else []
         return
     if result_type not in ("matrix", "vector") or not isinstance(result, list):
@@ -731,5 +577,5 @@ def _iter_result(data: dict[str, Any]) -> Iterable[tuple[dict[str, str], list[tu
             continue
         metric = item.get("metric") or {}
         raw_points = item.get("values") if "values" in item else [item.get("value")]
-        points = [p for p in map(_parse_point, raw_points or []) if p is not None]
+        points = [p for p in map(pc.parse_point, raw_points or []) if p is not None]
         yield {str(k): str(v) for k, v in metric.items()}, points
