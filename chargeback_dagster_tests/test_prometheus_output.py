@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import socket
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -27,11 +28,18 @@ from chargeback_dagster.outputs.prometheus import PrometheusOutput, PrometheusWr
 from chargeback_dagster.store import TenantStore
 from chargeback_dagster_tests.test_generic_e2e import tenant_yaml, worked_example_metrics
 
+
 DATES = [date(2026, 2, 1), date(2026, 2, 2), date(2026, 2, 3), date(2026, 2, 4)]
 TEAMS = {"team-a": "alpha", "team-b": "alpha", "team-c": "beta"}
 DAY_BY_TEAM = {"alpha": Decimal("120.5734"), "beta": Decimal("60.1666")}
 # Backfilling by remote write needs out-of-order ingestion reaching back to the oldest date pushed.
 OOO_CONFIG = MINIMAL_CONFIG + "storage:\n  tsdb:\n    out_of_order_time_window: 3650d\n"
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +113,7 @@ def imported(tmp: Path, files: list[Path]) -> LocalPrometheus:
     return LocalPrometheus(None, tmp, openmetrics_files=files)
 
 
-def push(config_path: Path, url: str, dates: list[date]) -> None:
+def push(config_path: Path, url: str, dates: list[date], **params: object) -> None:
     """Write the dates through a prometheus emitter that pushes to `url` (params the YAML cannot hold yet)."""
     tenant = load_config(config_path).tenants["search"]
     store = TenantStore.open(
@@ -116,7 +124,7 @@ def push(config_path: Path, url: str, dates: list[date]) -> None:
             type="prometheus",
             name="push",
             aggregation=None,
-            params={"output_dir": config_path.parent / "pushed", "remote_write_url": url},
+            params={"output_dir": config_path.parent / "pushed", "remote_write_url": url, **params},
         )
         PrometheusOutput(ChargebackResult(tenant, tuple(dates), store.csv_groups, store)).write(emitter)
     finally:
@@ -231,9 +239,32 @@ def test_remote_write_backfills_history_and_a_repush_does_not_double_count(tmp_p
 
 
 @pytest.mark.slow
-def test_remote_write_without_out_of_order_window_refuses_history(tmp_path, source):
+def test_remote_write_refusals_are_one_line_errors(tmp_path, source):
     config_path = write_config(tmp_path, source.url)
     materialize(config_path, DATES[0], DATES[1])
+    with pytest.raises(
+        PrometheusWriteError, match=r"^emitter 'push': params.timeout: Input should be greater than 0$"
+    ):
+        push(config_path, "http://127.0.0.1:9/api/v1/write", [DATES[1]], timeout=0)
+    closed = f"http://127.0.0.1:{closed_port()}/api/v1/write"
+    with pytest.raises(
+        PrometheusWriteError, match=rf"^Cannot push to Prometheus remote write '{closed}': .*refused"
+    ):
+        push(config_path, closed, [DATES[1]])
+    # the files were written before the push
+    assert (tmp_path / "pushed" / "chargeback_search-prod_2026-02-02.om").read_text().endswith("# EOF\n")
+    # a Prometheus without --web.enable-remote-write-receiver
+    # (2.42 names the feature flag it still accepts besides --web.enable-remote-write-receiver)
+    with (
+        LocalPrometheus(None, tmp_path / "plain") as prom,
+        pytest.raises(
+            PrometheusWriteError,
+            match=r"refused the samples: HTTP 404 remote write receiver needs to be enabled with "
+            r"--enable-feature=remote-write-receiver$",
+        ),
+    ):
+        push(config_path, f"{prom.url}/api/v1/write", [DATES[1]])
+    # history without the out-of-order window
     receiver = LocalPrometheus(
         None, tmp_path / "receiver", extra_flags=["--web.enable-remote-write-receiver"]
     )
