@@ -28,7 +28,6 @@ from chargeback_dagster.outputs.prometheus import PrometheusOutput, PrometheusWr
 from chargeback_dagster.store import TenantStore
 from chargeback_dagster_tests.test_generic_e2e import tenant_yaml, worked_example_metrics
 
-
 DATES = [date(2026, 2, 1), date(2026, 2, 2), date(2026, 2, 3), date(2026, 2, 4)]
 TEAMS = {"team-a": "alpha", "team-b": "alpha", "team-c": "beta"}
 DAY_BY_TEAM = {"alpha": Decimal("120.5734"), "beta": Decimal("60.1666")}
