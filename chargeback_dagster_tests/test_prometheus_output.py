@@ -227,7 +227,7 @@ def test_remote_write_backfills_history_and_a_repush_does_not_double_count(tmp_p
             r.getMessage() for r in caplog.records if r.name == "chargeback_dagster.outputs.prometheus"
         ] == [
             f"Prometheus remote write '{url}': 4 of 20 samples of 2026-02-04 kept their earlier value "
-            "(Prometheus cannot overwrite a sample; docs/outputs.md §3)"
+            "(Prometheus cannot overwrite a sample; docs/outputs.md §4)"
         ]
         assert query(prom, "sum(chargeback_amount)", DATES[0]) == {"": Decimal("180.7400")}
         assert query(prom, "sum(chargeback_amount)", DATES[3]) == {"": Decimal("204.7400")}
@@ -272,6 +272,6 @@ def test_remote_write_refusals_are_one_line_errors(tmp_path, source):
         with pytest.raises(
             PrometheusWriteError,
             match=r"refused the samples: HTTP 400 out of bounds \(history needs "
-            r"storage.tsdb.out_of_order_time_window, docs/outputs.md §3\)$",
+            r"storage.tsdb.out_of_order_time_window, docs/outputs.md §4\)$",
         ):
             push(config_path, f"{prom.url}/api/v1/write", [DATES[0]])

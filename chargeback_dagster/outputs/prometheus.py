@@ -1,9 +1,9 @@
-"""The `prometheus` emitter type: chargeback results as gauges (docs/outputs.md §3), written as OpenMetrics
+"""The `prometheus` emitter type: chargeback results as gauges (docs/outputs.md §4), written as OpenMetrics
 files for `promtool tsdb create-blocks-from openmetrics` and optionally pushed by Prometheus remote write.
 
 Every sample is stamped at the midnight UTC of its date, so any history can be backfilled. A series is
 identified by its labels only, so a recalculated date yields the same series and timestamps again: the
-date's file is rewritten (decision D7) and a re-push sends the same identities (see docs/outputs.md §3 for
+date's file is rewritten (decision D7) and a re-push sends the same identities (see docs/outputs.md §4 for
 what Prometheus does with a changed value).
 """
 
@@ -38,7 +38,7 @@ SERIES_PER_REQUEST = 5000
 
 log = logging.getLogger(__name__)
 
-# name -> (HELP text, label names in output order). docs/outputs.md §3 describes each label.
+# name -> (HELP text, label names in output order). docs/outputs.md §4 describes each label.
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "chargeback_amount": (
         "Amount allocated to an identity for the day (currency units).",
@@ -117,7 +117,7 @@ class _Inventory:
 class PrometheusOutput(Output):
     """One OpenMetrics file per calculated date, or with `aggregation: monthly` one per month holding each
     calculated date of the month with its own daily samples; then, when `remote_write_url` is set, the
-    calculated dates' samples pushed to Prometheus (docs/outputs.md §3)."""
+    calculated dates' samples pushed to Prometheus (docs/outputs.md §4)."""
 
     def __init__(self, result: ChargebackResult) -> None:
         super().__init__(result)
@@ -157,7 +157,7 @@ class PrometheusOutput(Output):
                 if kept:
                     log.warning(
                         "Prometheus remote write '%s': %d of %d samples of %s kept their earlier value "
-                        "(Prometheus cannot overwrite a sample; docs/outputs.md §3)",
+                        "(Prometheus cannot overwrite a sample; docs/outputs.md §4)",
                         params.remote_write_url,
                         kept,
                         len(samples),
@@ -352,7 +352,7 @@ def _post(http: httpx.Client, url: str, series: list[bytes]) -> bool:
         return False
     hint = ""
     if reason in ("out of bounds", "out of order sample"):
-        hint = " (history needs storage.tsdb.out_of_order_time_window, docs/outputs.md §3)"
+        hint = " (history needs storage.tsdb.out_of_order_time_window, docs/outputs.md §4)"
     raise PrometheusWriteError(
         f"Prometheus remote write '{url}' refused the samples: HTTP {response.status_code} {reason}{hint}"
     )
