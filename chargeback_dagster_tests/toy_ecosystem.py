@@ -82,6 +82,4 @@ class ToyEcosystem(Ecosystem):
         return UNKNOWN_TO_UNALLOCATED
 
 
-TOY_PLUGIN = EcosystemPlugin(
-    f"{__name__}:ToyEcosystem", f"{__name__}:ToySettings", (SERVICE_TYPE,), metrics_required=False
-)
+TOY_PLUGIN = EcosystemPlugin(f"{__name__}:ToyEcosystem", f"{__name__}:ToySettings", (SERVICE_TYPE,))
