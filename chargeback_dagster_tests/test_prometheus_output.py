@@ -56,13 +56,9 @@ def write_config(root: Path, source_url: str, broker_rate: float = 2.50, support
         plugin["cost_types"].append(
             {"name": "support", "product_category": "support", "rate": 1.00, "cost_quantity": fixed}
         )
-    # the config model has no prometheus defaults yet: the template is given explicitly
     plugin["emitters"] = [
         {"type": "csv", "params": {"output_dir": "out"}},
-        {
-            "type": "prometheus",
-            "params": {"output_dir": "om", "filename_template": "cb_{tenant_id}_{date}.om"},
-        },
+        {"type": "prometheus", "params": {"output_dir": "om"}},  # template chargeback_{tenant_id}_{date}.om
         {
             "type": "prometheus",
             "name": "prometheus_monthly",
@@ -136,7 +132,7 @@ def test_openmetrics_files_imported_by_promtool_match_the_csv(tmp_path, source):
     materialize(config_path, DATES[0], DATES[-1])
     out, om = tmp_path / "out", tmp_path / "om"
 
-    first = (om / "cb_search-prod_2026-02-01.om").read_text()
+    first = (om / "chargeback_search-prod_2026-02-01.om").read_text()
     assert first.startswith("# TYPE chargeback_amount gauge\n# HELP chargeback_amount ")
     assert first.endswith("\n# EOF\n")
     assert (
@@ -150,7 +146,7 @@ def test_openmetrics_files_imported_by_promtool_match_the_csv(tmp_path, source):
         "0.2400 1769904000\n"
     ) in first
     # no bill on 2026-02-03, but the inventory is still active
-    third = (om / "cb_search-prod_2026-02-03.om").read_text()
+    third = (om / "chargeback_search-prod_2026-02-03.om").read_text()
     assert "chargeback_amount{" not in third and "chargeback_identity_active{" in third
 
     with imported(tmp_path / "prom-daily", sorted(om.glob("*.om"))) as prom:
