@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from chargeback_dagster.config import EmitterConfig, TenantConfig
+    from chargeback_dagster.store import TenantStore
 
 # One chargeback row of a date: (timestamp, the store's CSV_DIMENSION_COLUMNS values, Σ amount_units), summed
 # over the columns the outputs do not show (docs/outputs.md §1, "Rows"); ecosystem and tenant_id are the
@@ -29,6 +30,8 @@ class ChargebackResult:
     dates: tuple[date, ...]
     # The groups of the dates start ≤ d < end, ordered by timestamp then fields (TenantStore.csv_groups).
     read_groups: Callable[[date, date], list[Group]]
+    # The tenant store, for outputs that show more than the chargeback rows (billing lines, inventory).
+    store: TenantStore | None = None
 
 
 class OutputWriteError(Exception):
