@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from chargeback_dagster.config import EmitterConfig, load_config
+from chargeback_dagster.config import ConfigError, EmitterConfig, load_config
 from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_prometheus import MINIMAL_CONFIG, LocalPrometheus
 from chargeback_dagster.devtools.local_run import materialize_range
@@ -109,17 +109,19 @@ def imported(tmp: Path, files: list[Path]) -> LocalPrometheus:
 
 
 def push(config_path: Path, url: str, dates: list[date], **params: object) -> None:
-    """Write the dates through a prometheus emitter that pushes to `url` (params the YAML cannot hold yet)."""
+    """Write the dates through a prometheus emitter, as YAML would configure it, that pushes to `url`."""
     tenant = load_config(config_path).tenants["search"]
     store = TenantStore.open(
         tenant.database_url, tenant_name="search", ecosystem=tenant.ecosystem, tenant_id=tenant.tenant_id
     )
     try:
-        emitter = EmitterConfig.model_construct(
-            type="prometheus",
-            name="push",
-            aggregation=None,
-            params={"output_dir": config_path.parent / "pushed", "remote_write_url": url, **params},
+        emitter = EmitterConfig.model_validate(
+            {
+                "type": "prometheus",
+                "name": "push",
+                "params": {"output_dir": "pushed", "remote_write_url": url, **params},
+            },
+            context={"config_dir": config_path.parent},
         )
         PrometheusOutput(ChargebackResult(tenant, tuple(dates), store.csv_groups, store)).write(emitter)
     finally:
@@ -237,10 +239,20 @@ def test_remote_write_backfills_history_and_a_repush_does_not_double_count(tmp_p
 def test_remote_write_refusals_are_one_line_errors(tmp_path, source):
     config_path = write_config(tmp_path, source.url)
     materialize(config_path, DATES[0], DATES[1])
-    with pytest.raises(
-        PrometheusWriteError, match=r"^emitter 'push': params.timeout: Input should be greater than 0$"
-    ):
-        push(config_path, "http://127.0.0.1:9/api/v1/write", [DATES[1]], timeout=0)
+    # the push parameters are checked when the config loads
+    config = yaml.safe_load(config_path.read_text())
+    emitters = config["tenants"]["search"]["plugin_settings"]["emitters"]
+    emitters[1]["params"].update(remote_write_url="http://127.0.0.1:9/api/v1/write", timeout=0)
+    emitters[0]["params"]["remote_write_url"] = "http://127.0.0.1:9/api/v1/write"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config, sort_keys=False))
+    with pytest.raises(ConfigError) as problems:
+        load_config(bad)
+    assert [line.split(": ", 1)[1] for line in str(problems.value).splitlines()[1:]] == [
+        "plugin_settings.emitters[0].params.remote_write_url: "
+        "'remote_write_url' is not a parameter of emitters of type 'csv'",
+        "plugin_settings.emitters[1].params.timeout: must be > 0, got 0",
+    ]
     closed = f"http://127.0.0.1:{closed_port()}/api/v1/write"
     with pytest.raises(
         PrometheusWriteError, match=rf"^Cannot push to Prometheus remote write '{closed}': .*refused"

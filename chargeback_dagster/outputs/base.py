@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from chargeback_dagster.config import EmitterConfig, TenantConfig
@@ -41,6 +41,9 @@ class OutputWriteError(Exception):
 class Output(ABC):
     """One emitter type. Built once per result, so state (e.g. rendered text) is shared by all emitters of
     that type; `write` is called for each of the tenant's emitters of the type, in config order."""
+
+    default_template: ClassVar[str]  # `params.filename_template` when the config gives none
+    extra_params: ClassVar[frozenset[str]] = frozenset()  # params beyond output_dir / filename_template
 
     def __init__(self, result: ChargebackResult) -> None:
         self.result = result

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 import cramjam
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chargeback_dagster.money import format_units, round4_units
 from chargeback_dagster.outputs.base import ChargebackResult, Output, OutputWriteError
@@ -75,18 +74,6 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
 Sample = tuple[str, tuple[str, ...], int, str]
 
 
-class PrometheusParams(BaseModel):
-    """`params` of a `prometheus` emitter."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    output_dir: Path
-    filename_template: str = DEFAULT_TEMPLATE
-    # e.g. http://prometheus:9090/api/v1/write; the server needs --web.enable-remote-write-receiver
-    remote_write_url: str | None = None
-    timeout: float = Field(default=30.0, gt=0)
-
-
 class PrometheusWriteError(OutputWriteError):
     pass
 
@@ -119,6 +106,9 @@ class PrometheusOutput(Output):
     calculated date of the month with its own daily samples; then, when `remote_write_url` is set, the
     calculated dates' samples pushed to Prometheus (docs/outputs.md §4)."""
 
+    default_template = DEFAULT_TEMPLATE
+    extra_params = frozenset({"remote_write_url", "timeout"})
+
     def __init__(self, result: ChargebackResult) -> None:
         super().__init__(result)
         if result.store is None:
@@ -127,33 +117,22 @@ class PrometheusOutput(Output):
         self.tenant_labels = (result.tenant.tenant_id, result.tenant.ecosystem)
         self._inventory: _Inventory | None = None
 
-    @staticmethod
-    def params(emitter: EmitterConfig) -> PrometheusParams:
-        raw = emitter.params
-        fields = raw.model_dump(exclude_unset=True) if isinstance(raw, BaseModel) else dict(raw)
-        try:
-            return PrometheusParams.model_validate(fields)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise PrometheusWriteError(f"emitter '{emitter.name}': params.{where}: {first['msg']}") from exc
-
     def write(self, emitter: EmitterConfig) -> dict[str, int]:
-        params = self.params(emitter)
+        params = emitter.params
         written: dict[str, int] = {}
         if emitter.aggregation == "monthly":
             for start in sorted({first_of_month(d) for d in self.result.dates}):
                 dates = self.store.calculated_dates(start, first_of_next_month(start))
-                path = self.file_path(params, start)
+                path = self.path_for(emitter, start)
                 written[str(path)] = write_openmetrics(path, self.samples(dates))
         else:
             for d in sorted(self.result.dates):
-                path = self.file_path(params, d)
+                path = self.path_for(emitter, d)
                 written[str(path)] = write_openmetrics(path, self.samples([d]))
         if params.remote_write_url:
             for d in sorted(self.result.dates):
                 samples = self.samples([d])
-                kept = remote_write(params.remote_write_url, samples, params.timeout)
+                kept = remote_write(params.remote_write_url, samples, float(params.timeout))
                 if kept:
                     log.warning(
                         "Prometheus remote write '%s': %d of %d samples of %s kept their earlier value "
@@ -164,13 +143,6 @@ class PrometheusOutput(Output):
                         d,
                     )
         return written
-
-    def file_path(self, params: PrometheusParams, file_date: date) -> Path:
-        tenant = self.result.tenant
-        name = params.filename_template.format(
-            tenant_id=tenant.tenant_id, tenant_name=tenant.name, date=file_date.isoformat()
-        )
-        return params.output_dir / name
 
     def inventory(self) -> _Inventory:
         if self._inventory is None:
