@@ -19,16 +19,16 @@ import yaml
 from chargeback_dagster.config import (
     AppConfig,
     ConfigError,
-    ConfluentCloudSettings,
-    GenericMetricsSettings,
     OverrideError,
-    SelfManagedKafkaSettings,
     clear_config_cache,
     get_config,
     load_callable,
     load_config,
 )
+from chargeback_dagster.ecosystems.confluent_cloud.config import ConfluentCloudSettings
+from chargeback_dagster.ecosystems.generic_metrics.config import GenericMetricsSettings
 from chargeback_dagster.ecosystems.self_managed_kafka import config as self_managed_kafka_config
+from chargeback_dagster.ecosystems.self_managed_kafka.config import SelfManagedKafkaSettings
 
 FIX = "chargeback_dagster_tests.config_overrides_fixtures"
 CC = "tenant 't1' (confluent_cloud): "
@@ -603,7 +603,7 @@ def test_metrics_config_values(tmp_path: Path) -> None:
 # --- emitters
 def test_emitter_rules(tmp_path: Path) -> None:
     emitters = [
-        {"type": "prometheus", "params": {"output_dir": "o1"}},
+        {"type": "parquet", "params": {"output_dir": "o1"}},
         {"type": "csv", "name": "x", "aggregation": "weekly", "params": {"output_dir": "o2"}},
         {
             "type": "csv",
@@ -615,7 +615,7 @@ def test_emitter_rules(tmp_path: Path) -> None:
     ]
     p = f"{CC}plugin_settings.emitters"
     assert tenant_problems(tmp_path, tenant(ps={"emitters": emitters})) == [
-        f"{p}[0].type: Unknown emitter type 'prometheus'. Available: csv",
+        f"{p}[0].type: Unknown emitter type 'parquet'. Available: csv, prometheus",
         f"{p}[1].aggregation: must be one of ['daily', 'monthly'], got 'weekly'",
         f"{p}: duplicate emitter name 'x'",
         f"{p}[2].params.filename_template: unknown placeholder '{{tenant}}'; allowed: {{tenant_id}}, "

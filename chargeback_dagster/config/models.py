@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,6 +27,8 @@ from pydantic import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from chargeback_dagster.allocation.credits import CREDIT_POLICIES, DEFAULT_CREDIT_POLICY
+
 from ..outputs.registry import OUTPUTS
 from .fields import (
     AS_TEXT,
@@ -38,6 +41,7 @@ from .fields import (
     Key,
     LogLevel,
     NonEmptyStr,
+    Number,
     Secret,
     Str,
     errors_of,
@@ -50,7 +54,6 @@ from .fields import (
 from .overrides import check_override
 
 DEFAULT_LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
-DEFAULT_CSV_TEMPLATE = "{tenant_id}_{date}.csv"
 TEMPLATE_PLACEHOLDERS = ("tenant_id", "tenant_name", "date")
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 _FILE_NAME_UNSAFE_RE = re.compile(r"[/\\\x00-\x1f\x7f]")
@@ -183,7 +186,10 @@ class MetricsConfig(ConfigModel):
 
 class EmitterParams(ConfigModel):
     output_dir: Path  # absolute (resolved against the config directory)
-    filename_template: Str = DEFAULT_CSV_TEMPLATE
+    filename_template: Str | None = None  # default: the output type's own (outputs/registry.py)
+    # `prometheus` only (docs/outputs.md §4): push each date's samples to this remote-write endpoint
+    remote_write_url: HttpUrl | None = None
+    timeout: Number = Field(Decimal(30), gt=0)
 
     @field_validator("output_dir", mode="before")
     @classmethod
@@ -193,7 +199,9 @@ class EmitterParams(ConfigModel):
 
     @field_validator("filename_template")
     @classmethod
-    def _placeholders(cls, template: str) -> str:
+    def _placeholders(cls, template: str | None) -> str | None:
+        if template is None:
+            return None
         names = _PLACEHOLDER_RE.findall(template)
         unknown = [p for p in names if p not in TEMPLATE_PLACEHOLDERS]
         if unknown:
@@ -222,6 +230,18 @@ class EmitterConfig(ConfigModel):
     @classmethod
     def _default_name(cls, name: str | None, info: ValidationInfo) -> str | None:
         return info.data.get("type") if name is None else name
+
+    @model_validator(mode="after")
+    def _params_of_the_type(self) -> EmitterConfig:
+        output = OUTPUTS[self.type]
+        for key in ("remote_write_url", "timeout"):
+            if key in self.params.model_fields_set and key not in output.extra_params:
+                raise problem(
+                    f"'{key}' is not a parameter of emitters of type '{self.type}'", at=("params", key)
+                )
+        if self.params.filename_template is None:
+            self.params.filename_template = output.default_template
+        return self
 
     @classmethod
     def check_list(cls, raw: Any, handler: ValidatorFunctionWrapHandler, field: str) -> Any:
@@ -268,9 +288,12 @@ def _emitter_name(item: Any) -> str | None:
         return None
 
 
-def emitter_params_in(raw: Any, key: str) -> list[Any]:
+def emitter_params_in(raw: Any, key: str) -> list[tuple[Any, Any]]:
+    """(type, params) of each emitter listed under `key` in raw YAML settings."""
     items = raw.get(key) if isinstance(raw, dict) else None
-    return [item.get("params") for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+    if not isinstance(items, list):
+        return []
+    return [(item.get("type"), item.get("params")) for item in items if isinstance(item, dict)]
 
 
 class StaticIdentity(ConfigModel):
@@ -346,10 +369,10 @@ class PluginSettingsBase(ConfigModel):
         return EmitterConfig.check_list(raw, handler, "emitters")
 
     @classmethod
-    def emitter_params(cls, raw: Any) -> list[tuple[type[EmitterParams], Any]]:
+    def emitter_params(cls, raw: Any) -> list[tuple[type[EmitterParams], Any, Any]]:
         """(params model, YAML params) of every emitter in these raw settings: the files a tenant claims are
         checked across tenants even when some of its other settings are invalid."""
-        return [(EmitterParams, params) for params in emitter_params_in(raw, "emitters")]
+        return [(EmitterParams, kind, params) for kind, params in emitter_params_in(raw, "emitters")]
 
     def load_warnings(self) -> list[str]:
         """Warnings to log when the config loads (e.g. a block that is accepted but not acted on)."""
@@ -374,6 +397,8 @@ class TenantConfig(ConfigModel):
     gather_failure_threshold: Int = Field(5, ge=1)
     tenant_execution_timeout_seconds: Int = Field(3600, ge=0)
     metrics_prefetch_workers: Int = Field(4, ge=1, le=20)
+    # how negative billing lines (credits, discounts) are allocated (docs/allocation.md §12)
+    credit_policy: Annotated[Literal[CREDIT_POLICIES], AS_TEXT] = DEFAULT_CREDIT_POLICY.value
     storage: StorageConfig = Field(default_factory=dict, validate_default=True)
     # the ecosystem's own settings model, dumped with all its fields
     plugin_settings: SerializeAsAny[PluginSettingsBase]

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError
 
 from chargeback_dagster.ecosystems.registry import ECOSYSTEMS
 
+from ..outputs.registry import OUTPUTS
 from .errors import END, Problems, report, yaml_line
 from .fields import ConfigModel, fmt, read_str
 from .models import (
@@ -198,15 +199,16 @@ def _claims(
     if tenant is None and "tenant_id" not in failed:
         tenant_id = read_str(raw["tenant_id"])
     patterns: set[str] = set()
-    for params_model, params in (
+    for params_model, kind, params in (
         settings_model.emitter_params(raw.get("plugin_settings")) if settings_model else ()
     ):
-        if tenant_id is None or not isinstance(params, dict):
+        if tenant_id is None or not isinstance(params, dict) or kind not in OUTPUTS:
             continue
-        fields = {key: params.get(key) for key in ("output_dir", "filename_template")}
+        fields = {key: params[key] for key in ("output_dir", "filename_template") if key in params}
         with contextlib.suppress(ValidationError):
             valid = params_model.model_validate(fields, context=context)
-            filled = valid.filename_template.replace("{tenant_id}", tenant_id).replace("{tenant_name}", name)
+            template = valid.filename_template or OUTPUTS[kind].default_template
+            filled = template.replace("{tenant_id}", tenant_id).replace("{tenant_name}", name)
             patterns.add(os.path.join(str(valid.output_dir), filled))
     return _Claims(tenant=name, database=database, csv_patterns=sorted(patterns))
 

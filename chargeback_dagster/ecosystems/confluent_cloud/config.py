@@ -197,10 +197,11 @@ class ConfluentCloudSettings(PluginSettingsBase):
         return ta
 
     @classmethod
-    def emitter_params(cls, raw: Any) -> list[tuple[type[EmitterParams], Any]]:
+    def emitter_params(cls, raw: Any) -> list[tuple[type[EmitterParams], Any, Any]]:
         topic_attribution = raw.get("topic_attribution") if isinstance(raw, dict) else None
         topic_params = emitter_params_in(topic_attribution, "emitters")
-        return [*super().emitter_params(raw), *((TopicEmitterParams, params) for params in topic_params)]
+        topic = [(TopicEmitterParams, kind, params) for kind, params in topic_params]
+        return [*super().emitter_params(raw), *topic]
 
     def load_warnings(self) -> list[str]:
         if not self.topic_attribution.enabled:
