@@ -149,8 +149,8 @@ def enter(
 
     tags = dict(context.run.tags)
     trigger = run_trigger(tags)
-    if store.get_pipeline_run(run_id) is None:
-        store.upsert_pipeline_run(
+    if store.state.run(run_id) is None:
+        store.state.upsert_run(
             run_id,
             trigger=trigger,
             range_start=min(dates) if dates else None,
@@ -159,7 +159,7 @@ def enter(
             stage=stage,
         )
     else:
-        store.upsert_pipeline_run(run_id, stage=stage)
+        store.state.upsert_run(run_id, stage=stage)
     deadline = Deadline(tenant.tenant_execution_timeout_seconds, run_start(instance, run_id))
     deadline.check()
     return Guarded(tenant, store, deadline, trigger)
@@ -167,7 +167,7 @@ def enter(
 
 def check_not_suspended(store: TenantStore, tenant: TenantConfig) -> None:
     suspension.suspend_if_due(store, tenant.gather_failure_threshold)  # backstop; no-op when not due
-    status = store.get_tenant_status()
+    status = store.state.status()
     if status and status["suspended"]:
         raise dg.Failure(suspension.suspended_message(tenant.name, status))
 
@@ -175,9 +175,9 @@ def check_not_suspended(store: TenantStore, tenant: TenantConfig) -> None:
 def take_lock(store: TenantStore, instance: dg.DagsterInstance, run_id: str) -> None:
     busy = f"Pipeline is already running for tenant {store.tenant_name}"
     for _ in range(3):  # lost races retry with the new holder
-        holder = store.run_lock_holder()
+        holder = store.state.run_lock_holder()
         if holder is None:
-            if store.try_take_run_lock(run_id, utc_now()):
+            if store.state.try_take_run_lock(run_id, utc_now()):
                 return
             continue
         holder_id = holder[0]
@@ -185,7 +185,7 @@ def take_lock(store: TenantStore, instance: dg.DagsterInstance, run_id: str) -> 
             return
         if run_in_progress(instance, holder_id):
             raise dg.Failure(busy, metadata={"holding_run_id": holder_id})
-        if store.try_take_run_lock(run_id, utc_now(), replacing=holder_id):
+        if store.state.try_take_run_lock(run_id, utc_now(), replacing=holder_id):
             log.info(
                 f"tenant={store.tenant_name} run_id={run_id} | took over the tenant lock of run {holder_id}, "
                 "which is no longer in progress"
@@ -197,7 +197,7 @@ def take_lock(store: TenantStore, instance: dg.DagsterInstance, run_id: str) -> 
 def close_orphans(store: TenantStore, instance: dg.DagsterInstance, run_id: str) -> None:
     """`running` audit rows of runs no longer in progress: a run that succeeded (its status sensor has not
     ticked yet) becomes `completed`; any other becomes `failed` with the orphan message."""
-    for row in store.pipeline_runs("running"):
+    for row in store.state.runs("running"):
         other = row["dagster_run_id"]
         if other == run_id:
             continue
@@ -207,6 +207,6 @@ def close_orphans(store: TenantStore, instance: dg.DagsterInstance, run_id: str)
         record = instance.get_run_record_by_id(other) if run is not None else None
         ended = datetime.fromtimestamp(record.end_time, UTC) if record and record.end_time else utc_now()
         if run is not None and run.status == dg.DagsterRunStatus.SUCCESS:
-            store.end_pipeline_runs([other], status="completed", at=ended, error=None)
+            store.state.end_runs([other], status="completed", at=ended, error=None)
         else:
-            store.end_pipeline_runs([other], status="failed", at=ended, error=ORPHANED)
+            store.state.end_runs([other], status="failed", at=ended, error=ORPHANED)

@@ -40,13 +40,13 @@ def write_tenant_csvs(tenant: TenantConfig, store: TenantStore, dates: list[date
 
         if emitter.aggregation == "monthly":
             for start in sorted({month_start(d) for d in dates}):
-                groups = csv_output.month_groups(store.csv_groups(start, next_month(start)), start)
+                groups = csv_output.month_groups(store.chargeback.csv_groups(start, next_month(start)), start)
                 path = path_for(start)
                 written[str(path)] = csv_output.write_csv(path, groups, lines)
         else:
             for d in sorted(dates):
                 path = path_for(d)
-                groups = store.csv_groups(d, d + timedelta(days=1))
+                groups = store.chargeback.csv_groups(d, d + timedelta(days=1))
                 written[str(path)] = csv_output.write_csv(path, groups, lines)
     return written
 
@@ -76,5 +76,5 @@ class ChargebackCsvIOManager(dg.ConfigurableIOManager):
         store = self.tenant_store.open(tenant_name)
         keys = context.asset_partition_keys
         start, end = date.fromisoformat(min(keys)), date.fromisoformat(max(keys)) + timedelta(days=1)
-        frame = pd.DataFrame(store.csv_rows(start, end), columns=list(csv_output.COLUMNS))
+        frame = pd.DataFrame(store.chargeback.csv_rows(start, end), columns=list(csv_output.COLUMNS))
         return frame.rename(columns={"amount": "amount_units"})

@@ -1,5 +1,6 @@
 """Per-tenant database (operations.md §13)."""
 
-from chargeback_dagster.store.tenant_store import StoreError, TenantStore, normalize_url
+from chargeback_dagster.store.database import StoreError, normalize_url
+from chargeback_dagster.store.tenant_store import TenantStore
 
 __all__ = ["StoreError", "TenantStore", "normalize_url"]
