@@ -157,7 +157,7 @@ def handler(kind: str, resolutions: dict[str, Resolution]) -> Handler:
 def build_confluent(
     n_lines: int, n_identities: int, seed: int = 11
 ) -> tuple[DateInputs, dict[str, Resolution]]:
-    """Kafka clusters to allocate with the real Confluent tier tables (allocation.md §9.1)."""
+    """Kafka clusters to allocate with the real Confluent tier tables (docs/allocation.md §9.1)."""
     rng = random.Random(seed)
     identity_ids = [f"sa-{i:05d}" for i in range(n_identities * 4)]
     identities = {i: Identity(i, "service_account") for i in identity_ids}

@@ -1,4 +1,4 @@
-"""`chargeback-dagster` command line (operations.md §12)."""
+"""`chargeback-dagster` command line (docs/operations.md §12)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def cmd_validate(args) -> int:
 
 
 def instance_concurrency_block(config) -> str:
-    """The dagster.yaml `concurrency` block of operations.md §5 for this config."""
+    """The dagster.yaml `concurrency` block of docs/operations.md §5 for this config."""
     cap = config.features.max_parallel_tenants
     return (
         "# dagster.yaml: per-tenant serialisation and the tenant-run cap (features.max_parallel_tenants)\n"

@@ -1,4 +1,4 @@
-"""CSV files for finance (operations.md §10): exact amounts, stable order, atomic rewrites."""
+"""CSV files for finance (docs/operations.md §10): exact amounts, stable order, atomic rewrites."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ UNALLOCATED = "UNALLOCATED"
 OWNER_TYPES = frozenset({"service_account", "user", "identity_pool", "principal"})
 
 
-# Dimension key of a chargeback row without (ecosystem, tenant_id) (allocation.md §2 step 7).
+# Dimension key of a chargeback row without (ecosystem, tenant_id) (docs/allocation.md §2 step 7).
 DIMENSION_KEY_FIELDS = (
     "env_id",
     "resource_id",
@@ -72,7 +72,7 @@ class BillingLine:
 
     @property
     def key(self) -> tuple[str, str, str]:
-        """Processing order and identity of a line within its date (allocation.md §2)."""
+        """Processing order and identity of a line within its date (docs/allocation.md §2)."""
         return (self.resource_id, self.product_type, self.env_id)
 
     @property
@@ -106,7 +106,7 @@ class Identity:
 
     def existed_between(self, start: datetime, end: datetime) -> bool:
         """Whether the identity existed at some time in [start, end): tenant_period membership of the day
-        [start, end) (allocation.md §3)."""
+        [start, end) (docs/allocation.md §3)."""
         return (self.created_at is None or self.created_at < end) and (
             self.deleted_at is None or self.deleted_at >= start
         )
@@ -126,7 +126,7 @@ class MetricRow(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class ChargebackRow:
-    """One allocated amount of one billing line, before the date's rows are merged (allocation.md §7)."""
+    """One allocated amount of one billing line, before the date's rows are merged (docs/allocation.md §7)."""
 
     identity_id: str
     cost_type: str

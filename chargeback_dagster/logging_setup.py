@@ -1,4 +1,4 @@
-"""Logging per operations.md §11: config-driven levels and context fields on operational lines."""
+"""Logging per docs/operations.md §11: config-driven levels and context fields on operational lines."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Exact money math (allocation.md §1).
+"""Exact money math (docs/allocation.md §1).
 
 Amounts are `Decimal` or integer **units** of 0.0001. Splits work on integers only: no floats, no
 context-dependent Decimal rounding. Every function here is pure.
@@ -81,7 +81,7 @@ def format_units(u: int) -> str:
 
 
 def split_units(total: int, weights: Sequence[int]) -> list[int]:
-    """Largest-remainder split of `total` units by integer weights (allocation.md §1).
+    """Largest-remainder split of `total` units by integer weights (docs/allocation.md §1).
 
     `q_i = total × w_i / Σw` exactly; `share_i = trunc(q_i)`; the `|k|` leftover units go, one each with
     the sign of `total`, to the largest `|q_i − share_i|`, ties to the earlier index. The caller passes
@@ -221,7 +221,7 @@ def decimal_weights_to_ints(ws: Sequence[Decimal]) -> list[int]:
 
 
 def composition_parts(amount_units: int, ratios: Sequence[Decimal]) -> list[int]:
-    """Composition of an amount (allocation.md §1): part j < m = round4(A × r_j), last = A − Σ earlier."""
+    """Composition (docs/allocation.md §1): part j < m = round4(A × r_j), last = A − Σ earlier."""
     if not ratios:
         return []
     parts = []

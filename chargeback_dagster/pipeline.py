@@ -85,7 +85,7 @@ def gather_inventory(
     ctx: GatherContext,
     zero_gather_threshold: int,
 ) -> InventorySummary:
-    """Gather, upsert, then detect deletions (operations.md §8)."""
+    """Gather, upsert, then detect deletions (docs/operations.md §8)."""
     gathered = ecosystem.gather_inventory(ctx)
     store.inventory.upsert_resources(gathered.resources, ctx.now)
     store.inventory.upsert_identities(gathered.identities, ctx.now)

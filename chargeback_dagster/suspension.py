@@ -1,4 +1,4 @@
-"""Gather-failure counting, suspension and resume (operations.md §7, decision D8), free of Dagster.
+"""Gather-failure counting, suspension and resume (docs/operations.md §7, decision D8), free of Dagster.
 
 The state lives in the tenant database (`tenant_status`), so it survives restarts and redeploys. The guard,
 the run-failure sensor, the refresh sensor, the retention schedule and the CLI all go through this module.

@@ -1,4 +1,5 @@
-"""Allocation models, tier tables, engine (allocation.md, self-managed-kafka.md §6, generic-metrics.md §6)."""
+"""Allocation models, tier tables, engine (docs/allocation.md, docs/self-managed-kafka.md §6,
+docs/generic-metrics.md §6)."""
 
 from __future__ import annotations
 
@@ -752,7 +753,7 @@ def test_usage_weights_helper() -> None:
     assert usage_weights(metric_rows, "principal") == {"alice": Decimal("0.3"), "bob": Decimal("0.0")}
 
 
-# ---- self-managed-kafka.md §6 ---
+# ---- docs/self-managed-kafka.md §6 ---
 
 CLUSTER = "kafka-cluster-001"
 
@@ -839,7 +840,7 @@ def test_self_managed_unknown_type() -> None:
     ]
 
 
-# ---- generic-metrics.md §6 ---
+# ---- docs/generic-metrics.md §6 ---
 
 GENERIC_CLUSTER = "opensearch-prod"
 STRATEGIES = {"broker_hours": "even_split", "storage": "usage_ratio", "egress": "even_split"}
@@ -1027,7 +1028,7 @@ def test_property_rows_sum_to_t_and_shares_within_one_unit() -> None:
 
 
 def _reference_split(units: int, weights: dict[str, Any]) -> list[tuple[str, int]]:
-    """allocation.md §1 with Fractions: trunc, then largest remainder, ties to the earlier identity."""
+    """docs/allocation.md §1 with Fractions: trunc, then largest remainder, ties to the earlier identity."""
     items = sorted((i, Fraction(Decimal(str(w)) if isinstance(w, float) else w)) for i, w in weights.items())
     items = [(i, w) for i, w in items if w > 0]
     wsum = sum(w for _, w in items)
@@ -1116,7 +1117,7 @@ def test_usage_ratio_fast_paths_match_reference() -> None:
             if not all(isinstance(w, Decimal) for w in weights.values()):
                 continue  # the sum of mixed types is covered by test_usage_ratio_summed_cache_and_mixed_types
             total: dict[str, Decimal] = {}
-            for source in (weights, other):  # allocation.md: summed per identity, Decimal context as-is
+            for source in (weights, other):  # docs/allocation.md: summed per identity, Decimal context as-is
                 for i, w in source.items():
                     total[i] = total.get(i, Decimal(0)) + w
             finite = {i: w for i, w in total.items() if w.is_finite()}

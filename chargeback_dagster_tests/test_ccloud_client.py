@@ -1,4 +1,4 @@
-"""ConfluentClient against the real Confluent Cloud simulator over HTTP (confluent-cloud.md §2).
+"""ConfluentClient against the real Confluent Cloud simulator over HTTP (docs/confluent-cloud.md §2).
 
 Waits are recorded by an injected ``sleep`` (no real sleeping), so the whole module runs in about a second.
 """

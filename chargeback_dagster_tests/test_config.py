@@ -1,4 +1,4 @@
-"""Tests of the configuration layer (spec config.md and the ecosystem settings tables)."""
+"""Tests of the configuration layer (docs/configuration.md and the ecosystem settings tables)."""
 
 from __future__ import annotations
 
@@ -1132,7 +1132,7 @@ def test_get_config_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert list(second.tenants) == ["t2"]
 
 
-# --- spec examples
+# --- examples from docs/
 def test_example_config_md(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CCLOUD_KEY", "key")
     monkeypatch.setenv("CCLOUD_SECRET", "secret")

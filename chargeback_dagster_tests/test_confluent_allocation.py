@@ -1,6 +1,6 @@
-"""Confluent Cloud allocation: every allocator of allocation.md §9.1 through the real handlers
-(ConfluentCloudEcosystem.handlers(), resolution per confluent-cloud.md §6) and `allocate_date`, with
-in-memory DateInputs and concrete numbers (spec worked examples §11 and our own)."""
+"""Confluent Cloud allocation: every allocator of docs/allocation.md §9.1 through the real handlers
+(ConfluentCloudEcosystem.handlers(), resolution per docs/confluent-cloud.md §6) and `allocate_date`, with
+in-memory DateInputs and concrete numbers (worked examples of docs/allocation.md §11 and our own)."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def rows(result, product_type: str | None = None) -> list[tuple]:
 
 # ------------------------------------------------------------ CKU composition
 def test_cku_worked_example_70_30(eco):
-    """allocation.md §11.1: API-key owners sa-1, sa-2; bytes_in sa-1 300, bytes_out sa-2 700 (via keys)."""
+    """docs/allocation.md §11.1: key owners sa-1, sa-2; bytes_in sa-1 300, bytes_out sa-2 700 (via keys)."""
     ids = sa("sa-1", "sa-2") + [key("K1", "sa-1", "lkc-abc"), key("K2", "sa-2", "lkc-abc")]
     metrics = {
         ("lkc-abc", "bytes_in"): bytes_rows({"K1": 300}),
@@ -271,7 +271,10 @@ def test_kafka_resolution_is_shared_per_resource_and_date_only_while_its_inputs_
 
 
 def reference_kafka(resource_id: str, inputs: DateInputs, metrics: dict[str, list[MetricRow]]) -> tuple:
-    """resolve_kafka as specified, without indexes or memos: (active, derived, context)."""
+    """resolve_kafka as specified, without indexes or memos: (active, derived, context).
+
+    Usage weights come from the line's lists; metrics_derived from the cluster's bytes_in and bytes_out
+    of the date (decision D11): a list the line does not carry is taken from `inputs.metrics`."""
     ids = inputs.identities
     start = datetime(inputs.date.year, inputs.date.month, inputs.date.day, tzinfo=UTC)
     end = start + timedelta(days=1)
@@ -299,10 +302,13 @@ def reference_kafka(resource_id: str, inputs: DateInputs, metrics: dict[str, lis
     api_key_to_owner: dict[str, str] = {}
     derived: set[str] = set()
     for query_key in ("bytes_in", "bytes_out"):
-        if query_key not in metrics:
+        cluster_rows = (
+            metrics[query_key] if query_key in metrics else inputs.metrics.get((resource_id, query_key))
+        )
+        if cluster_rows is None:
             continue
         totals: dict[str, Decimal] = {}
-        for row in metrics[query_key]:
+        for row in cluster_rows:
             principal = row.labels.get("principal_id")
             if principal:
                 totals[principal] = totals.get(principal, Decimal(0)) + Decimal(str(row.value_sum))
@@ -319,7 +325,8 @@ def reference_kafka(resource_id: str, inputs: DateInputs, metrics: dict[str, lis
             else:
                 target = person(principal)
             per_owner[target] = per_owner.get(target, Decimal(0)) + value
-        usage[query_key] = per_owner
+        if query_key in metrics:
+            usage[query_key] = per_owner
         derived.update(per_owner)
     context: dict = {"usage": usage, "api_key_to_owner": api_key_to_owner}
     if found:
@@ -342,7 +349,8 @@ def exact(x):
 def test_kafka_resolution_matches_the_reference_over_dates_and_edge_values(seed):
     """Randomised: keys created/deleted around midnights (naive, UTC, +05:00), ownerless keys, owners
     and principals missing from the table, repeated principals, several keys per owner, non-positive,
-    huge (exponent notation) and tiny values, dates visited out of order and twice."""
+    huge (exponent notation) and tiny values, dates visited out of order and twice, and the date's stored
+    bytes lists (missing, the line's own, or others) completing the lists a line lacks."""
     rng = random.Random(seed)
     plus5 = timezone(timedelta(hours=5))
     instants = [
@@ -380,15 +388,27 @@ def test_kafka_resolution_matches_the_reference_over_dates_and_edge_values(seed)
     rng.shuffle(days)
     resources: dict[str, Resource] = {}  # the same mappings on every date, as in a backfill
     for d in days + days[::-1]:
-        inputs = DateInputs(d, [], resources, ids, {}, {})
+        # the date's stored lists (D11: what a line lacks comes from here): some missing, some the same
+        # objects the lines carry (as the engine passes them), some other lists
+        date_metrics: dict[tuple[str, str], list[MetricRow]] = {}
+        line_lists: dict[str, tuple[list[MetricRow], list[MetricRow]]] = {}
         for rid in ("lkc-a", "lkc-b", "lkc-none"):
             rows_in, rows_out = rows(), rows()
+            line_lists[rid] = (rows_in, rows_out)
+            for query_key, own in (("bytes_in", rows_in), ("bytes_out", rows_out)):
+                stored = rng.choice([None, own, rows()])
+                if stored is not None:
+                    date_metrics[(rid, query_key)] = stored
+        inputs = DateInputs(d, [], resources, ids, date_metrics, {})
+        for rid in ("lkc-a", "lkc-b", "lkc-none"):
+            rows_in, rows_out = line_lists[rid]
             for metrics in (
                 {"bytes_in": rows_in, "bytes_out": rows_out},
                 {"bytes_out": rows_out},
                 {},
                 {"bytes_in": rows_in},
                 {"bytes_in": rows_in, "bytes_out": rows_out},  # again: the memoised resolution
+                {"bytes_out": rows_out},
             ):
                 got = resolve_kafka(line("KAFKA_NUM_CKU", "1", rid=rid), inputs, metrics)
                 assert type(got) is Resolution
@@ -541,6 +561,105 @@ def test_partition_base_storage_chains(eco):
     ]
     assert rows(nobody, "KAFKA_STORAGE") == [
         ("lkc-abc", "0.0001", "shared", "to_resource", "no_identities_located", "")
+    ]
+
+
+def test_d11_even_split_lines_include_principals_seen_in_the_clusters_bytes(eco):
+    """Decision D11: KAFKA_BASE / KAFKA_STORAGE / KAFKA_PARTITION split over API-key owners ∪ principals
+    with bytes on the same cluster that day. lkc-abc: key owner sa-a; sa-b has bytes but no key; sa-z has
+    only zero bytes; sa-c has bytes only on lkc-xyz. lkc-xyz: key owner sa-m, principal sa-c."""
+    ids = sa("sa-a", "sa-b", "sa-c", "sa-m", "sa-z") + [
+        key("KA", "sa-a", "lkc-abc"),
+        key("KM", "sa-m", "lkc-xyz"),
+    ]
+    metrics = {
+        ("lkc-abc", "bytes_in"): bytes_rows({"sa-b": 100, "sa-z": 0}),
+        ("lkc-abc", "bytes_out"): bytes_rows({"sa-b": 20, "sa-z": 0}),
+        ("lkc-xyz", "bytes_in"): bytes_rows({"sa-c": 5}, rid="lkc-xyz"),
+        ("lkc-xyz", "bytes_out"): [],
+    }
+    lines = [
+        line("KAFKA_BASE", "10.00"),
+        line("KAFKA_STORAGE", "0.0003"),
+        line("KAFKA_PARTITION", "1.00"),
+        line("KAFKA_PARTITION", "0.0001", rid="lkc-xyz"),
+    ]
+    result = allocate(eco, lines, resources=[cluster(), cluster("lkc-xyz")], identities=ids, metrics=metrics)
+    # merged_active(lkc-abc) = [sa-a, sa-b]: 10.0000 / 2; 3 units / 2 → the first in id order gets 2 (D4)
+    assert rows(result, "KAFKA_BASE") == [
+        ("sa-a", "5.0000", "shared", "even_split", "no_metrics_located", ""),
+        ("sa-b", "5.0000", "shared", "even_split", "no_metrics_located", ""),
+    ]
+    assert rows(result, "KAFKA_STORAGE") == [
+        ("sa-a", "0.0002", "shared", "even_split", "no_metrics_located", ""),
+        ("sa-b", "0.0001", "shared", "even_split", "no_metrics_located", ""),
+    ]
+    # merged_active(lkc-xyz) = [sa-c, sa-m]: the metrics-derived sa-c sorts first and gets the one unit
+    assert [(r[0], r[1], r[4]) for r in rows(result, "KAFKA_PARTITION")] == [
+        ("sa-a", "0.5000", "no_metrics_located"),
+        ("sa-b", "0.5000", "no_metrics_located"),
+        ("sa-c", "0.0001", "no_metrics_located"),
+        ("sa-m", "0.0000", "no_metrics_located"),
+    ]
+    assert {r["identity_id"] for r in result.row_dicts() if r["resource_id"] == "lkc-abc"} == {"sa-a", "sa-b"}
+
+
+def test_d11_cluster_without_key_owners_splits_over_its_principals_not_tenant_owners(eco):
+    """No API key on lkc-abc: before D11 KAFKA_BASE fell to T1 (every tenant owner). Now its principals:
+    sa-b directly, sa-x through its key KX of another cluster; the ownerless key K0 is dropped."""
+    ids = sa("sa-a", "sa-b", "sa-x") + [key("KX", "sa-x", "lkc-other"), key("K0", "", "lkc-abc")]
+    metrics = {
+        ("lkc-abc", "bytes_in"): bytes_rows({"KX": 10, "K0": 99}),
+        ("lkc-abc", "bytes_out"): bytes_rows({"sa-b": 1}),
+    }
+    result = allocate(
+        eco, [line("KAFKA_BASE", "9.00")], resources=[cluster()], identities=ids, metrics=metrics
+    )
+    assert rows(result) == [
+        ("sa-b", "4.5000", "shared", "even_split", "no_metrics_located", ""),
+        ("sa-x", "4.5000", "shared", "even_split", "no_metrics_located", ""),
+    ]
+
+
+def test_d11_network_line_merged_set_includes_principals_of_the_other_direction(eco):
+    """KAFKA_NETWORK_READ weighs bytes_out only, but its merged_active holds every principal of the cluster
+    (D11): with no bytes_out usage T1 splits 2.00 over owner sa-a and writer sa-b (bytes_in only)."""
+    ids = sa("sa-a", "sa-b", "sa-c") + [key("KA", "sa-a", "lkc-abc")]
+    metrics = {("lkc-abc", "bytes_in"): bytes_rows({"sa-b": 100}), ("lkc-abc", "bytes_out"): []}
+    result = allocate(
+        eco,
+        [line("KAFKA_NETWORK_READ", "2.00"), line("KAFKA_NETWORK_WRITE", "3.00")],
+        resources=[cluster()],
+        identities=ids,
+        metrics=metrics,
+    )
+    assert rows(result, "KAFKA_NETWORK_READ") == [
+        ("sa-a", "1.0000", "shared", "even_split", "no_metrics_located", ""),
+        ("sa-b", "1.0000", "shared", "even_split", "no_metrics_located", ""),
+    ]
+    assert rows(result, "KAFKA_NETWORK_WRITE") == [
+        ("sa-b", "3.0000", "usage", "usage_ratio", "usage_ratio_allocation", ""),
+    ]
+
+
+def test_d11_even_split_lines_need_the_bytes_metrics_and_are_marked_when_they_failed(eco):
+    """KAFKA_BASE now needs bytes_in and bytes_out (confluent-cloud.md §8): a failed fetch marks its rows
+    metrics_fetch_failed (D9); the principals of the fetch that worked still count."""
+    (kafka,) = [h for h in eco.handlers() if h.service_type == "kafka"]
+    for pt in ("KAFKA_PARTITION", "KAFKA_BASE", "KAFKA_STORAGE"):
+        assert sorted(kafka.metric_queries(line(pt, "1"))) == ["bytes_in", "bytes_out"]
+    ids = sa("sa-a", "sa-b") + [key("KA", "sa-a", "lkc-abc")]
+    result = allocate(
+        eco,
+        [line("KAFKA_BASE", "10.00")],
+        resources=[cluster()],
+        identities=ids,
+        metrics={("lkc-abc", "bytes_out"): bytes_rows({"sa-b": 5})},
+        failed={("lkc-abc", "bytes_in"): "HTTP 503"},
+    )
+    assert rows(result) == [
+        ("sa-a", "5.0000", "shared", "even_split", "metrics_fetch_failed", ""),
+        ("sa-b", "5.0000", "shared", "even_split", "metrics_fetch_failed", ""),
     ]
 
 

@@ -1,4 +1,4 @@
-"""Confluent Cloud billing ingestion (confluent-cloud.md §4): windows, row mapping, exact Decimals, tier
+"""Confluent Cloud billing ingestion (docs/confluent-cloud.md §4): windows, row mapping, exact Decimals, tier
 collapsing, malformed rows, out-of-window rows, per-date replacement with revisions."""
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from chargeback_dagster.devtools.ccloud_simulator import (
 )
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.ecosystems.confluent.billing import collapse_tiers, map_cost_row
-from chargeback_dagster.money import round4, to_units
+from chargeback_dagster.money import format_units, round4, to_units
 from chargeback_dagster.store import TenantStore
 from chargeback_dagster_tests.store_helpers import fact_rows, total_units
 
@@ -194,6 +194,33 @@ def test_multi_day_range_end_to_end(tmp_path, org, prometheus, sim):
                 ln.resource_id == cluster.id and ln.product_type == "KAFKA_NETWORK_WRITE" for ln in lines
             ):
                 assert stored == org.expected_bytes(d, cluster.id, "request")
+
+    # decision D11: a Standard cluster's KAFKA_BASE goes evenly (sorted ids, the first ones get the extra
+    # units) to its API-key owners and the principals in its bytes metrics, among them the service account
+    # the simulator sends traffic from without a key on that cluster
+    key_owner = {k.id: k.owner_id for k in org.api_keys}
+    keyless_principals = 0
+    for d in DATES:
+        base_lines = [ln for ln in store.billing.lines(d) if ln.product_type == "KAFKA_BASE"]
+        base_rows = [r for r in read_csv(out / f"acme_{d}.csv") if r["product_type"] == "KAFKA_BASE"]
+        for base in base_lines:
+            if midday is not None and base.resource_id == midday.id:
+                continue  # part of its day goes to UNALLOCATED
+            owners = {k.owner_id for k in org.api_keys if k.resource_id == base.resource_id}
+            principals = {key_owner.get(p, p) for p in org.kafka_principals(base.resource_id)}
+            keyless_principals += len(principals - owners)
+            merged = sorted(owners | principals)
+            units, extra = divmod(to_units(round4(base.total_cost)), len(merged))
+            expected = [
+                (i, format_units(units + (n < extra)), "no_metrics_located") for n, i in enumerate(merged)
+            ]
+            got = [
+                (r["identity_id"], r["amount"], r["allocation_detail"])
+                for r in base_rows
+                if r["resource_id"] == base.resource_id
+            ]
+            assert sorted(got) == expected, (d, base.resource_id)
+    assert keyless_principals >= len(DATES)  # the check above covers principals without a key
 
     # the cluster created at 12:00 on day 2: half its lines go to UNALLOCATED / resource_inactive_fraction
     d2 = DATES[1]

@@ -1,4 +1,5 @@
-"""Confluent Cloud discovery against the simulator (confluent-cloud.md §3, §5; operations.md §4, §8)."""
+"""Confluent Cloud discovery against the simulator (docs/confluent-cloud.md §3, §5; docs/operations.md §4,
+§8)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """generic_metrics_only end to end: real Prometheus → Dagster assets → tenant store → CSV files.
 
-The data reproduces the worked example of generic-metrics.md §3/§6 on 2026-02-01, 02 and 04; 2026-02-03 has
-no samples at all. Discovery samples also exist in the last hours before now, because inventory discovery
-looks at [now − discovery_window_hours, now).
+The data reproduces the worked example of docs/generic-metrics.md §3/§6 on 2026-02-01, 02 and 04;
+2026-02-03 has no samples at all. Discovery samples also exist in the last hours before now, because
+inventory discovery looks at [now − discovery_window_hours, now).
 """
 
 from __future__ import annotations

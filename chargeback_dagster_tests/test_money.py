@@ -1,4 +1,4 @@
-"""Money math of allocation.md §1."""
+"""Money math of docs/allocation.md §1."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def test_div_round_half_up_and_scaled() -> None:
     assert scaled_round4_units(Decimal("-10"), 1, 3) == -33333
 
 
-# ---- every row of the table in allocation.md §1 ---
+# ---- every row of the table in docs/allocation.md §1 ---
 
 
 def test_table_10_even_over_3() -> None:

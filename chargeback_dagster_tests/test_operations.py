@@ -1,4 +1,5 @@
-"""Operations layer (operations.md §3–§9, §12): refresh sensor, guard, suspension, timeouts, retention, CLI.
+"""Operations layer (docs/operations.md §3–§9, §12): refresh sensor, guard, suspension, timeouts, retention,
+CLI.
 
 Runs are real in-process Dagster runs on a temporary Dagster instance against real tenant stores; sensors are
 evaluated with Dagster's `build_*_context` helpers. The fault test uses a real Prometheus for the good runs
@@ -132,7 +133,7 @@ def test_refresh_requests_the_whole_window_as_one_range(shop, instance):
     (request,) = result.run_requests
     assert request.job_name == "shop_pipeline"
     assert request.run_key == "shop:2026-07-18T09:30:00+00:00"
-    # spec example: today 2026-07-18, lookback 16, cutoff 1 → 2026-07-02 … 2026-07-16
+    # docs/operations.md §2 example: today 2026-07-18, lookback 16, cutoff 1 → 2026-07-02 … 2026-07-16
     assert request.tags == {
         "dagster/asset_partition_range_start": "2026-07-02",
         "dagster/asset_partition_range_end": "2026-07-16",

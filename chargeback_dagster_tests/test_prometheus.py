@@ -1,4 +1,4 @@
-"""Prometheus access layer (generic-metrics.md §1).
+"""Prometheus access layer (docs/generic-metrics.md §1).
 
 Query semantics run against a REAL Prometheus (Debian 2.42) loaded with promtool-backfilled history;
 protocol-only details (auth headers, retries, error texts, parsing edge cases) use an httpx MockTransport.

@@ -132,7 +132,7 @@ def test_allocation_failure_reaches_retry_limit_on_third_run(tmp_path):
 
 @pytest.mark.slow
 def test_failed_usage_query_marks_rows_metrics_fetch_failed(tmp_path):
-    """generic-metrics.md §6 last row: alloc query failed, static team-x → 0.2400 (D9)."""
+    """docs/generic-metrics.md §6 last row: alloc query failed, static team-x → 0.2400 (D9)."""
     usage_ratio = {
         **FIXED,
         "allocation_strategy": "usage_ratio",

@@ -11,7 +11,7 @@ that every step from 60 s to 3600 s sees the same bytes of a day):
 | 2026-02-04 | — | — | — (no lines) |
 
 With broker_count 3 and rates compute 0.10, storage 0.0001, ingress 0.01, egress 0.02 this is the worked
-example of self-managed-kafka.md §2 on 2026-02-01 and gives the §6 allocation rows on the other days.
+example of docs/self-managed-kafka.md §2 on 2026-02-01 and gives the §6 allocation rows on the other days.
 Recent traffic (the last two hours before now, every 5 min) feeds inventory discovery; it adds the
 principal `User:dave` on broker 2, topic `audit`.
 """

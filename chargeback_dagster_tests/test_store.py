@@ -1,4 +1,4 @@
-"""TenantStore on SQLite and PostgreSQL (operations.md §13, decision D10)."""
+"""TenantStore on SQLite and PostgreSQL (docs/operations.md §13, decision D10)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Allocation: models, tier tables and the per-date engine (allocation.md)."""
+"""Allocation: models, tier tables and the per-date engine (docs/allocation.md)."""
 
 from chargeback_dagster.allocation.engine import (
     ROW_KEY_FIELDS,

@@ -1,4 +1,4 @@
-"""The allocation engine: one date's billing lines → merged chargeback amounts (allocation.md §2, §6).
+"""The allocation engine: one date's billing lines → merged chargeback amounts (docs/allocation.md §2, §6).
 
 `allocate_date` is pure apart from `record_failure` (the caller's committed increment of a line's
 `allocation_attempts`) and logging. The caller persists `DateAllocation.blocks` and resets the counters of
@@ -101,7 +101,7 @@ class DateAllocation:
         return [dict(zip(ROW_KEY_FIELDS, key, strict=True), amount_units=u) for key, u in self.rows.items()]
 
 
-_LINE_ORDER = attrgetter("resource_id", "product_type", "env_id")  # allocation.md §2
+_LINE_ORDER = attrgetter("resource_id", "product_type", "env_id")  # docs/allocation.md §2
 
 
 def _error_text(exc: BaseException) -> str:
@@ -238,7 +238,7 @@ class _DateAllocator:
         self._routes: dict[str, tuple[Handler | None, Allocator, bool]] = {}
         self.resources = inputs.resources
 
-    # -- identity sets (allocation.md §3) -------------------------------------------------------------
+    # -- identity sets (docs/allocation.md §3) -------------------------------------------------------------
     def identity_sets(self, resource_active: Any, metrics_derived: Any) -> IdentitySets:
         key = (tuple(resource_active or ()), tuple(metrics_derived or ()))
         sets = self._sets_cache.get(key)
@@ -261,7 +261,7 @@ class _DateAllocator:
             self._sets_cache[key] = sets
         return sets
 
-    # -- active fraction (allocation.md §2 step 2) -----------------------------------------------------
+    # -- active fraction (docs/allocation.md §2 step 2) -----------------------------------------------------
     def active_microseconds(self, line: BillingLine, handler: Handler) -> int:
         resource = self.inputs.resources.get(line.resource_id)
         if resource is None or resource.resource_type not in handler.billing_resource_types:
@@ -276,7 +276,7 @@ class _DateAllocator:
             return 0
         return (end - start) // _MICROSECOND
 
-    # -- routing (allocation.md §2 step 1) ---------------------------------------------------------------
+    # -- routing (docs/allocation.md §2 step 1) ----------------------------------------------------------
     def route(self, line: BillingLine) -> tuple[Handler | None, Allocator, bool]:
         """(claiming handler, allocator, allocator is a built-in Model) of the line's product type."""
         product_type = line.product_type
@@ -435,7 +435,7 @@ def allocate_date(
     logger: Any = None,
     warned: set[str] | None = None,
 ) -> DateAllocation:
-    """Allocate every billing line of `inputs.date` (allocation.md §2) with the failure rules of §6.
+    """Allocate every billing line of `inputs.date` (docs/allocation.md §2) with the failure rules of §6.
 
     * `record_failure(line)` increments and commits the line's `allocation_attempts`, returning the new
       count `n`. `n < retry_limit` → `DateCalculationError` (the date fails); otherwise the line gets one

@@ -1,4 +1,4 @@
-"""Allocation models (allocation.md §4): EvenSplit, UsageRatio, Terminal, Chain, Composition.
+"""Allocation models (docs/allocation.md §4): EvenSplit, UsageRatio, Terminal, Chain, Composition.
 
 Every model is a callable `Allocator` (`ctx -> list[ChargebackRow]`, allocating `ctx.amount`). For speed
 the engine uses the models' internal `blocks(ctx, units, part)` form instead: a list of
@@ -204,7 +204,7 @@ class _Weights:
         self._int_sum = 0
 
     def split(self, units: int) -> list[int]:
-        """`units` split by the weights (allocation.md §1), one amount per identity."""
+        """`units` split by the weights (docs/allocation.md §1), one amount per identity."""
         if self.floats is not None:
             shares = apportion_float(units, self.floats, self.float_sum)
             if shares is not None:
@@ -367,7 +367,7 @@ class Chain(Model):
 
 
 class Composition(Model):
-    """Splits the amount into fixed-ratio parts (allocation.md §1), each allocated by its own chain.
+    """Splits the amount into fixed-ratio parts (docs/allocation.md §1), each allocated by its own chain.
 
     Rows carry the part name as `composition_part` (decision D2).
     """

@@ -1,4 +1,4 @@
-"""Tier tables of allocation.md §9, built from the models.
+"""Tier tables of docs/allocation.md §9, built from the models.
 
 Usage weights are read from `ctx.context["usage"][<weight name>]` (identity → Decimal); the weight names
 below are what the ecosystems' resolvers must fill in.
@@ -38,7 +38,7 @@ self_managed_unknown_allocator = Terminal(UNALLOCATED, "shared", "using_unknown_
 
 
 def self_managed_allocators() -> dict[str, Model]:
-    """product_type → allocator for `self_managed_kafka` (allocation.md §9.2)."""
+    """product_type → allocator for `self_managed_kafka` (docs/allocation.md §9.2)."""
     even = Chain(
         EvenSplit("metrics_derived", "usage", "even_split_allocation"),
         EvenSplit("resource_active", "shared", "no_active_identities_located"),
@@ -65,7 +65,7 @@ generic_unknown_allocator = Terminal(UNALLOCATED, "shared", "using_unknown_alloc
 
 
 def generic_allocator(strategy: str, weight_name: str) -> Chain:
-    """Allocator of one generic cost type (allocation.md §9.3); `weight_name` is used by `usage_ratio`."""
+    """Allocator of one generic cost type (docs/allocation.md §9.3); `weight_name` is for `usage_ratio`."""
     if strategy == "even_split":
         return Chain(EvenSplit(MERGED, "shared", "even_split_allocation"), _unallocated())
     if strategy == "usage_ratio":
@@ -91,7 +91,7 @@ def _ratio(x: Any) -> Decimal:
 def confluent_allocators(
     cku_usage_ratio: Any = DEFAULT_CKU_USAGE_RATIO, cku_shared_ratio: Any = DEFAULT_CKU_SHARED_RATIO
 ) -> dict[str, Model]:
-    """product_type → allocator for `confluent_cloud` (allocation.md §9.1); ratios may be float or Decimal.
+    """product_type → allocator for `confluent_cloud` (docs/allocation.md §9.1); ratios: float or Decimal.
 
     Org-wide types (`AUDIT_LOG_READ`, `SUPPORT`) use tenant_period owners: Confluent identities are never
     of type `principal`, so this equals "tenant_period of types service_account, user, identity_pool".

@@ -19,7 +19,7 @@ from chargeback_dagster.domain import BillingLine, ChargebackRow, Identity, Metr
 
 @dataclass(frozen=True, slots=True)
 class IdentitySets:
-    """allocation.md §3. Every tuple is de-duplicated and sorted by identity_id (decision D4)."""
+    """docs/allocation.md §3. Every tuple is de-duplicated and sorted by identity_id (decision D4)."""
 
     resource_active: tuple[str, ...] = ()
     metrics_derived: tuple[str, ...] = ()
@@ -30,7 +30,7 @@ class IdentitySets:
 
 @dataclass(slots=True)
 class AllocationContext:
-    """What an allocator (built-in or `allocator_overrides`) receives (allocation.md §10)."""
+    """What an allocator (built-in or `allocator_overrides`) receives (docs/allocation.md §10)."""
 
     tenant_id: str
     ecosystem: str

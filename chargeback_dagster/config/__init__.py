@@ -1,4 +1,4 @@
-"""Configuration layer: YAML loading, interpolation, validation and typed settings (spec config.md)."""
+"""Configuration layer: YAML loading, interpolation, validation and typed settings (docs/configuration.md)."""
 
 from .loader import ConfigError, clear_config_cache, get_config, load_config
 from .overrides import OverrideError, load_callable

@@ -1,4 +1,4 @@
-"""Locate, read, interpolate and validate the chargeback YAML config (config.md §1–§3)."""
+"""Locate, read, interpolate and validate the chargeback YAML config (docs/configuration.md §1–§3)."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ _Loader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp_as_t
 
 
 def parse_yaml(text: str, path: str) -> Any:
-    """Parse YAML text; raises ConfigError with the spec's messages."""
+    """Parse YAML text; raises ConfigError with the documented messages."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
     except _DuplicateKeyError as exc:
@@ -207,7 +207,7 @@ def resolve_env_file(config_path: Path, env_file: str | os.PathLike[str] | None 
 def load_config(
     path: str | os.PathLike[str] | None = None, env_file: str | os.PathLike[str] | None = None
 ) -> AppConfig:
-    """Load and fully validate the config (config.md §1). Raises :class:`ConfigError`."""
+    """Load and fully validate the config (docs/configuration.md §1). Raises :class:`ConfigError`."""
     config_path = resolve_config_path(path)
     dotenv_path = resolve_env_file(config_path, env_file)
     if dotenv_path is not None:

@@ -1,4 +1,4 @@
-"""Import and check ``"module.path:attribute"`` override callables (config.md §10)."""
+"""Import and check ``"module.path:attribute"`` override callables (docs/configuration.md §10)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-# protocol name -> number of positional parameters (allocation.md §10)
+# protocol name -> number of positional parameters (docs/allocation.md §10)
 PROTOCOL_ARITY: dict[str, int] = {"Allocator": 1, "IdentityResolver": 6}
 
 SERVICE_TYPES: dict[str, list[str]] = {
@@ -18,7 +18,7 @@ SERVICE_TYPES: dict[str, list[str]] = {
 
 
 class OverrideError(ValueError):
-    """An override string that cannot be turned into a usable callable; str() is the spec message."""
+    """An override string that cannot be turned into a usable callable; str() is the docs message."""
 
 
 def _check_arity(obj: Any, dotted_path: str, protocol: str) -> None:
@@ -47,7 +47,7 @@ def load_callable(dotted_path: str, protocol: str | None = None) -> Callable[...
     """Import ``module.path:attribute`` and return the callable.
 
     ``protocol`` (``"Allocator"`` or ``"IdentityResolver"``) additionally checks the number of
-    positional parameters. Raises :class:`OverrideError` carrying the config.md §10 message.
+    positional parameters. Raises :class:`OverrideError` carrying the docs/configuration.md §10 message.
     """
     if not isinstance(dotted_path, str) or not dotted_path.strip():
         raise OverrideError("dotted_path must not be empty")

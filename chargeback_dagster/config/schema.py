@@ -1,7 +1,7 @@
 """Typed, validated configuration objects (pydantic v2).
 
 These models describe the *result* of loading: every value in them has already been checked by
-``chargeback_dagster.config.validation`` (which produces the exact spec error messages), so the models
+``chargeback_dagster.config.validation`` (which produces the exact documented error messages), so the models
 only carry types, defaults and a few helpers used at runtime.
 """
 

@@ -1,8 +1,8 @@
 """Field-by-field validation of the raw (interpolated) YAML tree.
 
-Pydantic's own error types do not map cleanly onto the spec's messages, so every field is checked here
-with small explicit readers that produce config.md §3 messages verbatim. Only when no problem was found
-are the typed pydantic models of ``schema.py`` built from the cleaned values.
+Pydantic's own error types do not map cleanly onto the documented messages, so every field is checked here
+with small explicit readers that produce docs/configuration.md §3 messages verbatim. Only when no problem was
+found are the typed pydantic models of ``schema.py`` built from the cleaned values.
 
 Every problem carries the YAML line of the offending key so the final list is in file order.
 """
@@ -546,7 +546,7 @@ def _plugin_settings(
     node = tenant.child("plugin_settings")
     if node is None:
         node = Node(tenant.scope, {}, "plugin_settings", tenant.line_for("plugin_settings"))
-    # ecosystem fields first so that missing required keys are listed in the spec tables' order
+    # ecosystem fields first so that missing required keys are listed in the docs' settings-table order
     if ecosystem == "confluent_cloud":
         out = _confluent(node, config_dir)
     elif ecosystem == "self_managed_kafka":

@@ -1,4 +1,4 @@
-"""Per-tenant, daily-partitioned assets: billing → inventory → usage_metrics → chargeback (operations.md §1).
+"""Daily-partitioned tenant assets (docs/operations.md §1): billing → inventory → usage_metrics → chargeback.
 
 Each asset is a thin wrapper: it works out the run's dates, opens the tenant's store and ecosystem, and
 calls the matching step of pipeline.py. All of a tenant's assets use a single-run backfill policy, so a
@@ -36,7 +36,7 @@ def tenant_partitions(tenant: TenantConfig) -> dg.DailyPartitionsDefinition:
 
 
 class TenantStep:
-    """What every step of a tenant run starts with: config, logging, the guard (operations.md §4), store,
+    """What every step of a tenant run starts with: config, logging, the guard (docs/operations.md §4), store,
     ecosystem, dates, deadline (§6) and gather-failure accounting (§7)."""
 
     def __init__(

@@ -1,5 +1,5 @@
 """Builds the Dagster `Definitions` of a validated config: per-tenant assets, jobs, sensors, schedules,
-resources (operations.md §1)."""
+resources (docs/operations.md §1)."""
 
 from __future__ import annotations
 

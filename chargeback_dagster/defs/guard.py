@@ -1,4 +1,4 @@
-"""The run guard (operations.md §4) and the step deadline (§6).
+"""The run guard (docs/operations.md §4) and the step deadline (§6).
 
 `enter()` is the first action of every step of every tenant run or job except `resume_tenant`:
 1. the tenant exists in the config, else `Unknown tenant '<t>'`;

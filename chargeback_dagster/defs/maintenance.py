@@ -1,4 +1,4 @@
-"""Maintenance jobs (operations.md §7, §9): `<t>_retention` + its daily schedule, and `resume_tenant`."""
+"""Maintenance jobs (docs/operations.md §7, §9): `<t>_retention` + its daily schedule, and `resume_tenant`."""
 
 import logging
 from datetime import datetime, timedelta
@@ -20,7 +20,7 @@ RETENTION_CRON = "30 2 * * *"
 def purge(
     store: TenantStore, retention_days: int, now: datetime, run_id: str | None = None
 ) -> dict[str, int]:
-    """Delete what is older than `retention_days` (operations.md §9); logs the total at INFO when > 0."""
+    """Delete what is older than `retention_days` (docs/operations.md §9); logs the total at INFO when > 0."""
     cutoff_date = now.date() - timedelta(days=retention_days)
     exact_cutoff = now - timedelta(days=retention_days)
     deleted = store.retention.purge(cutoff_date, exact_cutoff)
@@ -50,7 +50,7 @@ def build_retention(tenant: TenantConfig) -> tuple[dg.JobDefinition, dg.Schedule
     @dg.job(
         name=f"{t}_retention",
         tags={guard.TENANT_TAG: t, guard.PIPELINE_TAG: "maintenance", **guard.max_runtime_tags(tenant)},
-        description=f"Retention of tenant {t} (operations.md §9)",
+        description=f"Retention of tenant {t} (docs/operations.md §9)",
     )
     def retention_job():
         purge_op()
@@ -80,7 +80,7 @@ class ResumeTenantConfig(dg.Config):
     tenant_name: str
 
 
-@dg.op(name="resume_tenant_op", description="Clears a tenant's suspension (operations.md §7)")
+@dg.op(name="resume_tenant_op", description="Clears a tenant's suspension (docs/operations.md §7)")
 def resume_tenant_op(
     context: dg.OpExecutionContext,
     config: ResumeTenantConfig,

@@ -1,7 +1,7 @@
 """Dagster resources built from the validated config file.
 
 Resources hold only the config file path (Dagster config must be plain values); each process loads and
-validates the file once per modification (config.md §1) and opens each tenant store once.
+validates the file once per modification (docs/configuration.md §1) and opens each tenant store once.
 """
 
 import functools

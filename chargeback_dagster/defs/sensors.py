@@ -1,4 +1,4 @@
-"""Sensors (operations.md §1, §3, §7): the per-tenant refresh sensor and the run-status sensors.
+"""Sensors (docs/operations.md §1, §3, §7): the per-tenant refresh sensor and the run-status sensors.
 
 * `<t>_refresh` requests one run of `<t>_pipeline` over the whole refresh window, at most every
   `features.refresh_interval` seconds, honouring suspension, runs in progress and `min_refresh_gap_seconds`.
@@ -96,7 +96,7 @@ def build_refresh_sensor(
             if features.enable_periodic_refresh
             else dg.DefaultSensorStatus.STOPPED
         ),
-        description=f"Re-materializes the refresh window of tenant {t} as one run (operations.md §3)",
+        description=f"Re-materializes the refresh window of tenant {t} as one run (docs/operations.md §3)",
     )
     def refresh(
         context: dg.SensorEvaluationContext,

@@ -795,7 +795,7 @@ class SimulatedOrg:
         if spec.malformed_row and d == spec.start_date and self.clusters:
             c = self.clusters[0]
             line("KAFKA", "KAFKA_STORAGE", Decimal(1), Decimal("0.5"), "GB-Hour", None)
-            lines[-1]["resource"] = c.id  # not an object → malformed (confluent-cloud.md §4)
+            lines[-1]["resource"] = c.id  # not an object → malformed (docs/confluent-cloud.md §4)
             lines[-1]["description"] = "malformed: resource is a string"
         return lines
 

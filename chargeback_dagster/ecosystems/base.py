@@ -20,7 +20,7 @@ from chargeback_dagster.sources.prometheus import PrometheusClient
 
 
 class GatherError(Exception):
-    """A gather failure (operations.md §7): counts towards suspension."""
+    """A gather failure (docs/operations.md §7): counts towards suspension."""
 
 
 @dataclass

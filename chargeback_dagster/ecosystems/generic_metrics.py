@@ -1,4 +1,5 @@
-"""`generic_metrics_only`: any system Prometheus measures, priced by YAML cost types (generic-metrics.md)."""
+"""`generic_metrics_only`: any system Prometheus measures, priced by YAML cost types
+(docs/generic-metrics.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Identities from Prometheus labels and/or a static list (self-managed-kafka.md §4, generic-metrics.md §4).
+"""Identities from Prometheus labels and/or a static list (docs/self-managed-kafka.md §4,
+docs/generic-metrics.md §4).
 
 Shared by the self-managed Kafka and generic ecosystems, which configure identities the same way.
 """

@@ -29,7 +29,7 @@ def fetch_days(
 ) -> dict[str, dict[date, list[Series] | MetricsQueryError]]:
     """Each named query over each UTC day (decision D6).
 
-    self-managed-kafka.md §2: a query may be sent once for the whole run range and sliced by sample
+    docs/self-managed-kafka.md §2: a query may be sent once for the whole run range and sliced by sample
     timestamp; if that fails, each day is queried separately (so a failure of one day never hides the
     others). The whole-range form is used for each run of consecutive dates when the step divides a day
     (then the evaluation grid of the long query is exactly the union of the per-day grids).

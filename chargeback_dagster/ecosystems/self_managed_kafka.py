@@ -1,4 +1,4 @@
-"""`self_managed_kafka`: a Kafka cluster run by the platform team (self-managed-kafka.md).
+"""`self_managed_kafka`: a Kafka cluster run by the platform team (docs/self-managed-kafka.md).
 
 Billing lines are constructed per UTC day (decision D6) from the YAML cost model × quantities measured in
 Prometheus; brokers and topics come from Prometheus labels or the Kafka Admin API; identities are Kafka
@@ -57,7 +57,7 @@ BILLING_QUERIES = {
 }
 # §3 discovery over [now − discovery_window_hours, now)
 DISCOVERY_QUERY = "group by (broker, topic, principal) (kafka_server_brokertopicmetrics_bytesin_total)"
-# §5 per-line usage queries (key = weight name of allocation.md §9.2)
+# §5 per-line usage queries (key = weight name of docs/allocation.md §9.2)
 USAGE_QUERIES = {
     SELF_KAFKA_BYTES_IN: (
         "sum by (principal) (increase(kafka_server_brokertopicmetrics_bytesin_total[{step}]))"

@@ -1,4 +1,4 @@
-"""Brokers and topics of a self-managed cluster from the Kafka Admin API (self-managed-kafka.md §3).
+"""Brokers and topics of a self-managed cluster from the Kafka Admin API (docs/self-managed-kafka.md §3).
 
 Uses confluent-kafka (the optional `kafka` extra), imported lazily so that tenants without
 `resource_source.source: admin_api` never need it. One Metadata request (`AdminClient.list_topics`)

@@ -1,4 +1,4 @@
-"""Prometheus access used by every ecosystem (generic-metrics.md §1).
+"""Prometheus access used by every ecosystem (docs/generic-metrics.md §1).
 
 Rules implemented here (all binding):
 

@@ -1,4 +1,4 @@
-"""Per-tenant database (operations.md §13)."""
+"""Per-tenant database (docs/operations.md §13)."""
 
 from chargeback_dagster.store.database import StoreError, normalize_url
 from chargeback_dagster.store.tenant_store import TenantStore

@@ -1,4 +1,4 @@
-"""Billing lines of a tenant (confluent-cloud.md §4, allocation.md §6)."""
+"""Billing lines of a tenant (docs/confluent-cloud.md §4, docs/allocation.md §6)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class BillingRepository(Repository):
     """Table `billing`."""
 
     def replace(self, lines: list[BillingLine], dates: Iterable[date], gathered_at: datetime) -> dict:
-        """Per-date replacement (confluent-cloud.md §4), one transaction.
+        """Per-date replacement (docs/confluent-cloud.md §4), one transaction.
 
         Every date that has ≥ 1 line in `lines` gets exactly those lines (lines keep the stored
         allocation/topic-attribution attempt counters when their key survives). Dates of `dates` without
@@ -227,7 +227,7 @@ class BillingRepository(Repository):
         ]
 
     def increment_attempts(self, line: BillingLine) -> int:
-        """allocation.md §6 step 1: own transaction, committed at once. Returns the new count."""
+        """docs/allocation.md §6 step 1: own transaction, committed at once. Returns the new count."""
         b = t.billing
         with self.db.write() as conn:
             res = conn.execute(

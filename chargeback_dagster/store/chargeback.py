@@ -1,4 +1,4 @@
-"""Chargeback facts of a tenant: dimensions, per-date facts, totals and the CSV rows (operations.md §4
+"""Chargeback facts of a tenant: dimensions, per-date facts, totals and the CSV rows (docs/operations.md §4
 `chargeback`, §10)."""
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class ChargebackRepository(Repository):
         succeeded_lines: list[BillingLine],
         calculated_at: datetime,
     ) -> int:
-        """Replace the facts of `d` (operations.md §4 `chargeback`), one transaction.
+        """Replace the facts of `d` (docs/operations.md §4 `chargeback`), one transaction.
 
         `blocks`: block key (the dimension key without identity_id: env_id, resource_id, product_category,
         product_type, cost_type, allocation_method, allocation_detail, composition_part) → identity_id →
@@ -259,7 +259,7 @@ class ChargebackRepository(Repository):
         return {d: int(units) for d, units in rows}
 
     def csv_groups(self, start: date, end: date) -> list[tuple[datetime, tuple[str, ...], int]]:
-        """The CSV rows of dates start ≤ d < end (operations.md §10) as (timestamp, CSV_DIMENSION_COLUMNS
+        """The CSV rows of dates start ≤ d < end (docs/operations.md §10) as (timestamp, CSV_DIMENSION_COLUMNS
         values, Σ amount_units), facts summed over env_id and composition_part, ordered by code point.
 
         Facts are read as (dimension_id, units) and grouped here: a join and GROUP BY over text columns in

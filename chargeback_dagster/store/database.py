@@ -1,5 +1,6 @@
-"""The tenant database (operations.md §13): engine, transactions, bulk inserts and migrations, on SQLite or
-PostgreSQL through SQLAlchemy Core (decision D10). The repositories of store/ run their SQL through it.
+"""The tenant database (docs/operations.md §13): engine, transactions, bulk inserts and migrations, on
+SQLite or PostgreSQL through SQLAlchemy Core (decision D10). The repositories of store/ run their SQL
+through it.
 
 Only SQL both dialects run. Ordering that must be identical on both backends (billing line order, CSV row
 order) is done in Python by code point, because PostgreSQL's ORDER BY follows the database collation.
@@ -267,7 +268,7 @@ class Database:
     # ------------------------------------------------------------------ migrations
 
     def migrate(self, tenant_name: str) -> None:
-        """`upgrade head` (operations.md §13).
+        """`upgrade head` (docs/operations.md §13).
 
         SQLite: inside BEGIN IMMEDIATE; PostgreSQL: under an advisory lock. Unknown revision → StoreError.
         """

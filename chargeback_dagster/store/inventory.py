@@ -1,4 +1,4 @@
-"""Resources and identities of a tenant (the inventory gather, operations.md §4)."""
+"""Resources and identities of a tenant (the inventory gather, docs/operations.md §4)."""
 
 from __future__ import annotations
 

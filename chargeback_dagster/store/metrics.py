@@ -1,4 +1,5 @@
-"""Usage metrics of a tenant: the stored result of every Prometheus fetch (operations.md §4 `metrics`)."""
+"""Usage metrics of a tenant: the stored result of every Prometheus fetch (docs/operations.md §4
+`metrics`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Retention (operations.md §9): rows older than the retention window leave the tenant database."""
+"""Retention (docs/operations.md §9): rows older than the retention window leave the tenant database."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class RetentionRepository(Repository):
         self._chargeback = chargeback
 
     def purge(self, cutoff_date: date, exact_cutoff: datetime) -> dict[str, int]:
-        """operations.md §9, one transaction. Returns rows deleted per table."""
+        """docs/operations.md §9, one transaction. Returns rows deleted per table."""
         out: dict[str, int] = {}
         dim, facts = t.chargeback_dimensions, t.chargeback_facts
         with self.db.write() as conn:

@@ -1,4 +1,4 @@
-"""SQLAlchemy Core schema of a tenant database (operations.md §13).
+"""SQLAlchemy Core schema of a tenant database (docs/operations.md §13).
 
 One MetaData. Every table carries `ecosystem` and `tenant_id`. Column types:
 

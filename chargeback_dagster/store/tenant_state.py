@@ -1,5 +1,6 @@
-"""Operating state of a tenant (operations.md §4, §7): per-date pipeline state, the tenant status with its
-gather-failure counter and suspension, the gather log and counters, the run lock and the run audit."""
+"""Operating state of a tenant (docs/operations.md §4, §7): per-date pipeline state, the tenant status
+with its gather-failure counter and suspension, the gather log and counters, the run lock and the run
+audit."""
 
 from __future__ import annotations
 
@@ -137,7 +138,7 @@ class TenantStateRepository(Repository):
             ).first()
         return None if r is None else dict(r._mapping)
 
-    # ------------------------------------------------------------------ tenant status (operations.md §7)
+    # --------------------------------------------------------------- tenant status (docs/operations.md §7)
 
     def status(self) -> dict | None:
         """The tenant_status row (counter, last gather error, suspension), None before the first write."""
@@ -232,7 +233,7 @@ class TenantStateRepository(Repository):
             )
             return before if res.rowcount == 1 else None
 
-    # ------------------------------------------------------------------ tenant run lock (operations.md §4)
+    # ------------------------------------------------------------- tenant run lock (docs/operations.md §4)
 
     def run_lock_holder(self) -> tuple[str, datetime] | None:
         lk = t.tenant_run_lock
@@ -273,7 +274,7 @@ class TenantStateRepository(Repository):
             res = conn.execute(delete(lk).where(lk.c.tenant_name == self.tenant_name, lk.c.run_id == run_id))
             return res.rowcount == 1
 
-    # ------------------------------------------------------------------ run audit (operations.md §4)
+    # ------------------------------------------------------------------- run audit (docs/operations.md §4)
 
     def upsert_run(self, run_id: str, **fields: Any) -> None:
         """Create the audit row of `run_id` (with `fields`) or update the given fields of it."""

@@ -1,4 +1,5 @@
-"""Per-tenant storage (operations.md §13): one database, its rows reached through one repository per concern.
+"""Per-tenant storage (docs/operations.md §13): one database, its rows reached through one repository per
+concern.
 
 `store.billing`, `store.inventory`, `store.metrics`, `store.chargeback`, `store.state` (per-date state,
 tenant status and suspension, gather log, run lock, run audit) and `store.retention`; they share the engine
@@ -47,7 +48,7 @@ class TenantStore:
         return store
 
     def migrate(self) -> None:
-        """`upgrade head` (operations.md §13); a revision this version does not know → StoreError."""
+        """`upgrade head` (docs/operations.md §13); a revision this version does not know → StoreError."""
         self.db.migrate(self.tenant_name)
 
     def dispose(self) -> None:

@@ -1,1 +1,1 @@
-"""Confluent Cloud ecosystem (confluent-cloud.md)."""
+"""Confluent Cloud ecosystem (docs/confluent-cloud.md)."""

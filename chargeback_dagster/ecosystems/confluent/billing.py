@@ -1,4 +1,4 @@
-"""Confluent Cloud billing ingestion from the Costs API (confluent-cloud.md §4).
+"""Confluent Cloud billing ingestion from the Costs API (docs/confluent-cloud.md §4).
 
 * The run's dates ``[d_first, d_last]`` become ``[d_first, d_last + 1)``, split into consecutive windows of
   ``days_per_query`` days, fetched in ascending order, each fully paginated (``page_size`` 2000).
@@ -142,7 +142,7 @@ def map_cost_row(
     return _map_general(item, window_start, tenant_id, logger)
 
 
-# Cost object field -> metadata key, copied as text when present (confluent-cloud.md §4).
+# Cost object field -> metadata key, copied as text when present (docs/confluent-cloud.md §4).
 _TEXT_METADATA = (
     ("id", "line_id"),
     ("unit", "unit"),

@@ -1,4 +1,4 @@
-"""Confluent Cloud REST client (confluent-cloud.md §2).
+"""Confluent Cloud REST client (docs/confluent-cloud.md §2).
 
 Rules implemented here (all binding):
 

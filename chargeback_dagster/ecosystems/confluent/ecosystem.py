@@ -1,5 +1,5 @@
 """`confluent_cloud`: billing from the Costs API, inventory from the Confluent Cloud APIs, usage from a
-Prometheus scraping the Metrics API export (confluent-cloud.md).
+Prometheus scraping the Metrics API export (docs/confluent-cloud.md).
 
 Test-only knob: the environment variable ``CHARGEBACK_CCLOUD_BACKOFF_SCALE`` (a float, default 1) multiplies
 the client's exponential backoff for 5xx / transport errors. Provider-given 429 waits (``Retry-After``,
@@ -92,6 +92,11 @@ LINE_METRICS: dict[str, tuple[str, ...]] = {
     "KAFKA_NUM_CKUS": (res.BYTES_IN, res.BYTES_OUT),
     "KAFKA_NETWORK_READ": (res.BYTES_OUT,),
     "KAFKA_NETWORK_WRITE": (res.BYTES_IN,),
+    # For metrics_derived only (decision D11, docs/confluent-cloud.md §8). They share the batched bytes
+    # queries (one per key and day for every cluster) that the CKU / network lines already make.
+    "KAFKA_PARTITION": (res.BYTES_IN, res.BYTES_OUT),
+    "KAFKA_BASE": (res.BYTES_IN, res.BYTES_OUT),
+    "KAFKA_STORAGE": (res.BYTES_IN, res.BYTES_OUT),
     "FLINK_NUM_CFU": (res.FLINK_PRIMARY, res.FLINK_FALLBACK),
     "FLINK_NUM_CFUS": (res.FLINK_PRIMARY, res.FLINK_FALLBACK),
 }
@@ -121,7 +126,7 @@ def backoff_scale() -> float:
 
 class ConfluentCloudEcosystem(Ecosystem):
     name = "confluent_cloud"
-    api_pool = "ccloud_api"  # Dagster concurrency pool of Confluent-calling steps (operations.md §5)
+    api_pool = "ccloud_api"  # Dagster concurrency pool of Confluent-calling steps (docs/operations.md §5)
 
     # -- clients --------------------------------------------------------------------------------------
     def _client(self, ctx: GatherContext, *, base_url: str | None = None, key=None, secret=None, **kw):

@@ -1,4 +1,4 @@
-"""Confluent Cloud discovery (confluent-cloud.md §3, §5).
+"""Confluent Cloud discovery (docs/confluent-cloud.md §3, §5).
 
 The shared context (environments, then Kafka clusters per environment) must succeed, else the gather fails
 (``GatherError``). Then the handlers run in order (kafka, schema_registry, connector, ksqldb, flink); a

@@ -1,4 +1,4 @@
-"""Identity resolution per Confluent handler (confluent-cloud.md §6).
+"""Identity resolution per Confluent handler (docs/confluent-cloud.md §6).
 
 Every resolver has the engine's signature ``resolve(line, date_inputs, line_metrics) -> Resolution``.
 Sentinel ids produced here (``connector_api_key_masked``, ``ksqldb_owner_unknown``, an unknown ``sa-…``)
@@ -142,45 +142,70 @@ class _Index:
         self._date: date | None = None
         self._day = 0  # its ordinal
         self._active: dict[str, tuple[list[str], dict[str, dict[str, str]]]] = {}
+        # (resource, line carries bytes_in, line carries bytes_out) → (bytes lists read, resolution)
         self._kafka: dict[tuple[str, bool, bool], tuple[_Rows | None, _Rows | None, Resolution]] = {}
         self._owner_usage: dict[int, tuple[_Rows, _OwnerUsage]] = {}
 
-    def kafka(self, resource_id: str, d: date, rows_in: _Rows | None, rows_out: _Rows | None) -> Resolution:
+    def kafka(
+        self,
+        resource_id: str,
+        d: date,
+        rows_in: _Rows | None,
+        rows_out: _Rows | None,
+        date_metrics: Mapping[tuple[str, str], _Rows],
+    ) -> Resolution:
         """The resource's Kafka resolution, memoised per resource of the current date and per combination
-        of present metrics lists (a cluster's lines carry different ones) while they are the same lists."""
+        of the line's metrics lists (a cluster's lines carry different ones) while the lists are the same.
+
+        Usage weights come from the line's lists only. metrics_derived comes from the cluster's bytes_in
+        and bytes_out of the date (decision D11): a list the line does not carry is the date's one, so
+        every Kafka line of a cluster sees every principal that used it, without another query."""
         if self._date != d:
             self._date = d
             self._day = d.toordinal()
             self._active = {}
             self._kafka = {}
             self._owner_usage = {}
-        key = (resource_id, rows_in is None, rows_out is None)
+        weigh_in, weigh_out = rows_in is not None, rows_out is not None
+        if not weigh_in:
+            rows_in = date_metrics.get((resource_id, BYTES_IN))
+        if not weigh_out:
+            rows_out = date_metrics.get((resource_id, BYTES_OUT))
+        key = (resource_id, weigh_in, weigh_out)
         hit = self._kafka.get(key)
         if hit is not None and hit[0] is rows_in and hit[1] is rows_out:
             return hit[2]
-        resolution = self._build_kafka(resource_id, rows_in, rows_out)
+        resolution = self._build_kafka(resource_id, rows_in, rows_out, weigh_in, weigh_out)
         self._kafka[key] = (rows_in, rows_out, resolution)
         return resolution
 
-    def _build_kafka(self, resource_id: str, rows_in: _Rows | None, rows_out: _Rows | None) -> Resolution:
+    def _build_kafka(
+        self, resource_id: str, rows_in: _Rows | None, rows_out: _Rows | None, weigh_in: bool, weigh_out: bool
+    ) -> Resolution:
+        """Owners and principals from the cluster's lists; usage weights from those the line carries."""
         active, found = self._active_owners(resource_id)
         usage: dict[str, dict[str, Decimal]] = {}
         if rows_in is not None and rows_out is not None:
             per_in, keys_in, found_in, _ = self._bytes_per_owner(rows_in)
             per_out, keys_out, found_out, _ = self._bytes_per_owner(rows_out)
-            usage[CONFLUENT_BYTES_IN] = per_in
-            usage[CONFLUENT_BYTES_OUT] = per_out
+            if weigh_in:
+                usage[CONFLUENT_BYTES_IN] = per_in
+            if weigh_out:
+                usage[CONFLUENT_BYTES_OUT] = per_out
             api_key_to_owner = {**keys_in, **keys_out}
             derived = sorted({*per_in, *per_out})
             if found_in or found_out:
                 found = {**found, **found_in, **found_out}
         elif rows_in is not None or rows_out is not None:
-            weight_name, rows = (
-                (CONFLUENT_BYTES_IN, rows_in) if rows_out is None else (CONFLUENT_BYTES_OUT, rows_out)
+            weight_name, rows, weigh = (
+                (CONFLUENT_BYTES_IN, rows_in, weigh_in)
+                if rows_out is None
+                else (CONFLUENT_BYTES_OUT, rows_out, weigh_out)
             )
             # One list: its (read-only) key map and sorted owners serve as they are.
             per_owner, api_key_to_owner, found_part, derived = self._bytes_per_owner(rows)
-            usage[weight_name] = per_owner
+            if weigh:
+                usage[weight_name] = per_owner
             if found_part:
                 found = {**found, **found_part}
         else:
@@ -284,11 +309,14 @@ def _owner(identity: Identity) -> str:
 def resolve_kafka(
     line: BillingLine, inputs: DateInputs, metrics: Mapping[str, list[MetricRow]]
 ) -> Resolution:
-    """``kafka`` and ``schema_registry``: API-key owners of the resource; principals from bytes metrics.
+    """``kafka`` and ``schema_registry``: API-key owners of the resource; principals from the resource's
+    bytes metrics of the date (the line's lists, else the date's: decision D11).
 
     The lines of one resource and date with the same metrics lists get the same (read-only) Resolution,
     built once: a cluster has about six lines a day."""
-    return _index(inputs).kafka(line.resource_id, inputs.date, metrics.get(BYTES_IN), metrics.get(BYTES_OUT))
+    return _index(inputs).kafka(
+        line.resource_id, inputs.date, metrics.get(BYTES_IN), metrics.get(BYTES_OUT), inputs.metrics
+    )
 
 
 def resolve_connector(

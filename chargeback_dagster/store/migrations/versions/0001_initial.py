@@ -1,4 +1,4 @@
-"""Initial tenant schema (operations.md §13).
+"""Initial tenant schema (docs/operations.md §13).
 
 Revision ID: 0001
 Revises:
