@@ -252,9 +252,9 @@ def test_guard_lock_takeover_and_orphans(shop, instance):
     result = materialize_range(defs, "shop", *DATES, instance=instance)
     assert result.success
     assert store.state.run_lock_holder()[0] == result.run_id
-    ghost = store.state.run("ghost-run")
+    ghost = store.state.get_run("ghost-run")
     assert (ghost["status"], ghost["error_message"]) == ("failed", "Orphaned — run ended without completing")
-    audit = store.state.run(result.run_id)
+    audit = store.state.get_run(result.run_id)
     assert (audit["trigger"], audit["range_start"], audit["range_end"]) == ("manual", *DATES)
     assert (audit["dates_gathered"], audit["dates_calculated"], audit["rows_written"]) == (2, 2, 4)
 
@@ -396,7 +396,7 @@ def test_outage_suspends_then_resume(
     assert result.success
     assert store.state.status()["consecutive_gather_failures"] == 0
     assert not store.state.status()["suspended"]
-    audit = store.state.run(result.run_id)
+    audit = store.state.get_run(result.run_id)
     assert audit["status"] == "running"  # closed by the success sensor
     # the first good run (marked completed by a later guard) and the three failed ones; start times are whole
     # seconds, so runs started within one second have no defined order

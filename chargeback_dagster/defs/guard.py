@@ -149,7 +149,7 @@ def enter(
 
     tags = dict(context.run.tags)
     trigger = run_trigger(tags)
-    if store.state.run(run_id) is None:
+    if store.state.get_run(run_id) is None:
         store.state.upsert_run(
             run_id,
             trigger=trigger,

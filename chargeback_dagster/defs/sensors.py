@@ -143,7 +143,7 @@ def close_run(
         return None
     tenant = config.tenants[tenant_name]
     store = tenant_store.open(tenant_name)
-    if store.state.run(run.run_id) is None:
+    if store.state.get_run(run.run_id) is None:
         started = guard.run_start(instance, run.run_id)
         store.state.upsert_run(
             run.run_id,

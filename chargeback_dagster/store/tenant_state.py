@@ -303,7 +303,8 @@ class TenantStateRepository(Repository):
         with self.db.write() as conn:
             conn.execute(stmt, [row])
 
-    def run(self, run_id: str) -> dict | None:
+    def get_run(self, run_id: str) -> dict | None:
+        """The audit row of `run_id`, None when there is none."""
         pr = t.pipeline_runs
         with self.db.read() as conn:
             r = conn.execute(select(pr).where(self._mine(pr), pr.c.dagster_run_id == run_id)).first()
