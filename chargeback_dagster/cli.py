@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from importlib.metadata import version
+from pathlib import Path
 
 from chargeback_dagster.config import ConfigError, load_config
 from chargeback_dagster.logging_setup import apply_logging
@@ -24,9 +27,10 @@ def cmd_validate(args) -> int:
     for warning in [*config.warnings, *concurrency_warnings(config)]:
         print(f"WARNING: {warning}")
     if args.check_connections:
-        problems = check_connections(config)
-        if problems:
-            print("\n".join(problems))
+        results = check_connections(config)
+        for _ok, line in results:
+            print(line)
+        if not all(ok for ok, _ in results):
             return 1
     print("Config is valid.")
     return 0
@@ -51,9 +55,6 @@ def instance_concurrency_block(config) -> str:
 
 def concurrency_warnings(config) -> list[str]:
     """§5: warn when $DAGSTER_HOME/dagster.yaml caps tenant runs differently from max_parallel_tenants."""
-    import os
-    from pathlib import Path
-
     import yaml
 
     home = os.environ.get("DAGSTER_HOME")
@@ -84,21 +85,125 @@ def concurrency_warnings(config) -> list[str]:
     ]
 
 
-def check_connections(config) -> list[str]:
-    from chargeback_dagster.sources.prometheus import MetricsQueryError, PrometheusClient
+CHECK_TIMEOUT_SECONDS = 5.0
 
-    problems = []
+
+def check_connections(config) -> list[tuple[bool, str]]:
+    """Reach every remote each tenant names (docs/operations.md §12): one (ok, line) per remote."""
+    results = []
     for name, tenant in config.tenants.items():
-        metrics = tenant.plugin_settings.metrics
-        if metrics is not None:
-            client = PrometheusClient.from_config(metrics, max_workers=1)
+        ps = tenant.plugin_settings
+        checks = [("database", lambda t=tenant: _check_database(t.database_url))]
+        if getattr(ps, "ccloud_api", None) is not None:
+            checks.append(("Confluent Cloud API", lambda api=ps.ccloud_api: _check_confluent(api)))
+        if ps.metrics is not None:
+            checks.append(("Prometheus", lambda m=ps.metrics: _check_prometheus(m)))
+        source = getattr(ps, "resource_source", None)
+        if source is not None and source.bootstrap_servers:
+            checks.append(("Kafka bootstrap servers", lambda rs=source: _check_kafka(rs)))
+        for remote, check in checks:
             try:
-                client.check()
-            except MetricsQueryError as exc:
-                problems.append(f"tenant '{name}': cannot reach Prometheus: {exc}")
-            finally:
-                client.close()
-    return problems
+                check()
+            except Exception as exc:  # noqa: BLE001 - every failure is reported as one line, never raised
+                results.append((False, f"tenant '{name}': cannot reach {remote}: {_one_line(exc)}"))
+            else:
+                results.append((True, f"tenant '{name}': {remote}: OK"))
+    return results
+
+
+def _check_database(url: str) -> None:
+    from sqlalchemy import create_engine
+
+    from chargeback_dagster.store import normalize_url
+
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        return _check_sqlite(url)
+    engine = create_engine(url, connect_args={"connect_timeout": int(CHECK_TIMEOUT_SECONDS)})
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    finally:
+        engine.dispose()
+
+
+def _check_sqlite(url: str) -> None:
+    """Read-only, so checking never creates the file; a missing file is fine if its folder can hold it."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    path = Path(make_url(url).database or "")
+    if not path.exists():
+        folder = next(p for p in path.parents if p.exists())
+        if not os.access(folder, os.W_OK):
+            raise OSError(f"cannot create '{path}': folder '{folder}' is not writable")
+        return
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=CHECK_TIMEOUT_SECONDS)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+    finally:
+        conn.close()
+
+
+def _check_confluent(api) -> None:
+    from chargeback_dagster.ecosystems.confluent.client import ConfluentClient
+
+    client = ConfluentClient(
+        api.base_url,
+        api.key.get_secret_value(),
+        api.secret.get_secret_value(),
+        timeout=CHECK_TIMEOUT_SECONDS,
+        max_attempts=1,
+    )
+    try:
+        client.get("/org/v2/environments", params={"page_size": 1})
+    finally:
+        client.close()
+
+
+def _check_prometheus(metrics) -> None:
+    """One instant query ``1`` (the pipeline's client would retry with backoff for many seconds)."""
+    import httpx
+
+    from chargeback_dagster.sources import timed_http
+
+    url = httpx.URL(str(metrics.url))
+    headers, auth = {}, None
+    if metrics.auth_type == "basic":
+        auth = httpx.BasicAuth(metrics.username or "", metrics.password.get_secret_value())
+    elif metrics.auth_type == "bearer":
+        headers["Authorization"] = f"Bearer {metrics.bearer_token.get_secret_value()}"
+    elif url.username or url.password:  # user-info becomes Basic auth, as in the pipeline's client
+        auth = httpx.BasicAuth(url.username, url.password)
+    base = str(url.copy_with(username=None, password=None)).rstrip("/")
+    with httpx.Client(headers=headers, auth=auth, timeout=CHECK_TIMEOUT_SECONDS) as client:
+        request = client.build_request("POST", f"{base}/api/v1/query", data={"query": "1"})
+        response = timed_http.send(client, request, CHECK_TIMEOUT_SECONDS)  # a total limit, however slow
+    if response.status_code != 200:
+        raise RuntimeError(f"POST /api/v1/query answered HTTP {response.status_code}")
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or body.get("status") != "success":
+        raise RuntimeError("POST /api/v1/query did not answer a Prometheus query result")
+
+
+def _check_kafka(resource_source) -> None:
+    from chargeback_dagster.sources.kafka_admin import fetch_cluster_metadata
+
+    fetch_cluster_metadata(resource_source, timeout_seconds=CHECK_TIMEOUT_SECONDS)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error (SQLAlchemy's own text adds SQL and a help link on further lines)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _unknown_tenant(name: str, config) -> str:
+    return f"Unknown tenant '{name}'; configured tenants: {', '.join(config.tenants) or 'none'}"
 
 
 def cmd_show_config(args) -> int:
@@ -114,18 +219,28 @@ def cmd_show_config(args) -> int:
 def cmd_migrate(args) -> int:
     from chargeback_dagster.store import TenantStore
 
-    config = load_config(args.config, args.env_file)
+    try:
+        config = load_config(args.config, args.env_file)
+    except ConfigError as exc:
+        print(str(exc))
+        return 1
     names = [args.tenant] if args.tenant else list(config.tenants)
     for name in names:
         if name not in config.tenants:
-            print(f"Unknown tenant '{name}'")
+            print(_unknown_tenant(name, config))
             return 1
         tenant = config.tenants[name]
-        store = TenantStore(
-            tenant.database_url, tenant_name=name, ecosystem=tenant.ecosystem, tenant_id=tenant.tenant_id
-        )
-        store.migrate()
-        store.dispose()
+        try:
+            store = TenantStore(
+                tenant.database_url, tenant_name=name, ecosystem=tenant.ecosystem, tenant_id=tenant.tenant_id
+            )
+            try:
+                store.migrate()
+            finally:
+                store.dispose()
+        except Exception as exc:  # noqa: BLE001 - one line naming the tenant instead of a traceback
+            print(f"tenant '{name}': cannot migrate database: {_one_line(exc)}")
+            return 1
         print(f"tenant '{name}': database is up to date")
     return 0
 
@@ -142,15 +257,22 @@ def _open_stores(args):
     apply_logging(config.logging)
     tenant = getattr(args, "tenant", None)
     names = [tenant] if tenant else list(config.tenants)
+    unknown = [name for name in names if name not in config.tenants]
+    if unknown:
+        print(_unknown_tenant(unknown[0], config))
+        return None
     stores = {}
     for name in names:
-        if name not in config.tenants:
-            print(f"Unknown tenant '{name}'")
-            return None
         t = config.tenants[name]
-        stores[name] = TenantStore.open(
-            t.database_url, tenant_name=name, ecosystem=t.ecosystem, tenant_id=t.tenant_id
-        )
+        try:
+            stores[name] = TenantStore.open(
+                t.database_url, tenant_name=name, ecosystem=t.ecosystem, tenant_id=t.tenant_id
+            )
+        except Exception as exc:  # noqa: BLE001 - one line naming the tenant instead of a traceback
+            print(f"tenant '{name}': cannot open database: {_one_line(exc)}")
+            for store in stores.values():
+                store.dispose()
+            return None
     return config, stores
 
 
@@ -208,11 +330,16 @@ def _simulate_argv(argv: list[str] | None) -> list[str] | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chargeback-dagster", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('chargeback-dagster')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="validate the config file")
     _config_args(p)
-    p.add_argument("--check-connections", action="store_true", help="also reach each tenant's Prometheus")
+    p.add_argument(
+        "--check-connections",
+        action="store_true",
+        help="also reach each tenant's database, Confluent Cloud API, Prometheus and Kafka bootstrap servers",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("show-config", help="print the resolved config as JSON, secrets hidden")
@@ -260,7 +387,14 @@ def main(argv: list[str] | None = None) -> int:
     if simulator_args is not None:
         return cmd_simulate(argparse.Namespace(simulator_args=simulator_args))
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader left (e.g. `| head`): stop quietly; stdout goes to devnull so the exit flush cannot fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return code
 
 
 if __name__ == "__main__":

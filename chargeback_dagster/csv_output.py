@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
-import tempfile
+import secrets
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
@@ -28,8 +30,16 @@ COLUMNS = (
 )
 AMOUNT_INDEX = COLUMNS.index("amount")
 TIMESTAMP_INDEX = COLUMNS.index("timestamp")
-# A spreadsheet executes a cell that starts with one of these; a leading quote keeps it text.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# A spreadsheet executes a cell that starts with one of these; a leading quote keeps it text. A cell that
+# starts with a line break is treated like one that starts with CR or tab: an importer may drop it first.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
+# Temporary files are `.<file name>.<16 hex digits>.chargeback-tmp` beside the file they replace. One whose
+# last change is older than this belongs to a write that died (a live write changes its file at least
+# every 1 MiB it writes, within seconds), so the next batch writing to that directory removes it.
+TEMP_SUFFIX = ".chargeback-tmp"
+STALE_TEMP_SECONDS = 3600
+
+log = logging.getLogger("chargeback_dagster.csv_output")
 
 
 class CsvWriteError(Exception):
@@ -54,10 +64,11 @@ def format_row(row: Sequence) -> list[str]:
 
 
 def _render(fields: Sequence[str]) -> str:
-    """`fields` as one CSV line fragment (quoted as csv.writer quotes them), without a line ending."""
+    """`fields` as one CSV line fragment, without a line ending: a field with a comma, quote, CR or LF is
+    quoted (RFC 4180). csv.writer quotes only the line-break characters of its lineterminator, hence CRLF."""
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="", quoting=csv.QUOTE_MINIMAL).writerow(fields)
-    return buffer.getvalue()
+    csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL).writerow(fields)
+    return buffer.getvalue()[:-2]
 
 
 # One CSV row before formatting: (timestamp, the CSV_DIMENSION_COLUMNS of the store, amount_units); the file's
@@ -66,7 +77,7 @@ Group = tuple[datetime, tuple[str, ...], int]
 
 
 class CsvLines:
-    """Renders groups as CSV lines, the same text as csv.writer writing `format_row` of the full row.
+    """Renders groups as CSV lines: `format_row` of the full row, quoted as `_render` quotes, ending in LF.
 
     A line is cut around the amount: (ecosystem, tenant_id, timestamp) and the dimension fields before the
     amount, the fields after it. Each distinct part is rendered once and remembered for every file written
@@ -81,6 +92,9 @@ class CsvLines:
         # groups of a batch share the store's long-lived tuples, and a tuple re-hashes its 7 strings at
         # every lookup. The entry holds its tuple, so no other object can take that id while it exists.
         self.parts: dict[int, tuple[tuple[str, ...], str, str]] = {}
+        # Directories `write_csv` has cleared of stale temporary files with this object: once per batch, not
+        # per file, as a directory can hold thousands of CSVs.
+        self.swept_dirs: set[Path] = set()
 
     def render(self, groups: Iterable[Group]) -> list[str]:
         heads, parts, fmt = self.heads, self.parts, format_units
@@ -115,13 +129,40 @@ def month_groups(groups: Iterable[Group], month_start: date) -> list[Group]:
     return [(stamp, fields, totals[fields]) for fields in sorted(totals)]
 
 
+def remove_stale_temp_files(directory: Path) -> None:
+    """Remove the temporary files of writes that died: ours (TEMP_SUFFIX), unchanged for STALE_TEMP_SECONDS.
+
+    Best effort: a file that cannot be removed is logged and left; it never fails a write."""
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if not (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)):
+                    continue
+                try:
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                except FileNotFoundError:
+                    pass  # renamed by its writer or removed by another sweep meanwhile
+                except OSError as exc:
+                    log.warning("Cannot remove stale temporary CSV file '%s': %s", entry.path, exc)
+    except OSError as exc:  # a directory we may write but not list
+        log.warning("Cannot look for stale temporary CSV files in '%s': %s", directory, exc)
+
+
 def write_csv(path: Path, groups: Iterable[Group], lines: CsvLines) -> int:
     """Write atomically: a temporary file in the same directory, then rename. Returns the row count.
 
-    Use one `lines` for every file of a batch so rendered parts are shared between them."""
+    Use one `lines` for every file of a batch so rendered parts are shared between them and each directory is
+    swept of stale temporary files once."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if path.parent not in lines.swept_dirs:
+            remove_stale_temp_files(path.parent)
+            lines.swept_dirs.add(path.parent)
+        # Created like any new file (mode 0666 less the umask), not 0600 as tempfile.mkstemp would.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="", buffering=1 << 20) as fh:
                 fh.write(_render(COLUMNS) + "\n")
@@ -129,7 +170,7 @@ def write_csv(path: Path, groups: Iterable[Group], lines: CsvLines) -> int:
                 fh.writelines(rendered)
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
     except OSError as exc:
         raise CsvWriteError(f"Cannot write CSV '{path}': {exc}") from exc

@@ -7,7 +7,6 @@ Data passes between steps through the tenant store, never in memory.
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 from bisect import bisect_left
 from collections.abc import Callable
@@ -27,7 +26,9 @@ from chargeback_dagster.sources.prometheus import (
     RangeQuery,
     Series,
     day_window,
+    overflow_message,
     reduce_series,
+    sample_sum,
 )
 from chargeback_dagster.store import TenantStore
 
@@ -329,7 +330,7 @@ def _chunk_fetches(
                 reduced = (
                     result
                     if isinstance(result, MetricsQueryError)
-                    else [MetricRow(labels, s, m, n) for labels, s, m, n in reduce_series(result)]
+                    else [MetricRow(labels, s, m, n) for labels, s, m, n in reduce_series(result, d)]
                 )
             if isinstance(reduced, MetricsQueryError):
                 summary.failures.append(f"{d} {resource_id} {key}: {reduced}")
@@ -347,7 +348,8 @@ def _reduce_by_day_and_resource(
 
     Samples are cut into the UTC days of `days` (d ≤ ts < d+1; a single day takes every sample: the query
     window was that day) and grouped by the resource label (None: one group); series with equal label
-    sets are combined as reduce_series does. A label set's day parts are reduced as soon as they are cut,
+    sets are combined as reduce_series does (a part whose samples sum beyond the float range is left out,
+    with a warning). A label set's day parts are reduced as soon as they are cut,
     so no per-row list outlives its label set."""
     by_key: dict[tuple[tuple[str, str], ...], list[tuple[list[float], list[float]]]] = {}
     for s in series:
@@ -355,7 +357,6 @@ def _reduce_by_day_and_resource(
     out: dict[date, dict[str | None, list[MetricRow]]] = {d: {} for d in days}
     day_rows = list(out.values())  # in the order of `days`, as _split_by_day's parts
     split = _split_by_day(days)
-    fsum = math.fsum
     for key in sorted(by_key):
         labels = dict(key)  # one dict for the label set's rows of every day (rows are read only)
         resource = labels.get(label, "") if label is not None else None
@@ -367,9 +368,13 @@ def _reduce_by_day_and_resource(
             for column in columns:
                 for part, more in zip(parts, split(*column), strict=True):
                     part += more
-        for rows_by_resource, values in zip(day_rows, parts, strict=True):
+        for d, rows_by_resource, values in zip(days, day_rows, parts, strict=True):
             if values:
-                row = MetricRow(labels, fsum(values), max(values), len(values))
+                total = sample_sum(values)
+                if total is None:  # bad data like a NaN sample: skipped and reported, the run goes on
+                    log.warning(overflow_message(labels, len(values), d))
+                    continue
+                row = MetricRow(labels, total, max(values), len(values))
                 rows_by_resource.setdefault(resource, []).append(row)
     return out
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import textwrap
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -1255,3 +1256,140 @@ def test_interpolated_decimal_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         load(tmp_path, {"tenants": {"t1": tenant("self_managed_kafka", ps=ps)}}).tenants["t1"].plugin_settings
     )
     assert settings.cost_model.compute_hourly_rate == Decimal("0.1")
+
+
+# --- hostile input (issue 12 §3): each ends fast with one line naming the file, never a traceback
+def _alias_bomb(levels: int) -> str:
+    """'Billion laughs': each level is a list of ten aliases of the level before (10**levels strings)."""
+    lines = ["x-bomb:", "  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, levels):
+        lines.append(f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]")
+    return "\n".join(lines) + "\n"
+
+
+HOSTILE: dict[str, tuple[bytes, str]] = {
+    "alias_bomb": (
+        _alias_bomb(6).encode(),
+        "Malformed YAML in '{path}': more than 100000 nodes with aliases expanded at line 6, column 47",
+    ),
+    "deep_flow": (
+        b"tenants: " + b"[" * 5000 + b"]" * 5000 + b"\n",
+        "Malformed YAML in '{path}': nesting deeper than 100 levels at line 1, column 109",
+    ),
+    "deep_block": (
+        "".join(f"{'  ' * i}k{i}:\n" for i in range(5000)).encode(),
+        "Malformed YAML in '{path}': nesting deeper than 100 levels at line 100, column 199",
+    ),
+    "not_utf8": (
+        "tenants: {}\n# caf\xe9\n".encode("latin-1"),
+        "Cannot read config file '{path}': not valid UTF-8 (byte 0xe9 at offset 17)",
+    ),
+    "long_int": (
+        b"features:\n  refresh_interval: " + b"9" * 5000 + b"\n",
+        "Malformed YAML in '{path}': integer with more than 100 digits at line 2, column 21",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_yaml_fails_fast_with_one_line(tmp_path: Path, case: str) -> None:
+    content, expected = HOSTILE[case]
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert time.monotonic() - started < 1.0
+    assert str(info.value) == expected.format(path=path)
+
+
+def test_quoted_long_integer_is_a_type_error(tmp_path: Path) -> None:
+    started = time.monotonic()
+    lines = problems(tmp_path, {"features": {"refresh_interval": "9" * 5000}})
+    assert time.monotonic() - started < 1.0
+    assert lines == [
+        "features.refresh_interval: must be an integer, got '9999999999999999999999999999999999999999... "
+        "(5000 characters)'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rate", "shown"),
+    [
+        ("1e999999999", "1e999999999"),  # YAML 1.1 reads it as text; the schema coerces it to a Decimal
+        ("1.0e+999999999", "1.0E+999999999"),  # a YAML float
+        ("'" + "9" * 5000 + "'", "9999999999999999999999999999999999999999... (5000 characters)"),
+        ("922337203685477.5808", "922337203685477.5808"),  # one unit above the largest storable amount
+    ],
+    ids=["1e999999999", "float-1e999999999", "5000-digit-string", "max-plus-one-unit"],
+)
+def test_amount_that_cannot_be_stored_is_rejected(tmp_path: Path, rate: str, shown: str) -> None:
+    cost_type = dict(BASE_PLUGIN["generic_metrics_only"]["cost_types"][0], rate="RATE")
+    content = yaml.safe_dump(
+        {"tenants": {"t1": tenant("generic_metrics_only", ps={"cost_types": [cost_type]})}}
+    )
+    assert problems(tmp_path, content.replace("RATE", rate)) == [
+        f"{GM}plugin_settings.cost_types[0].rate: must be a number between -922337203685477.5807 and "
+        f"922337203685477.5807, got '{shown}'"
+    ]
+
+
+def test_largest_storable_amount_is_the_bound(tmp_path: Path) -> None:
+    """The bound is exact: (2**63 - 1) units of 0.0001 load; every configured number above is refused."""
+    cost_type = dict(BASE_PLUGIN["generic_metrics_only"]["cost_types"][0], rate="922337203685477.5807")
+    app = load(tmp_path, {"tenants": {"t1": tenant("generic_metrics_only", ps={"cost_types": [cost_type]})}})
+    assert app.tenants["t1"].plugin_settings.cost_types[0].rate == Decimal("922337203685477.5807")
+    smk = tenant("self_managed_kafka")
+    smk["plugin_settings"]["cost_model"]["compute_hourly_rate"] = "-922337203685477.5808"
+    assert tenant_problems(tmp_path, smk) == [
+        f"{SMK}plugin_settings.cost_model.compute_hourly_rate: must be a number between "
+        "-922337203685477.5807 and 922337203685477.5807, got '-922337203685477.5808'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("postgresql+psycopg://u:hunter2@db:99999/x", "port must be a number between 1 and 65535, got 99999"),
+        ("postgresql+psycopg://u:hunter2@db:0/x", "port must be a number between 1 and 65535, got 0"),
+        ("postgresql://u:hunter2@db:54x2/x", "port must be a number between 1 and 65535"),
+    ],
+)
+def test_postgresql_url_with_bad_port(tmp_path: Path, url: str, problem: str) -> None:
+    assert tenant_problems(tmp_path, tenant(storage={"connection_string": url})) == [
+        f"{CC}storage.connection_string: invalid database URL: {problem}"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "shown"), [("True", "'True'", "True"), ("~", "'None'", "None"), ("1", "'1'", "1")]
+)
+def test_tenant_keys_equal_as_text_are_duplicates(
+    tmp_path: Path, first: str, second: str, shown: str
+) -> None:
+    path = write(tmp_path, f"tenants:\n  {first}: {{}}\n  {second}: {{}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"Duplicate key '{shown}' at line 3 in '{path}'"
+
+
+@pytest.mark.parametrize(
+    "tenant_id", ["../../x", "a/b", "/abs", "a\\b", "..", "a..b", "tab\there", "nul\x00", "line\nbreak"]
+)
+def test_tenant_id_unsafe_in_file_names(tmp_path: Path, tenant_id: str) -> None:
+    assert tenant_problems(tmp_path, tenant(tenant_id=tenant_id)) == [
+        f"{CC}tenant_id: must not contain '/', '\\', '..' or control characters, got {tenant_id!r}"
+    ]
+
+
+def test_yaml_error_in_secret_field_does_not_echo_secret(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'tenants:\n  t1:\n    plugin_settings:\n      ccloud_api: {key: k, secret: "hunter2-secret" x: 1}\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"Malformed YAML in '{path}': while parsing a flow mapping; expected ',' or '}}', but got '<scalar>' "
+        "at line 4, column 53"
+    )

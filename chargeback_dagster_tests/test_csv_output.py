@@ -1,9 +1,15 @@
 import csv
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, date, datetime
 
+import pandas as pd
 import pytest
 
-from chargeback_dagster.csv_output import CsvLines, CsvWriteError, month_groups
+from chargeback_dagster.csv_output import COLUMNS, FORMULA_PREFIXES, CsvLines, CsvWriteError, month_groups
 from chargeback_dagster.csv_output import write_csv as write_groups
 
 STAMP = datetime(2026, 2, 1, tzinfo=UTC)
@@ -98,3 +104,114 @@ def test_rendered_parts_are_shared_across_files_without_changing_bytes(tmp_path)
         'confluent_cloud,acme,2026-02-02T00:00:00+00:00,lkc-1,KAFKA,KAFKA_BASE,"q""",shared,0.0003,even_split,'
         "even_split_allocation",
     ]
+
+
+# Label values an identity can carry: line breaks (LF, CR, CRLF), commas, quotes, formulas after a break.
+HOSTILE = [
+    "ok\n=1+2+cmd|' /C calc'!A0",
+    "cr\r=2+3",
+    "crlf\r\n@SUM(A1)",
+    "team, a",
+    'say "hi"',
+    '"',
+    "trailing\n",
+    '\n=HYPERLINK("x")',
+    "\r\n",
+]
+
+
+def test_fields_with_line_breaks_commas_and_quotes_are_quoted(tmp_path):
+    """Every field needing it is quoted (RFC 4180): each file parses to the header's 11 columns with csv and
+    pandas, and no parsed cell starts with a formula; text after an embedded break stays inside its cell."""
+    path = tmp_path / "hostile.csv"
+    lines = CsvLines("confluent_cloud", "acme")
+    assert write_csv(path, [row(text, 5 + i, detail=text) for i, text in enumerate(HOSTILE)], lines) == 9
+    text = path.read_bytes().decode()
+    assert text.startswith(",".join(COLUMNS) + "\n")
+    assert (
+        "KAFKA_BASE,\"ok\n=1+2+cmd|' /C calc'!A0\",shared,0.0005,even_split,\"ok\n=1+2+cmd|' /C calc'!A0\"\n"
+        'confluent_cloud,acme,2026-02-01T00:00:00+00:00,lkc-1,KAFKA,KAFKA_BASE,"cr\r=2+3",shared,0.0006,'
+    ) in text
+    # a cell that itself starts with a line break is neutralised like one starting with CR or tab
+    expected = [("'" + t if t.startswith(("\n", "\r")) else t) for t in HOSTILE]
+
+    with path.open(newline="", encoding="utf-8") as fh:
+        parsed = list(csv.reader(fh))
+    assert parsed[0] == list(COLUMNS)
+    assert [len(r) for r in parsed] == [11] * 10
+    assert [r[6] for r in parsed[1:]] == [r[10] for r in parsed[1:]] == expected
+    assert [r[8] for r in parsed[1:]] == [f"0.00{5 + i:02d}" for i in range(9)]
+    assert not [cell for r in parsed[1:] for cell in r if cell.startswith(FORMULA_PREFIXES)]
+
+    for engine in ("c", "python"):
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, engine=engine)
+        assert list(frame.columns) == list(COLUMNS)
+        assert frame.shape == (9, 11)
+        assert frame["identity_id"].tolist() == frame["allocation_detail"].tolist() == expected
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o027, 0o640)])
+def test_files_get_the_mode_of_a_normal_write(tmp_path, umask, mode):
+    """0666 less the umask, as open() would create it; also for a file an older version left 0600."""
+    old = tmp_path / "old.csv"
+    old.write_text("x")
+    old.chmod(0o600)
+    previous = os.umask(umask)
+    try:
+        write_csv(tmp_path / "new.csv", [row()])
+        write_csv(old, [row()])
+        write_csv(tmp_path / "monthly" / "m.csv", [row()])
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "new.csv", old, tmp_path / "monthly" / "m.csv"):
+        assert oct(path.stat().st_mode & 0o777) == oct(mode), path.name
+    assert oct((tmp_path / "monthly").stat().st_mode & 0o777) == oct(0o777 & ~umask)
+
+
+KILLED_WRITER = """
+import sys, time
+from datetime import UTC, datetime
+from pathlib import Path
+from chargeback_dagster.csv_output import CsvLines, write_csv
+
+def groups():
+    yield (datetime(2026, 2, 1, tzinfo=UTC), ("lkc-1", "KAFKA", "KAFKA_BASE", "sa-1", "shared", "e", "d"), 1)
+    print("writing", flush=True)
+    time.sleep(600)
+
+write_csv(Path(sys.argv[1]), groups(), CsvLines("confluent_cloud", "acme"))
+"""
+
+
+def test_temp_file_of_a_killed_write_is_removed_by_the_next_write(tmp_path):
+    """A write killed with SIGKILL leaves its temporary file; the next write to the directory removes it once
+    it is an hour old, and leaves younger temporary files (another writer's, in flight) and other files."""
+    path = tmp_path / "acme_2026-02-01.csv"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    writer = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert writer.stdout.readline() == "writing\n"
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        writer.stdout.close()
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(".acme_2026-02-01.csv.")
+    hour_ago = time.time() - 3601
+    os.utime(left, (hour_ago, hour_ago))
+    in_flight = tmp_path / ".acme_2026-02-02.csv.0123456789abcdef.chargeback-tmp"
+    in_flight.write_text("another writer, still running")
+    others = [tmp_path / ".acme_2026-02-03.csv.abcd1234.tmp", tmp_path / "notes.chargeback-tmp"]
+    for other in others:
+        other.write_text("not ours")
+        os.utime(other, (hour_ago, hour_ago))
+    others.append(tmp_path / ".acme_2026-02-04.csv.0123456789abcdef.chargeback-tmp")
+    others[-1].mkdir()  # not a file: left alone, the write still succeeds
+    os.utime(others[-1], (hour_ago, hour_ago))
+
+    write_csv(path, [row()])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [path.name, in_flight.name] + [o.name for o in others]
+    )

@@ -8,10 +8,12 @@ inventory discovery looks at [now − discovery_window_hours, now).
 from __future__ import annotations
 
 import csv
+import os
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -33,10 +35,10 @@ def hours(d: date):
     return [start + timedelta(hours=h) for h in range(24)]
 
 
-def worked_example_metrics() -> str:
+def worked_example_metrics(teams: tuple[str, ...] = ("team-a", "team-b", "team-c")) -> str:
     w = OpenMetricsWriter()
     storage, egress, stored_by_team = [], [], {"team-a": [], "team-b": []}
-    requests = {"team-a": [], "team-b": [], "team-c": []}
+    requests = {team: [] for team in teams}
     for d in DAYS_WITH_DATA:
         for i, t in enumerate(hours(d)):
             storage.append((t, 100 * GIB))  # 24 samples of 100 GiB -> 2400 GiB-hours
@@ -216,3 +218,35 @@ def test_prometheus_outage_fails_billing_and_keeps_earlier_days(tmp_path, local_
     # nothing was written for the failed day; the earlier days are untouched
     assert not (out / "search-prod_2026-02-04.csv").exists()
     assert {p.name: p.read_bytes() for p in out.glob("*.csv")} == before
+
+
+@pytest.mark.slow
+def test_hostile_label_values_give_well_formed_csvs_readable_by_others(tmp_path, local_prometheus_factory):
+    """Identities from Prometheus labels with a line break before a formula, a comma and quotes: every CSV
+    parses with csv and pandas to the header's 11 columns, values intact; files get 0666 less the umask."""
+    formula = "ok\n=1+2+cmd|' /C calc'!A0"
+    teams = (formula, "a, b", 'say "hi"', "cr\r=1+1", "team-c")
+    prom = local_prometheus_factory(worked_example_metrics(teams))
+    defs = make_defs(tmp_path, prom.url, "sqlite:///data/search.db")
+    previous = os.umask(0o002)
+    try:
+        assert materialize_range(defs, "search", date(2026, 2, 1), date(2026, 2, 1)).success
+    finally:
+        os.umask(previous)
+
+    out = tmp_path / "out"
+    for path in (out / "search-prod_2026-02-01.csv", out / "monthly" / "search-prod_2026-02-01.csv"):
+        assert oct(path.stat().st_mode & 0o777) == "0o664"
+        rows = read_csv(path)
+        with path.open(newline="") as fh:
+            assert {len(r) for r in csv.reader(fh)} == {11}
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        assert frame.shape == (len(rows), 11)
+        assert frame.to_dict("records") == rows
+        broker = sorted(r["identity_id"] for r in rows if r["product_type"] == "broker_hours")
+        assert broker == sorted(teams)
+        assert {r["amount"] for r in rows if r["product_type"] == "broker_hours"} == {"36.0000"}
+    # the break is inside the quoted identity: one cell, which starts with "ok", not with the formula
+    text = (out / "search-prod_2026-02-01.csv").read_bytes().decode()
+    assert f'compute,broker_hours,"{formula}",shared,36.0000,even_split,even_split_allocation\n' in text
+    assert 'compute,broker_hours,"cr\r=1+1",shared,36.0000,' in text

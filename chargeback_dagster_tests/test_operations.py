@@ -546,4 +546,4 @@ def test_cli_instance_config_and_concurrency_warning(tmp_path, capsys, monkeypat
     assert cli.main(["validate", "--config", str(config_path)]) == 0
     assert "WARNING" not in capsys.readouterr().out
     assert cli.main(["resume", "nope", "--config", str(config_path)]) == 1
-    assert capsys.readouterr().out.strip() == "Unknown tenant 'nope'"
+    assert capsys.readouterr().out.strip() == "Unknown tenant 'nope'; configured tenants: shop"

@@ -54,24 +54,71 @@ class _DuplicateKeyError(Exception):
         self.key, self.line = key, line
 
 
+# Loader limits (docs/configuration.md §1): a real config stays far below them; hostile input (alias
+# bombs, deep nesting, huge integers) fails fast instead of hanging or hitting Python's recursion/int limits.
+MAX_NODES = 100_000  # YAML nodes counted with every alias expanded
+MAX_DEPTH = 100  # nesting levels of mappings/sequences
+MAX_INT_DIGITS = 100
+
+
+class _LimitError(yaml.MarkedYAMLError):
+    pass
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with duplicate-key detection, line tracking, Decimal floats and string timestamps."""
+    """SafeLoader with duplicate-key detection, line tracking, Decimal floats and string timestamps.
+
+    Composing counts nodes with aliases expanded (``_sizes``: expanded size of each composed node) and
+    tracks depth, so a "billion laughs" document or 5,000 nested brackets stop at the limits above.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._expanded = 0
+        self._sizes: dict[int, int] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            self._count(self._sizes.get(id(node), 1), mark)
+            return node
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _LimitError(problem=f"nesting deeper than {MAX_DEPTH} levels", problem_mark=mark)
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = []
+        size = 1 + sum(self._sizes.get(id(child), 1) for child in children)
+        self._sizes[id(node)] = size
+        self._count(1, mark)
+        return node
+
+    def _count(self, nodes: int, mark: yaml.Mark) -> None:
+        self._expanded += nodes
+        if self._expanded > MAX_NODES:
+            raise _LimitError(problem=f"more than {MAX_NODES} nodes with aliases expanded", problem_mark=mark)
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
-    own_keys: dict[Any, int] = {}
+    # Keys are compared as text: validation uses str(key) (tenant names), so `true` and "True", `~` and
+    # "None", `1` and "1" would otherwise merge silently and one entry would disappear.
+    own_keys: set[str] = set()
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
             continue
         key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        try:
-            duplicate = key in own_keys
-        except TypeError:  # unhashable key; let PyYAML report it
-            duplicate = False
-        if duplicate:
-            raise _DuplicateKeyError(key, line)
-        own_keys[key] = line
+        if isinstance(key, (dict, list)):  # unhashable key; reported below
+            continue
+        if str(key) in own_keys:
+            raise _DuplicateKeyError(key, key_node.start_mark.line + 1)
+        own_keys.add(str(key))
     loader.flatten_mapping(node)
     result = LineDict()
     result.line = node.start_mark.line + 1
@@ -112,6 +159,16 @@ def _construct_decimal(loader: _Loader, node: yaml.ScalarNode) -> Decimal | floa
         return Decimal(str(yaml.SafeLoader.construct_yaml_float(loader, node)))
 
 
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    """Integers longer than MAX_INT_DIGITS are refused before Python's int-from-text limit is hit."""
+    text = str(loader.construct_scalar(node))
+    if len(text.lstrip("+-").replace("_", "")) > MAX_INT_DIGITS:
+        raise _LimitError(
+            problem=f"integer with more than {MAX_INT_DIGITS} digits", problem_mark=node.start_mark
+        )
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
 def _construct_timestamp_as_text(loader: _Loader, node: yaml.ScalarNode) -> str:
     """Dates stay strings; the schema parses ISO dates itself (so ``tenant_id: 2025-01-01`` stays text)."""
     return str(loader.construct_scalar(node))
@@ -120,6 +177,7 @@ def _construct_timestamp_as_text(loader: _Loader, node: yaml.ScalarNode) -> str:
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 _Loader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp_as_text)
 
 
@@ -130,7 +188,16 @@ def parse_yaml(text: str, path: str) -> Any:
     except _DuplicateKeyError as exc:
         raise ConfigError(f"Duplicate key '{exc.key}' at line {exc.line} in '{path}'") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"Malformed YAML in '{path}': {exc}") from None
+        raise ConfigError(f"Malformed YAML in '{path}': {_yaml_problem(exc)}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line without PyYAML's source snippet, which could show a secret written on that line."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return str(exc).replace("\n", " ")
+    text = "; ".join(part for part in (exc.context, exc.problem) if part)
+    mark = exc.problem_mark or exc.context_mark
+    return f"{text} at line {mark.line + 1}, column {mark.column + 1}" if mark else text
 
 
 # --- interpolation
@@ -216,6 +283,11 @@ def load_config(
         text = config_path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"Cannot read config file '{config_path}': {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"Cannot read config file '{config_path}': not valid UTF-8 "
+            f"(byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from None
     raw = parse_yaml(text, str(config_path))
     if raw is None:
         raw = LineDict()

@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
+from ..money import UNIT
 from .overrides import SERVICE_TYPES, check_override
 from .schema import (
     DEFAULT_CSV_TEMPLATE,
@@ -44,10 +47,15 @@ TENANT_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 PG_SCHEMES = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2")
 TEMPLATE_PLACEHOLDERS = ("tenant_id", "tenant_name", "date")
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
-_INT_RE = re.compile(r"^[+-]?\d+$")
+_INT_RE = re.compile(r"^[+-]?\d{1,100}$")  # longer text would hit Python's int-from-text digit limit
 _HTTP_URL_RE = re.compile(r"^https?://[^/\s]+")
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
+# Amounts are stored as 64-bit integers of 0.0001 units, so no configured number may exceed this
+# (docs/configuration.md §3).
+MAX_AMOUNT = (2**63 - 1) * UNIT
+_NUMBER = f"a number between -{MAX_AMOUNT} and {MAX_AMOUNT}"
+_FILE_NAME_UNSAFE_RE = re.compile(r"[/\\\x00-\x1f\x7f]")
 END = float("inf")  # line used for problems that are not tied to one place (cross-tenant)
 
 
@@ -82,7 +90,9 @@ def fmt(value: Any) -> str:
         return "true" if value else "false"
     if value is None:
         return "null"
-    return str(value)
+    text = str(value)
+    # keep a problem on one readable line (a 5,000-digit "number" is echoed by its start only)
+    return text if len(text) <= 80 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def type_name(value: Any) -> str:
@@ -162,19 +172,23 @@ def coerce(kind: str, value: Any) -> tuple[bool, Any, str]:
         if isinstance(value, bool):
             return False, None, "a number"
         if isinstance(value, int):
-            return True, Decimal(value), ""
-        if isinstance(value, Decimal) and value.is_finite():
-            return True, value, ""
-        if isinstance(value, float):
-            return True, Decimal(str(value)), ""
-        if isinstance(value, str):
+            d = Decimal(value)
+        elif isinstance(value, Decimal):
+            d = value
+        elif isinstance(value, float):
+            d = Decimal(str(value))
+        elif isinstance(value, str):
             try:
                 d = Decimal(value.strip().replace("_", ""))
             except InvalidOperation:
                 return False, None, "a number"
-            if d.is_finite():
-                return True, d, ""
-        return False, None, "a number"
+        else:
+            return False, None, "a number"
+        if not d.is_finite():
+            return False, None, "a number"
+        if d.copy_abs() > MAX_AMOUNT:  # copy_abs: no context, so 1E+999999999 cannot overflow
+            return False, None, _NUMBER
+        return True, d, ""
     if kind == "bool":
         if isinstance(value, bool):
             return True, value, ""
@@ -480,6 +494,11 @@ def _tenant(
     node.known.add("ecosystem")
     out: dict[str, Any] = {"name": name, "ecosystem": ecosystem, "config_dir": config_dir}
     out["tenant_id"] = node.field("tenant_id", "str", max_len=128)
+    tenant_id = out["tenant_id"]
+    if tenant_id is not BAD and (".." in tenant_id or _FILE_NAME_UNSAFE_RE.search(tenant_id)):
+        # tenant_id is part of CSV file names: it must not leave output_dir or hide control characters
+        node.err("tenant_id", f"must not contain '/', '\\', '..' or control characters, got {tenant_id!r}")
+        out["tenant_id"] = BAD
     start = node.field("partitions_start_date", "date", date(2025, 1, 1))
     today = datetime.now(UTC).date()
     if start is not BAD and start >= today:
@@ -535,8 +554,24 @@ def _storage(tenant: Node, name: str) -> dict[str, Any]:
         elif scheme in SQLITE_SCHEMES and (sqlite_file_path(url, ".") is None or "mode=memory" in url):
             node.err("connection_string", "in-memory SQLite is not supported")
             url = BAD
+        elif scheme in PG_SCHEMES and (problem := _pg_url_problem(url)):
+            node.err("connection_string", problem)
+            url = BAD
     node.finish()
     return {"backend": backend, "connection_string": url}
+
+
+def _pg_url_problem(url: str) -> str | None:
+    """Why SQLAlchemy would refuse this PostgreSQL URL at connect time (never echoes the URL: a secret)."""
+    try:
+        port = make_url(url).port
+    except ValueError:  # a port that is not a number
+        return "invalid database URL: port must be a number between 1 and 65535"
+    except ArgumentError:
+        return "invalid database URL"
+    if port is not None and not 1 <= port <= 65535:
+        return f"invalid database URL: port must be a number between 1 and 65535, got {port}"
+    return None
 
 
 # --- plugin settings

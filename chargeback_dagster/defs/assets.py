@@ -70,8 +70,10 @@ class TenantStep:
     def prometheus_client(self):
         if self._client is None:
             self.check_deadline()
-            # retry waits respect the run's deadline
-            self._client = self._prometheus.client(self.tenant.name, self.deadline.wrap_sleep(time.sleep))
+            # retry waits and in-flight requests respect the run's deadline
+            self._client = self._prometheus.client(
+                self.tenant.name, self.deadline.wrap_sleep(time.sleep), self.deadline.seconds_left
+            )
         return self._client
 
     def gather_context(self) -> GatherContext:
@@ -81,6 +83,7 @@ class TenantStep:
             now=self.now,
             prometheus=self.prometheus_client,
             check_deadline=self.check_deadline,
+            deadline_left=self.deadline.seconds_left,
         )
 
     def inside_cutoff(self) -> list[date]:

@@ -82,7 +82,8 @@ class ExecutionTimeout(dg.Failure):
 
 @dataclass
 class Deadline:
-    """deadline = run start + T (T = 0: none). Checked before each date, provider request and retry wait."""
+    """deadline = run start + T (T = 0: none). Checked before each date, provider request and retry wait; an
+    in-flight provider request is cut off when it passes (`seconds_left`)."""
 
     seconds: int
     started: float
@@ -92,7 +93,11 @@ class Deadline:
         return f"Execution timed out after {self.seconds}s"
 
     def expired(self) -> bool:
-        return self.seconds > 0 and clock() > self.started + self.seconds
+        return self.seconds > 0 and clock() >= self.started + self.seconds
+
+    def seconds_left(self) -> float | None:
+        """Seconds until the deadline (≤ 0 once passed); None without one. Caps in-flight requests."""
+        return self.started + self.seconds - clock() if self.seconds > 0 else None
 
     def check(self) -> None:
         if self.expired():

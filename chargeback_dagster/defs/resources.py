@@ -59,10 +59,18 @@ class PrometheusResource(dg.ConfigurableResource):
 
     app_config: AppConfigResource
 
-    def client(self, tenant_name: str, sleep: Callable[[float], None] = time.sleep) -> PrometheusClient:
-        """`sleep` waits between retries; a run passes one bounded by its deadline."""
+    def client(
+        self,
+        tenant_name: str,
+        sleep: Callable[[float], None] = time.sleep,
+        deadline_left: Callable[[], float | None] = lambda: None,
+    ) -> PrometheusClient:
+        """`sleep` waits between retries; a run passes one bounded by its deadline, and `deadline_left`
+        (seconds to that deadline) to cut in-flight requests short."""
         tenant = self.app_config.tenant(tenant_name)
         metrics = tenant.plugin_settings.metrics
         if metrics is None:
             raise dg.Failure(f"Tenant {tenant_name} has no plugin_settings.metrics configured")
-        return PrometheusClient.from_config(metrics, max_workers=tenant.metrics_prefetch_workers, sleep=sleep)
+        return PrometheusClient.from_config(
+            metrics, max_workers=tenant.metrics_prefetch_workers, sleep=sleep, deadline_left=deadline_left
+        )

@@ -1165,6 +1165,10 @@ class Faults:
     * ``fail_page_token_once``: the first matching request carrying ``page_token`` answers 400
       (``page_token_failures=N``: the next N such requests do).
     * ``loop_page_token``: pages requested with a ``page_token`` point ``metadata.next`` at the same token.
+    * ``page_size_max``: pages hold at most this many rows whatever ``page_size`` asks (0: no such cap).
+    * ``repeat_first_row``: every page of a listing ends with its first row again (a duplicate on one page).
+    * ``page_overlap``: pages requested with a ``page_token`` start this many rows before it (< page size),
+      so the rows at each page boundary come twice (as from a listing that shifted between requests).
     """
 
     rate_limit_burst: int = 0
@@ -1178,6 +1182,9 @@ class Faults:
     fail_page_token_once: bool = False
     page_token_failures: int = 0
     loop_page_token: bool = False
+    page_size_max: int = 0
+    repeat_first_row: bool = False
+    page_overlap: int = 0
 
     def __post_init__(self) -> None:
         if self.rate_limit_header not in RATE_LIMIT_HEADERS:
@@ -1474,19 +1481,26 @@ class CCloudSimulator:
             raise _ApiError(400, "page_size must be an integer") from None
         if size < 1:
             raise _ApiError(400, "page_size must be positive")
+        faulty = self.faults.applies_to(path)
         size = min(size, page_max)
+        if faulty and self.faults.page_size_max > 0:
+            size = min(size, self.faults.page_size_max)
         offset = 0
         token = params.get("page_token")
         if token:
             offset = self._decode_token(token, listing)
+            if faulty and self.faults.page_overlap > 0:
+                offset = max(offset - self.faults.page_overlap, 0)
         page = items[offset : offset + size]
+        if faulty and self.faults.repeat_first_row and page:
+            page = [*page, page[0]]
         link_params = dict(base)
         if "page_size" in params:
             link_params["page_size"] = str(size)
         first = f"{self.url}{path}" + (f"?{urlencode(link_params)}" if link_params else "")
         metadata: dict[str, Any] = {"first": first}
         next_token: str | None = None
-        if token and self.faults.loop_page_token and self.faults.applies_to(path):
+        if token and self.faults.loop_page_token and faulty:
             next_token = token
         elif offset + size < len(items):
             next_token = self._encode_token(offset + size, listing)

@@ -32,6 +32,7 @@ class GatherContext:
     now: datetime
     prometheus: Callable[[], PrometheusClient]
     check_deadline: Callable[[], None] = lambda: None
+    deadline_left: Callable[[], float | None] = lambda: None  # seconds to the run's deadline (None: none)
 
 
 @dataclass

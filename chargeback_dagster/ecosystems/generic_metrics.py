@@ -24,6 +24,7 @@ from chargeback_dagster.ecosystems.quantities import (
     fetch_days,
     has_samples,
     network_gib,
+    skip_reason,
     storage_gib_hours,
 )
 from chargeback_dagster.sources.prometheus import MetricsQueryError, RangeQuery
@@ -56,21 +57,29 @@ class GenericMetricsEcosystem(Ecosystem):
                 continue
             if measured and not any(has_samples(series) for series in results.values()):
                 continue  # no data at all that day: keep whatever is stored
-            lines.extend(self._line(ct, d, results.get(ct.name)) for ct in self.settings.cost_types)
+            for ct in self.settings.cost_types:
+                quantity = self._quantity(ct, results.get(ct.name))
+                reason = skip_reason(quantity, ct.rate)
+                if reason is not None:
+                    ctx.logger.warning(f"Billing line {ct.name} for {d} skipped: {reason}")
+                    continue
+                lines.append(self._line(ct, d, quantity))
 
         if dates and len(failed) == len(dates):
             first = failed[dates[0]]
             raise GatherError(f"Billing construction failed for all {len(dates)} dates: {first}")
         return BillingGather(lines=lines, failed_dates=failed)
 
-    def _line(self, ct, d: date, series) -> BillingLine:
+    @staticmethod
+    def _quantity(ct, series) -> Decimal | None:
         kind = ct.cost_quantity.type
         if kind == "fixed":
-            quantity = Decimal(ct.cost_quantity.count) * HOURS_PER_DAY
-        elif kind == "storage_gib":
-            quantity = storage_gib_hours(series)
-        else:
-            quantity = network_gib(series)
+            return Decimal(ct.cost_quantity.count) * HOURS_PER_DAY
+        if kind == "storage_gib":
+            return storage_gib_hours(series)
+        return network_gib(series)
+
+    def _line(self, ct, d: date, quantity: Decimal) -> BillingLine:
         return BillingLine(
             ecosystem=self.name,
             tenant_id=self.tenant.tenant_id,
@@ -81,7 +90,7 @@ class GenericMetricsEcosystem(Ecosystem):
             quantity=quantity,
             unit_price=ct.rate,
             total_cost=quantity * ct.rate,
-            metadata={"hours": 24, "cost_quantity_type": kind},
+            metadata={"hours": 24, "cost_quantity_type": ct.cost_quantity.type},
         )
 
     # --- inventory: one cluster, identities from a label and/or a static list ----------------------

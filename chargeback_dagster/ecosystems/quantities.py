@@ -6,6 +6,7 @@ that the sums below are exact and do not depend on summation order.
 
 from __future__ import annotations
 
+import sys
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -21,6 +22,9 @@ from chargeback_dagster.sources.prometheus import (
 )
 
 GIB = Decimal(2**30)
+FLOAT_MAX = Decimal(sys.float_info.max)
+# Amounts are stored as signed 64-bit integers of 0.0001
+MAX_AMOUNT = Decimal(2**63 - 1).scaleb(-4)
 HOURS_PER_DAY = Decimal(24)
 
 
@@ -106,14 +110,35 @@ def has_samples(series: list[Series]) -> bool:
     return any(s.samples for s in series)
 
 
-def storage_gib_hours(series: list[Series]) -> Decimal:
-    """mean(bytes) / 2^30 × 24; 0 without samples."""
+def storage_gib_hours(series: list[Series]) -> Decimal | None:
+    """mean(bytes) / 2^30 × 24; 0 without samples; None when the samples overflow (see `_sum`)."""
     values = points(series)
     if not values:
         return Decimal(0)
-    return sum(values, Decimal(0)) / len(values) / GIB * HOURS_PER_DAY
+    total = _sum(values)
+    return None if total is None else total / len(values) / GIB * HOURS_PER_DAY
 
 
-def network_gib(series: list[Series]) -> Decimal:
-    """Σ bytes / 2^30 (no hours factor)."""
-    return sum(points(series), Decimal(0)) / GIB
+def network_gib(series: list[Series]) -> Decimal | None:
+    """Σ bytes / 2^30 (no hours factor); None when the samples overflow (see `_sum`)."""
+    total = _sum(points(series))
+    return None if total is None else total / GIB
+
+
+def _sum(values: list[Decimal]) -> Decimal | None:
+    """Σ values, or None beyond the float range (Prometheus itself could not hold such a total)."""
+    total = sum(values, Decimal(0))
+    return None if abs(total) > FLOAT_MAX else total
+
+
+def skip_reason(quantity: Decimal | None, rate: Decimal) -> str | None:
+    """Why a measured line is skipped and reported instead of billed, or None.
+
+    A quantity whose samples sum beyond the float range (None) is bad data, as a usage sum that overflows
+    is; a cost beyond the largest storable amount would fail the chargeback step mid-run."""
+    if quantity is None:
+        return "its Prometheus samples sum beyond the float range"
+    cost = quantity * rate
+    if abs(cost) > MAX_AMOUNT:
+        return f"its cost {cost:.4E} is beyond the largest storable amount {MAX_AMOUNT}"
+    return None

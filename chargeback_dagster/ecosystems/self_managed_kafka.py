@@ -33,6 +33,7 @@ from chargeback_dagster.ecosystems.quantities import (
     fetch_days,
     has_samples,
     network_gib,
+    skip_reason,
     storage_gib_hours,
 )
 from chargeback_dagster.sources.prometheus import MetricsQueryError, RangeQuery
@@ -88,14 +89,15 @@ class SelfManagedKafkaEcosystem(Ecosystem):
                 continue
             if not any(has_samples(series) for series in results.values()):
                 continue  # no data at all that day: no lines, keep whatever is stored
-            lines.extend(self._lines(d, results))
+            lines.extend(self._lines(d, results, ctx))
 
         if len(failed) == len(dates):
             first = failed[dates[0]]
             raise GatherError(f"Billing construction failed for all {len(dates)} dates: {first}")
         return BillingGather(lines=lines, failed_dates=failed)
 
-    def _lines(self, d: date, results) -> list[BillingLine]:
+    def _lines(self, d: date, results, ctx: GatherContext) -> list[BillingLine]:
+        """The day's four lines; a line that cannot be billed (`skip_reason`) is skipped, with a warning."""
         rates = self.settings.effective_rates()
         quantities = (
             (COMPUTE, Decimal(self.settings.broker_count) * HOURS_PER_DAY, rates.compute_hourly_rate),
@@ -103,21 +105,27 @@ class SelfManagedKafkaEcosystem(Ecosystem):
             (INGRESS, network_gib(results["cluster_bytes_in"]), rates.network_ingress_per_gib),
             (EGRESS, network_gib(results["cluster_bytes_out"]), rates.network_egress_per_gib),
         )
-        return [
-            BillingLine(
-                ecosystem=self.name,
-                tenant_id=self.tenant.tenant_id,
-                date=d,
-                resource_id=self.settings.cluster_id,
-                product_category=PRODUCT_CATEGORY,
-                product_type=product_type,
-                quantity=quantity,
-                unit_price=unit_price,
-                total_cost=quantity * unit_price,
-                metadata={"hours": 24},
+        lines = []
+        for product_type, quantity, unit_price in quantities:
+            reason = skip_reason(quantity, unit_price)
+            if reason is not None:
+                ctx.logger.warning(f"Billing line {product_type} for {d} skipped: {reason}")
+                continue
+            lines.append(
+                BillingLine(
+                    ecosystem=self.name,
+                    tenant_id=self.tenant.tenant_id,
+                    date=d,
+                    resource_id=self.settings.cluster_id,
+                    product_category=PRODUCT_CATEGORY,
+                    product_type=product_type,
+                    quantity=quantity,
+                    unit_price=unit_price,
+                    total_cost=quantity * unit_price,
+                    metadata={"hours": 24},
+                )
             )
-            for product_type, quantity, unit_price in quantities
-        ]
+        return lines
 
     # --- inventory: cluster, brokers, topics; principals ----------------------------------------------
     def gather_inventory(self, ctx: GatherContext) -> InventoryGather:
@@ -146,6 +154,7 @@ class SelfManagedKafkaEcosystem(Ecosystem):
             try:
                 resources.extend(self._admin_resources(ctx))
             except Exception as exc:  # KafkaAdminError, or anything the client raised
+                ctx.check_deadline()  # cut short by the run's deadline: a timeout, not a handler error
                 handler_errors[SERVICE_TYPE] = f"Failed to gather brokers/topics from Kafka Admin API: {exc}"
         else:
             resources.extend(self._resource(f"broker:{b}", "broker", b) for b in sorted(brokers))
@@ -189,7 +198,9 @@ class SelfManagedKafkaEcosystem(Ecosystem):
         from chargeback_dagster.sources.kafka_admin import fetch_cluster_metadata
 
         ctx.check_deadline()
-        metadata = fetch_cluster_metadata(self.settings.resource_source, ADMIN_TIMEOUT_SECONDS)
+        left = ctx.deadline_left()  # the metadata wait ends at the run's deadline at the latest
+        timeout = ADMIN_TIMEOUT_SECONDS if left is None else max(min(ADMIN_TIMEOUT_SECONDS, left), 0.0)
+        metadata = fetch_cluster_metadata(self.settings.resource_source, timeout)
         resources = [self._resource(f"broker:{b.node_id}", "broker", b.address) for b in metadata.brokers]
         resources.extend(self._resource(f"topic:{t}", "topic", t) for t in metadata.topics)
         return resources

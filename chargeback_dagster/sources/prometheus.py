@@ -12,7 +12,7 @@ Rules implemented here (all binding):
   on the same step grid as the whole window; chunk results are merged per label set.
 * ``matrix`` (``values``) and ``vector`` (``value``) results are accepted (a ``scalar`` result is read as
   one sample with no labels). ``NaN``, ``±Inf`` and unparseable points are skipped; series left without
-  samples are dropped.
+  samples are dropped. A label set whose samples sum beyond the float range is skipped with a warning.
 * Labels are reduced to the grouping labels of the query's **outermost** aggregation
   (``sum by (team) (x)`` → ``{team}``; ``sum(x) by (a, b)`` → ``{a, b}``; ``sum without (a) (x)`` → every
   returned label except ``a`` and ``__name__``; an aggregation without a clause or no aggregation at all →
@@ -27,6 +27,9 @@ Rules implemented here (all binding):
   retry (this includes Prometheus' own 400/422 JSON error bodies, whose ``errorType``/``error`` therefore
   appear inside the body text). A 2xx body with ``"status": "error"`` →
   ``MetricsQueryError("<errorType>: <error>")``.
+* Each request has a total time limit (``timeout``, 60 s: connect, send and the whole body, see
+  ``timed_http``); ``deadline_left()`` (seconds, None = no deadline) also cuts an in-flight request short at
+  the run's deadline, after which the retry wait (``sleep``, bounded by the same deadline) fails the run.
 * Credentials never appear in errors or logs: URLs are shown without user-info and query string, and any
   configured password / token text is masked as ``***`` in error messages.
 """
@@ -52,6 +55,8 @@ from typing import Any, overload
 import httpx
 import orjson
 
+from chargeback_dagster.sources import timed_http
+
 logger = logging.getLogger("chargeback_dagster.prometheus")
 
 MAX_POINTS_PER_REQUEST = 10_000
@@ -68,7 +73,9 @@ __all__ = [
     "Series",
     "day_window",
     "grouping_labels",
+    "overflow_message",
     "reduce_series",
+    "sample_sum",
 ]
 
 
@@ -151,11 +158,30 @@ def day_window(d: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
-def reduce_series(series: list[Series]) -> list[tuple[dict[str, str], float, float, int]]:
+def sample_sum(values: list[float]) -> float | None:
+    """``math.fsum`` of sample values; None when the sum lies beyond the float range (±1.8e308).
+
+    Such a sum is bad data like a NaN sample: the caller skips and reports it instead of failing the run.
+    The common path is one fsum; only an overflow retries (on halved values, exact: fsum also overflows
+    when just a partial sum does)."""
+    try:
+        total = math.fsum(values)
+    except OverflowError:
+        try:
+            total = math.fsum([v * 0.5 for v in values]) * 2.0
+        except OverflowError:
+            return None
+    return total if math.isfinite(total) else None
+
+
+def reduce_series(
+    series: list[Series], day: date | None = None
+) -> list[tuple[dict[str, str], float, float, int]]:
     """Per label set: ``(labels, value_sum, value_max, sample_count)``.
 
     Series with equal label sets are combined. A label set without samples yields ``(labels, 0.0, 0.0, 0)``.
-    Rows are ordered by their sorted label items.
+    A label set whose samples sum beyond the float range is left out, with a warning (naming ``day`` when
+    given). Rows are ordered by their sorted label items.
     """
     acc: dict[tuple[tuple[str, str], ...], list[float]] = {}
     for s in series:
@@ -169,8 +195,17 @@ def reduce_series(series: list[Series]) -> list[tuple[dict[str, str], float, flo
     out = []
     for key in sorted(acc):
         values = acc[key]
-        out.append((dict(key), math.fsum(values), max(values) if values else 0.0, len(values)))
+        total = sample_sum(values)
+        if total is None:
+            logger.warning(overflow_message(dict(key), len(values), day))
+            continue
+        out.append((dict(key), total, max(values) if values else 0.0, len(values)))
     return out
+
+
+def overflow_message(labels: dict[str, str], count: int, day: date | None = None) -> str:
+    on = f" on {day}" if day is not None else ""
+    return f"Usage of {labels}{on} skipped: its {count} samples sum beyond the float range"
 
 
 def _utc(dt: datetime) -> datetime:
@@ -367,6 +402,7 @@ class PrometheusClient:
         timeout: float = 60.0,
         max_workers: int = 4,
         sleep: Callable[[float], None] = time.sleep,
+        deadline_left: Callable[[], float | None] = lambda: None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         auth_type = (getattr(auth_type, "value", auth_type) or "none").lower()
@@ -386,6 +422,8 @@ class PrometheusClient:
         self.auth_type = auth_type
         self.max_workers = max_workers
         self._sleep = sleep
+        self._deadline_left = deadline_left
+        self._timeout = timeout
         self._secrets = [s for s in (password, bearer_token, url_password) if s and len(s) >= 3]
         self._lock = threading.Lock()
         self.request_count = 0
@@ -409,7 +447,11 @@ class PrometheusClient:
 
     @classmethod
     def from_config(
-        cls, metrics_config: Any, max_workers: int, sleep: Callable[[float], None] = time.sleep
+        cls,
+        metrics_config: Any,
+        max_workers: int,
+        sleep: Callable[[float], None] = time.sleep,
+        deadline_left: Callable[[], float | None] = lambda: None,
     ) -> PrometheusClient:
         """Build from a config object with ``url``, ``auth_type``, ``username``, ``password`` (SecretStr |
         None) and ``bearer_token`` (SecretStr | None)."""
@@ -428,6 +470,7 @@ class PrometheusClient:
             bearer_token=secret(getattr(metrics_config, "bearer_token", None)),
             max_workers=max_workers,
             sleep=sleep,
+            deadline_left=deadline_left,
         )
 
     # -- lifecycle
@@ -528,6 +571,9 @@ class PrometheusClient:
             except MetricsQueryError as exc:
                 return exc
             except Exception as exc:  # a bug or bad input must not hide the other queries' results
+                left = self._deadline_left()
+                if left is not None and left <= 0:
+                    raise  # the run's deadline (from the bounded retry wait) ends every query of the run
                 logger.exception("Unexpected error in Prometheus query")
                 return MetricsQueryError(self._scrub(f"{type(exc).__name__}: {exc}"))
 
@@ -576,7 +622,8 @@ class PrometheusClient:
         with self._lock:
             self.request_count += 1
         try:
-            response = self._http.post(url, data=form)
+            request = self._http.build_request("POST", url, data=form)
+            response = timed_http.send(self._http, request, self._timeout, self._deadline_left)
         except httpx.TransportError as exc:
             raise _RetryableError(self._scrub(f"{type(exc).__name__}: {exc}")) from None
         if response.status_code in RETRY_STATUSES:

@@ -6,6 +6,8 @@
   client parses with ``parse_float=Decimal``; JSON integers and numeric strings are accepted too).
 * Malformed objects are kept as ``MALFORMED_BILLING_ROW`` lines (never dropped); rows dated outside their
   request window are ignored with a WARNING.
+* A row ``id`` already seen in this fetch (a row returned twice, on one page or across pages) is counted
+  once, with a WARNING naming it.
 * Rows sharing (date, env_id, resource_id, product_category, product_type) are collapsed into one line.
 """
 
@@ -411,6 +413,7 @@ def fetch_billing_lines(
         return []
     first, last = min(dates), max(dates)
     mapped: list[BillingLine] = []
+    seen: set[str] = set()  # row ids: a row the API returns again is not a second price tier
     for start, end in billing_windows(dates, days_per_query):
         items = client.list_all(
             COSTS_PATH,
@@ -419,6 +422,15 @@ def fetch_billing_lines(
         )
         keep_from, keep_to = max(start, first), min(end, last + DAY)
         for item in items:
+            row_id = item.get("id") if type(item) is dict else None
+            if row_id is not None:
+                row_id = str(row_id)
+                if row_id in seen:
+                    logger.warning(
+                        f"Billing row {row_id} returned more than once by the Costs API; counted once"
+                    )
+                    continue
+                seen.add(row_id)
             line = _map_plain(item, tenant_id) if type(item) is dict else None
             if line is None:
                 line = _map_general(item, start, tenant_id, logger)

@@ -2,8 +2,8 @@
 
 Rules implemented here (all binding):
 
-* HTTP Basic auth, ``Accept: application/json``, a per-request timeout (30 s by default) and one pooled
-  ``httpx.Client`` per instance.
+* HTTP Basic auth, ``Accept: application/json``, a total time limit per request (30 s by default: connect,
+  send and the whole body, see ``timed_http``) and one pooled ``httpx.Client`` per instance.
 * Throttle: at least ``min_interval`` seconds (100 ms) between the starts of consecutive requests.
 * Responses: 200 → JSON body; 404 → ``{"data": []}``; 401/403 → credentials error (no retry, body never
   logged); 429 / 500 / 502 / 503 / 504 / timeout / connection error → retry; any other status → error
@@ -13,7 +13,8 @@ Rules implemented here (all binding):
   seconds, as ``max(header, 1) × U(1.1, 1.2)``; without either header (and for every other retryable
   failure) the backoff ``2 × 2^(n−1) + U(0, 1)``. Every wait is capped at 120 s and logged at WARNING.
 * ``check_deadline()`` is called before every request and before every retry wait, so waits count against
-  the tenant's execution timeout (it raises to abort).
+  the tenant's execution timeout (it raises to abort); ``deadline_left()`` (seconds, None = no deadline)
+  cuts an in-flight request and a retry wait short at that deadline.
 * Pagination (``list_all``): ``page_size`` is sent when given; items are read from ``data``; a non-empty
   ``metadata.next`` carrying a ``page_token`` query parameter repeats the request with that token; a token
   seen twice → ``Pagination loop detected for GET <path>``; an HTTP 400 on a request that carried a
@@ -35,6 +36,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+
+from chargeback_dagster.sources import timed_http
 
 __all__ = ["ConfluentApiError", "ConfluentClient", "MAX_ATTEMPTS"]
 
@@ -99,6 +102,7 @@ class ConfluentClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         check_deadline: Callable[[], None] = lambda: None,
+        deadline_left: Callable[[], float | None] = lambda: None,
         transport: httpx.BaseTransport | None = None,
         logger: logging.Logger | None = None,
         rng: random.Random | None = None,
@@ -118,6 +122,8 @@ class ConfluentClient:
         self._sleep = sleep
         self._clock = clock
         self._check_deadline = check_deadline
+        self._deadline_left = deadline_left
+        self._timeout = timeout
         self._log = logger or _default_logger
         self._rng = rng or random.Random()
         self._now = wall_clock
@@ -142,7 +148,8 @@ class ConfluentClient:
             self._throttle()
             self.request_count += 1
             try:
-                response = self._http.get(path, params=params)
+                request = self._http.build_request("GET", path, params=params)
+                response = timed_http.send(self._http, request, self._timeout, self._deadline_left)
             except httpx.TransportError as exc:  # timeouts, connection errors, protocol errors
                 last_error = str(exc).strip() or type(exc).__name__
                 status_text = last_error
@@ -171,6 +178,7 @@ class ConfluentClient:
                 status_text = last_error
             if attempt >= self.max_attempts:
                 break
+            self._check_deadline()  # a request cut off by the run's deadline is not retried
             wait = self._wait_seconds(attempt, response)
             self._log.warning(
                 "Confluent Cloud GET %s: %s on attempt %d/%d; retrying in %.2f s",
@@ -180,8 +188,8 @@ class ConfluentClient:
                 self.max_attempts,
                 wait,
             )
-            self._check_deadline()
-            self._sleep(wait)
+            left = self._deadline_left()
+            self._sleep(wait if left is None else min(wait, max(left, 0.0)))  # then the next check fails
         raise ConfluentApiError(
             f"GET {shown} failed after {self.max_attempts} attempts: {last_error}",
             status=response.status_code if response is not None else None,

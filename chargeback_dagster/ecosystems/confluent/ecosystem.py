@@ -136,6 +136,7 @@ class ConfluentCloudEcosystem(Ecosystem):
             key if key is not None else api.key.get_secret_value(),
             secret if secret is not None else api.secret.get_secret_value(),
             check_deadline=ctx.check_deadline,
+            deadline_left=ctx.deadline_left,
             logger=ctx.logger,
             backoff_scale=backoff_scale(),
             **kw,
