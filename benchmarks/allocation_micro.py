@@ -52,11 +52,13 @@ from chargeback_dagster.allocation import (
     Terminal,
     UsageRatio,
     allocate_date,
-    confluent_allocators,
-    confluent_unknown_allocator,
-    generic_unknown_allocator,
 )
 from chargeback_dagster.domain import UNALLOCATED, BillingLine, Identity, Resource
+from chargeback_dagster.ecosystems.confluent_cloud.allocators import (
+    confluent_allocators,
+    confluent_unknown_allocator,
+)
+from chargeback_dagster.ecosystems.generic_metrics.allocators import generic_unknown_allocator
 
 DAY = date(2026, 3, 10)
 PRODUCT_TYPES = [f"PT_{i}" for i in range(10)]

@@ -147,7 +147,7 @@ def _check_sqlite(url: str) -> None:
 
 
 def _check_confluent(api) -> None:
-    from chargeback_dagster.ecosystems.confluent.client import ConfluentClient
+    from chargeback_dagster.ecosystems.confluent_cloud.client import ConfluentClient
 
     client = ConfluentClient(
         api.base_url,
@@ -191,7 +191,7 @@ def _check_prometheus(metrics) -> None:
 
 
 def _check_kafka(resource_source) -> None:
-    from chargeback_dagster.sources.kafka_admin import fetch_cluster_metadata
+    from chargeback_dagster.ecosystems.self_managed_kafka.kafka_admin import fetch_cluster_metadata
 
     fetch_cluster_metadata(resource_source, timeout_seconds=CHECK_TIMEOUT_SECONDS)
 

@@ -37,6 +37,14 @@ def total_units(store: TenantStore, d: date) -> int:
     return int(total or 0)
 
 
+def csv_rows(store: TenantStore, start: date, end: date) -> list[tuple]:
+    """`store.chargeback.csv_groups` as full rows: (ecosystem, tenant_id, timestamp, resource_id,
+    product_category, product_type, identity_id, cost_type, amount_units, allocation_method,
+    allocation_detail)."""
+    eco, tid = store.ecosystem, store.tenant_id
+    return [(eco, tid, ts, *f[:5], units, *f[5:]) for ts, f, units in store.chargeback.csv_groups(start, end)]
+
+
 def calculated_dates(store: TenantStore, start: date, end: date) -> list[date]:
     """Dates start ≤ d < end with chargeback_calculated_at set, ascending."""
     ps = t.pipeline_state

@@ -27,15 +27,21 @@ from chargeback_dagster.allocation import (
     Terminal,
     UsageRatio,
     allocate_date,
-    confluent_allocators,
-    confluent_unknown_allocator,
-    generic_allocator,
-    generic_unknown_allocator,
-    self_managed_allocators,
-    self_managed_unknown_allocator,
     usage_weights,
 )
 from chargeback_dagster.domain import UNALLOCATED, BillingLine, ChargebackRow, Identity, MetricRow, Resource
+from chargeback_dagster.ecosystems.confluent_cloud.allocators import (
+    confluent_allocators,
+    confluent_unknown_allocator,
+)
+from chargeback_dagster.ecosystems.generic_metrics.allocators import (
+    generic_allocator,
+    generic_unknown_allocator,
+)
+from chargeback_dagster.ecosystems.self_managed_kafka.allocators import (
+    self_managed_allocators,
+    self_managed_unknown_allocator,
+)
 from chargeback_dagster.money import format_units, round4, to_units
 
 DAY = date(2026, 3, 10)

@@ -13,7 +13,7 @@ from datetime import date
 import pytest
 
 from chargeback_dagster.devtools.ccloud_simulator import CCloudSimulator, Faults, OrgSpec, SimulatedOrg
-from chargeback_dagster.ecosystems.confluent.client import ConfluentApiError, ConfluentClient
+from chargeback_dagster.ecosystems.confluent_cloud.client import ConfluentApiError, ConfluentClient
 
 KEY = "CLIENTTESTKEY001"
 SECRET = "s3cr3t-Client-Test-Value"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chargeback_dagster.allocation import DateInputs, Resolution, allocate_date, confluent_allocators
+from chargeback_dagster.allocation import DateInputs, Resolution, allocate_date
 from chargeback_dagster.config import load_config
 from chargeback_dagster.devtools.ccloud_simulator import (
     DEFAULT_KEY,
@@ -24,9 +24,10 @@ from chargeback_dagster.devtools.ccloud_simulator import (
     SimulatedOrg,
 )
 from chargeback_dagster.domain import UNALLOCATED, BillingLine, Identity, MetricRow, Resource
-from chargeback_dagster.ecosystems import ecosystem_for
 from chargeback_dagster.ecosystems.base import GatherContext
-from chargeback_dagster.ecosystems.confluent.resolution import prefix_sentinel_type, resolve_kafka
+from chargeback_dagster.ecosystems.confluent_cloud.allocators import confluent_allocators
+from chargeback_dagster.ecosystems.confluent_cloud.resolution import prefix_sentinel_type, resolve_kafka
+from chargeback_dagster.ecosystems.registry import ecosystem_for
 from chargeback_dagster.money import format_units, round4, to_units
 
 DAY = date(2026, 3, 10)

@@ -23,16 +23,16 @@ from chargeback_dagster.devtools.ccloud_simulator import (
     OrgSpec,
     SimulatedOrg,
 )
-from chargeback_dagster.ecosystems import ecosystem_for
 from chargeback_dagster.ecosystems.base import GatherContext
-from chargeback_dagster.ecosystems.confluent.billing import (
+from chargeback_dagster.ecosystems.confluent_cloud.billing import (
     MALFORMED,
     billing_windows,
     collapse_tiers,
     fetch_billing_lines,
     map_cost_row,
 )
-from chargeback_dagster.ecosystems.confluent.client import ConfluentClient
+from chargeback_dagster.ecosystems.confluent_cloud.client import ConfluentClient
+from chargeback_dagster.ecosystems.registry import ecosystem_for
 from chargeback_dagster.store import TenantStore
 
 LOG = logging.getLogger("test.confluent.billing")
@@ -355,7 +355,7 @@ def _full(line) -> tuple:
     ],
 )
 def test_fast_mapping_matches_the_general_mapping(item):
-    from chargeback_dagster.ecosystems.confluent.billing import _map_general
+    from chargeback_dagster.ecosystems.confluent_cloud.billing import _map_general
 
     assert _full(map_cost_row(item, D, "acme", LOG)) == _full(_map_general(item, D, "acme", LOG))
 

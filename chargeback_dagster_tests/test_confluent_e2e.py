@@ -29,7 +29,7 @@ from chargeback_dagster.devtools.ccloud_simulator import (
     SimulatedOrg,
 )
 from chargeback_dagster.devtools.local_run import materialize_range
-from chargeback_dagster.ecosystems.confluent.billing import collapse_tiers, map_cost_row
+from chargeback_dagster.ecosystems.confluent_cloud.billing import collapse_tiers, map_cost_row
 from chargeback_dagster.money import format_units, round4, to_units
 from chargeback_dagster.store import TenantStore
 from chargeback_dagster_tests.store_helpers import fact_rows, total_units
@@ -308,8 +308,8 @@ def test_api_down_fails_billing_and_keeps_earlier_results(tmp_path, org, prometh
 
 def gathered_store(tmp_path: Path, sim, prometheus_url: str, dates: list[date]):
     from chargeback_dagster import pipeline
-    from chargeback_dagster.ecosystems import ecosystem_for
     from chargeback_dagster.ecosystems.base import GatherContext
+    from chargeback_dagster.ecosystems.registry import ecosystem_for
 
     config_path = write_config(tmp_path, sim.url, prometheus_url)
     tenant = load_config(config_path).tenants[TENANT]

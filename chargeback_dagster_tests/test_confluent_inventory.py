@@ -21,8 +21,8 @@ from chargeback_dagster.devtools.ccloud_simulator import (
     OrgSpec,
     SimulatedOrg,
 )
-from chargeback_dagster.ecosystems import ecosystem_for
 from chargeback_dagster.ecosystems.base import GatherContext, GatherError
+from chargeback_dagster.ecosystems.registry import ecosystem_for
 from chargeback_dagster.store import TenantStore
 
 LOG = logging.getLogger("test.confluent.inventory")
@@ -248,7 +248,7 @@ def test_deletion_detection_and_zero_gather_guard(tmp_path):
 
 
 def test_created_at_parsed_from_metadata():
-    from chargeback_dagster.ecosystems.confluent.inventory import parse_time
+    from chargeback_dagster.ecosystems.confluent_cloud.inventory import parse_time
 
     assert parse_time("2026-01-02T12:00:00Z") == datetime(2026, 1, 2, 12, tzinfo=UTC)
     assert parse_time("2026-01-02T12:00:00.123456+01:00") == datetime(2026, 1, 2, 11, tzinfo=UTC)

@@ -9,8 +9,8 @@ from datetime import UTC, date, datetime
 import pandas as pd
 import pytest
 
-from chargeback_dagster.csv_output import COLUMNS, FORMULA_PREFIXES, CsvLines, CsvWriteError, month_groups
-from chargeback_dagster.csv_output import write_csv as write_groups
+from chargeback_dagster.outputs.csv import COLUMNS, FORMULA_PREFIXES, CsvLines, CsvWriteError, month_groups
+from chargeback_dagster.outputs.csv import write_csv as write_groups
 
 STAMP = datetime(2026, 2, 1, tzinfo=UTC)
 
@@ -172,7 +172,7 @@ KILLED_WRITER = """
 import sys, time
 from datetime import UTC, datetime
 from pathlib import Path
-from chargeback_dagster.csv_output import CsvLines, write_csv
+from chargeback_dagster.outputs.csv import CsvLines, write_csv
 
 def groups():
     yield (datetime(2026, 2, 1, tzinfo=UTC), ("lkc-1", "KAFKA", "KAFKA_BASE", "sa-1", "shared", "e", "d"), 1)

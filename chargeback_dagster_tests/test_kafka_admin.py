@@ -26,10 +26,10 @@ from chargeback_dagster.config import load_config  # noqa: E402
 from chargeback_dagster.defs.build import build_definitions  # noqa: E402
 from chargeback_dagster.devtools.local_run import materialize_range  # noqa: E402
 from chargeback_dagster.devtools.openmetrics import OpenMetricsWriter  # noqa: E402
-from chargeback_dagster.ecosystems import ecosystem_for  # noqa: E402
-from chargeback_dagster.ecosystems import self_managed_kafka as smk  # noqa: E402
 from chargeback_dagster.ecosystems.base import GatherContext, GatherError  # noqa: E402
-from chargeback_dagster.sources.kafka_admin import (  # noqa: E402
+from chargeback_dagster.ecosystems.registry import ecosystem_for  # noqa: E402
+from chargeback_dagster.ecosystems.self_managed_kafka import ecosystem as smk  # noqa: E402
+from chargeback_dagster.ecosystems.self_managed_kafka.kafka_admin import (  # noqa: E402
     Broker,
     KafkaAdminError,
     client_config,

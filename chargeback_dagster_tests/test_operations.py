@@ -27,7 +27,7 @@ from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.devtools.openmetrics import OpenMetricsWriter
 from chargeback_dagster.store import TenantStore
 from chargeback_dagster.store.chargeback import ChargebackRepository
-from chargeback_dagster_tests.store_helpers import calculated_dates, fact_rows
+from chargeback_dagster_tests.store_helpers import calculated_dates, csv_rows, fact_rows
 
 DATES = (date(2026, 2, 1), date(2026, 2, 2))
 
@@ -221,6 +221,22 @@ def test_refresh_skips_suspended_and_busy_tenants(shop, instance):
     )
 
 
+def test_refresh_skips_while_a_run_of_another_instance_holds_the_lock(shop, instance):
+    """A lock holder this instance does not know (another DAGSTER_HOME, a CLI run) is alive while its
+    heartbeat is fresh; once the heartbeat is older than the takeover time the tenant is free."""
+    tick = datetime(2026, 7, 18, 9, 30, tzinfo=UTC)
+    store = open_store(shop)
+    now = guard.utc_now()
+    assert store.state.try_take_run_lock("run-of-another-instance", now)
+    assert (
+        evaluate_refresh(shop, instance, tick).skip_message == "Pipeline is already running for tenant shop"
+    )
+    store.state.touch_run_lock(
+        "run-of-another-instance", now - timedelta(seconds=guard.DEFAULT_TAKEOVER_SECONDS + 1)
+    )
+    assert len(evaluate_refresh(shop, instance, tick).run_requests) == 1
+
+
 def test_refresh_sensor_default_status_follows_the_feature_flag(tmp_path):
     for enabled, status in ((True, dg.DefaultSensorStatus.RUNNING), (False, dg.DefaultSensorStatus.STOPPED)):
         path = write_config(
@@ -244,7 +260,7 @@ def test_guard_lock_takeover_and_orphans(shop, instance):
     result = materialize_range(defs, "shop", *DATES, instance=instance)
     assert not result.success
     assert all("Pipeline is already running for tenant shop" in e for e in step_failures(result).values())
-    assert store.chargeback.csv_rows(DATES[0], DATES[1]) == []
+    assert csv_rows(store, DATES[0], DATES[1]) == []
 
     # the holder ends without releasing the lock: the next run takes it over
     instance.report_run_failed(instance.get_run_by_id(running.run_id))

@@ -28,8 +28,8 @@ from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.ccloud_simulator import CCloudSimulator, Faults, OrgSpec, SimulatedOrg
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.devtools.openmetrics import OpenMetricsWriter
-from chargeback_dagster.ecosystems import ecosystem_for
-from chargeback_dagster.ecosystems.confluent.billing import COSTS_PATH
+from chargeback_dagster.ecosystems.confluent_cloud.billing import COSTS_PATH
+from chargeback_dagster.ecosystems.registry import ecosystem_for
 from chargeback_dagster.sources.prometheus import Series, reduce_series
 from chargeback_dagster.store import TenantStore
 from chargeback_dagster_tests import test_confluent_billing as confluent

@@ -31,9 +31,9 @@ from chargeback_dagster.config import load_config
 from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.devtools.openmetrics import OpenMetricsWriter
-from chargeback_dagster.ecosystems import ecosystem_for
 from chargeback_dagster.ecosystems.base import GatherContext, GatherError
-from chargeback_dagster.ecosystems.self_managed_kafka import SelfManagedKafkaEcosystem
+from chargeback_dagster.ecosystems.registry import ecosystem_for
+from chargeback_dagster.ecosystems.self_managed_kafka.ecosystem import SelfManagedKafkaEcosystem
 from chargeback_dagster.sources.prometheus import MetricsQueryError, PrometheusClient, day_window
 
 GIB = 2**30

@@ -23,7 +23,7 @@ from chargeback_dagster.config import load_config
 from chargeback_dagster.defs import guard
 from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_run import materialize_range
-from chargeback_dagster.ecosystems.confluent.client import ConfluentApiError, ConfluentClient
+from chargeback_dagster.ecosystems.confluent_cloud.client import ConfluentApiError, ConfluentClient
 from chargeback_dagster.sources.prometheus import MetricsQueryError, PrometheusClient, RangeQuery, day_window
 from chargeback_dagster_tests.test_cli import ccloud_tenant, kafka_tenant, run_cli
 from chargeback_dagster_tests.test_operations import (

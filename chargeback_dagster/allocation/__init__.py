@@ -1,4 +1,5 @@
-"""Allocation: models, tier tables and the per-date engine (docs/allocation.md)."""
+"""Allocation: models and the per-date engine (docs/allocation.md); the tier tables live with their
+ecosystems (ecosystems/<name>/allocators.py)."""
 
 from chargeback_dagster.allocation.engine import (
     ROW_KEY_FIELDS,
@@ -14,14 +15,6 @@ from chargeback_dagster.allocation.models import (
     Terminal,
     UsageRatio,
     usage_weights,
-)
-from chargeback_dagster.allocation.tiers import (
-    confluent_allocators,
-    confluent_unknown_allocator,
-    generic_allocator,
-    generic_unknown_allocator,
-    self_managed_allocators,
-    self_managed_unknown_allocator,
 )
 from chargeback_dagster.allocation.types import (
     AllocationContext,
@@ -51,11 +44,5 @@ __all__ = [
     "Terminal",
     "UsageRatio",
     "allocate_date",
-    "confluent_allocators",
-    "confluent_unknown_allocator",
-    "generic_allocator",
-    "generic_unknown_allocator",
-    "self_managed_allocators",
-    "self_managed_unknown_allocator",
     "usage_weights",
 ]

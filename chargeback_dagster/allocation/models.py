@@ -304,6 +304,15 @@ class Terminal(Model):
         return f"Terminal({self.target!r}, {self.cost_type!r}, {self.detail!r}, method={self.method!r})"
 
 
+# Tiers the ecosystems' allocator tables share (docs/allocation.md §9).
+def to_unallocated(detail: str = "no_identities_located") -> Terminal:
+    """Last tier of a chain: what no identity took goes to UNALLOCATED."""
+    return Terminal(UNALLOCATED, "shared", detail)
+
+
+UNKNOWN_TO_UNALLOCATED = Terminal(UNALLOCATED, "shared", "using_unknown_allocator", method="unknown")
+
+
 class _CallableTier(Model):
     """A plain `Allocator` used as a tier: called with `ctx.amount` set to the amount it is given."""
 

@@ -10,12 +10,6 @@ from typing import Any
 # protocol name -> number of positional parameters (docs/allocation.md §10)
 PROTOCOL_ARITY: dict[str, int] = {"Allocator": 1, "IdentityResolver": 6}
 
-SERVICE_TYPES: dict[str, list[str]] = {
-    "confluent_cloud": ["kafka", "schema_registry", "connector", "ksqldb", "flink", "org_wide", "default"],
-    "self_managed_kafka": ["kafka"],
-    "generic_metrics_only": ["generic"],
-}
-
 
 class OverrideError(ValueError):
     """An override string that cannot be turned into a usable callable; str() is the docs message."""

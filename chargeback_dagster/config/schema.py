@@ -14,17 +14,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializeAsAny
+
+from chargeback_dagster.ecosystems.confluent_cloud.allocators import (
+    DEFAULT_CKU_SHARED_RATIO,
+    DEFAULT_CKU_USAGE_RATIO,
+)
 
 DEFAULT_LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 DEFAULT_CSV_TEMPLATE = "{tenant_id}_{date}.csv"
 DEFAULT_TOPIC_ATTRIBUTION_TEMPLATE = "topic_attr_{tenant_id}_{date}.csv"
-DEFAULT_CKU_USAGE_RATIO = Decimal("0.70")
-DEFAULT_CKU_SHARED_RATIO = Decimal("0.30")
 DEFAULT_EXCLUDE_TOPIC_PATTERNS = ["__consumer_offsets", "_schemas", "_confluent-*"]
-
-Ecosystem = Literal["confluent_cloud", "self_managed_kafka", "generic_metrics_only"]
-ECOSYSTEMS: tuple[str, ...] = ("confluent_cloud", "generic_metrics_only", "self_managed_kafka")
 
 
 class _Model(BaseModel):
@@ -254,9 +254,6 @@ def _as_decimal(value: Any, default: Decimal) -> Decimal:
     return Decimal(str(value))
 
 
-PluginSettings = GenericMetricsSettings | SelfManagedKafkaSettings | ConfluentCloudSettings
-
-
 # --- tenant / app
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
@@ -300,7 +297,7 @@ def resolve_database_url(url: str, config_dir: Path | str) -> str:
 
 class TenantConfig(_Model):
     name: str
-    ecosystem: Ecosystem
+    ecosystem: str  # a name in ecosystems/registry.py
     tenant_id: str
     partitions_start_date: date = date(2025, 1, 1)
     lookback_days: int = 200
@@ -313,7 +310,8 @@ class TenantConfig(_Model):
     tenant_execution_timeout_seconds: int = 3600
     metrics_prefetch_workers: int = 4
     storage: StorageConfig
-    plugin_settings: PluginSettings
+    # the ecosystem's own settings model (ecosystems/registry.py), dumped with all its fields
+    plugin_settings: SerializeAsAny[PluginSettingsBase]
     config_dir: Path = Field(exclude=True)
 
     @property

@@ -21,20 +21,24 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from chargeback_dagster.ecosystems.confluent_cloud.allocators import (
+    DEFAULT_CKU_SHARED_RATIO,
+    DEFAULT_CKU_USAGE_RATIO,
+)
+from chargeback_dagster.ecosystems.registry import ECOSYSTEMS
+
 from ..money import UNIT
-from .overrides import SERVICE_TYPES, check_override
+from ..outputs.registry import OUTPUTS
+from .overrides import check_override
 from .schema import (
     DEFAULT_CSV_TEMPLATE,
     DEFAULT_EXCLUDE_TOPIC_PATTERNS,
     DEFAULT_LOG_FORMAT,
     DEFAULT_TOPIC_ATTRIBUTION_TEMPLATE,
-    ECOSYSTEMS,
     RATE_FIELDS,
     SQLITE_SCHEMES,
     AppConfig,
-    ConfluentCloudSettings,
-    GenericMetricsSettings,
-    SelfManagedKafkaSettings,
+    PluginSettingsBase,
     TenantConfig,
     resolve_database_url,
     sqlite_file_path,
@@ -484,7 +488,7 @@ def _tenant(
         problems.add(
             line_of(raw, "ecosystem", line),
             f"tenant '{name}': unknown ecosystem '{fmt(ecosystem)}'; expected one of: "
-            f"{', '.join(ECOSYSTEMS)}",
+            f"{', '.join(sorted(ECOSYSTEMS))}",
         )
         scope = Scope(problems, f"tenant '{name}': ")
     else:
@@ -586,8 +590,10 @@ def _plugin_settings(
         out = _confluent(node, config_dir)
     elif ecosystem == "self_managed_kafka":
         out = _self_managed(node)
-    else:
+    elif ecosystem == "generic_metrics_only":
         out = _generic(node)
+    else:
+        out = _model_settings(node, ecosystem)
     common = _common(node, ecosystem, config_dir)
     if ecosystem == "confluent_cloud":
         _confluent_ratios(node, common)
@@ -607,20 +613,21 @@ def _common(node: Node, ecosystem: str, config_dir: Path) -> dict[str, Any]:
     )
     out["min_refresh_gap_seconds"] = node.field("min_refresh_gap_seconds", "int", 1800, ge=0)
     out["metrics_step_seconds"] = node.field("metrics_step_seconds", "int", 3600, between=(60, 86400))
-    out["metrics"] = _metrics(node, required=ecosystem != "confluent_cloud")
+    out["metrics"] = _metrics(node, required=ECOSYSTEMS[ecosystem].metrics_required)
     out["emitters"] = _emitters(node, "emitters", config_dir, DEFAULT_CSV_TEMPLATE)
     return out
 
 
 def _overrides(node: Node, key: str, protocol: str, ecosystem: str | None) -> dict[str, str]:
     out: dict[str, str] = {}
+    service_types = list(ECOSYSTEMS[ecosystem].service_types) if ecosystem is not None else None
     for k, v, line in node.mapping(key):
         path = f"{join(node.path, key)}['{k}']"
-        if ecosystem is not None and k not in SERVICE_TYPES[ecosystem]:
+        if service_types is not None and k not in service_types:
             node.ok = False
             node.scope.err(
                 join(node.path, key),
-                f"unknown service_type '{k}' for {ecosystem}; expected one of {SERVICE_TYPES[ecosystem]!r}",
+                f"unknown service_type '{k}' for {ecosystem}; expected one of {service_types!r}",
                 line,
             )
             continue
@@ -683,8 +690,8 @@ def _emitters(parent: Node, key: str, config_dir: Path, default_template: str) -
         if node is None:
             continue
         etype = node.field("type", "str")
-        if etype is not BAD and etype != "csv":
-            node.err("type", f"Unknown emitter type '{etype}'. Available: csv")
+        if etype is not BAD and etype not in OUTPUTS:
+            node.err("type", f"Unknown emitter type '{etype}'. Available: {', '.join(sorted(OUTPUTS))}")
             etype = BAD
         name = node.field("name", "str", etype if etype is not BAD else None)
         aggregation = node.field("aggregation", "str", None, choices=["daily", "monthly"])
@@ -875,8 +882,8 @@ def _confluent_ratios(node: Node, common: dict[str, Any]) -> None:
             ratios[str(key)] = number
     given = [k for k in CKU_RATIOS if isinstance(params_raw, dict) and k in params_raw]
     if given and all(k in ratios for k in given):
-        usage = ratios.get("kafka_cku_usage_ratio", Decimal("0.70"))
-        shared = ratios.get("kafka_cku_shared_ratio", Decimal("0.30"))
+        usage = ratios.get("kafka_cku_usage_ratio", DEFAULT_CKU_USAGE_RATIO)
+        shared = ratios.get("kafka_cku_shared_ratio", DEFAULT_CKU_SHARED_RATIO)
         total = usage + shared
         if abs(total - 1) > Decimal("0.0001"):
             node.here(
@@ -1083,6 +1090,24 @@ def _generic(node: Node) -> dict[str, Any]:
     return out
 
 
+# --- an ecosystem without a reader above
+def _model_settings(node: Node, ecosystem: str) -> dict[str, Any]:
+    """Its own settings (beyond PluginSettingsBase) are checked by its pydantic model, messages as pydantic
+    words them."""
+    model = ECOSYSTEMS[ecosystem].settings_class()
+    own = [key for key in model.model_fields if key not in PluginSettingsBase.model_fields]
+    node.known.update(own)
+    values = {key: node.raw[key] for key in own if key in node.raw}
+    try:
+        model.model_validate(values)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = [str(part) for part in error["loc"]]
+            node.ok = False
+            node.scope.err(join(node.path, ".".join(loc)), error["msg"], node.line_for(loc[0]))
+    return values
+
+
 # --- cross-tenant
 def _fill_pattern(output_dir: Path, template: str, tenant: dict[str, Any]) -> str:
     filled = template.replace("{tenant_id}", str(tenant["tenant_id"])).replace(
@@ -1141,14 +1166,7 @@ def _strip_private(value: Any) -> Any:
     return value
 
 
-_SETTINGS_CLASSES = {
-    "confluent_cloud": ConfluentCloudSettings,
-    "self_managed_kafka": SelfManagedKafkaSettings,
-    "generic_metrics_only": GenericMetricsSettings,
-}
-
-
 def _build_tenant(t: dict[str, Any]) -> TenantConfig:
     data = _strip_private(t)
-    settings = _SETTINGS_CLASSES[data["ecosystem"]].model_validate(data.pop("plugin_settings"))
+    settings = ECOSYSTEMS[data["ecosystem"]].settings_class().model_validate(data.pop("plugin_settings"))
     return TenantConfig.model_validate({**data, "plugin_settings": settings})

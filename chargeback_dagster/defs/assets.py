@@ -16,11 +16,13 @@ from chargeback_dagster import pipeline, suspension
 from chargeback_dagster.config import TenantConfig
 from chargeback_dagster.defs import guard
 from chargeback_dagster.defs.resources import AppConfigResource, PrometheusResource, TenantStoreResource
-from chargeback_dagster.ecosystems import ecosystem_for
 from chargeback_dagster.ecosystems.base import GatherContext, GatherError
+from chargeback_dagster.ecosystems.registry import ecosystem_for
 from chargeback_dagster.logging_setup import apply_logging, step_logger
+from chargeback_dagster.outputs.base import ChargebackResult
+from chargeback_dagster.outputs.registry import write_outputs
 
-CSV_IO_MANAGER = "chargeback_csv_io_manager"
+OUTPUTS_IO_MANAGER = "chargeback_outputs_io_manager"
 REFETCH_METRICS_TAG = "chargeback/refetch_metrics"
 TENANT_TAG = "chargeback/tenant"
 
@@ -66,6 +68,7 @@ class TenantStep:
 
     def check_deadline(self) -> None:
         self.deadline.check()
+        guard.check_lock_kept(self.tenant.name, self.run_id)
 
     def prometheus_client(self):
         if self._client is None:
@@ -131,18 +134,19 @@ class TenantStep:
         self.store.state.finish_gather(log_id, finished_at=pipeline.now_utc(), status="ok")
         suspension.record_success(self.store, self.run_id, self.gather_kinds_in_run())
 
-    def write_committed_csvs(self) -> None:
-        """After a timeout inside `chargeback`: write the CSVs of the dates this run already committed."""
-        from chargeback_dagster.defs.io_managers import write_tenant_csvs
+    def chargeback_result(self, dates: list[date]) -> ChargebackResult:
+        return ChargebackResult(self.tenant, tuple(dates), self.store.chargeback.csv_groups)
 
+    def write_committed_outputs(self) -> None:
+        """After a timeout inside `chargeback`: write the outputs of the dates this run already committed."""
         done = [
             d
             for d in self.dates
             if (self.store.state.date_row(d) or {}).get("calculation_run_id") == self.run_id
         ]
         if done:
-            write_tenant_csvs(self.tenant, self.store, done)
-            self.logger.warning(f"Timed out after calculating {len(done)} date(s); their CSVs were written")
+            write_outputs(self.chargeback_result(done))
+            self.logger.warning(f"Timed out after calculating {len(done)} date(s); their files were written")
 
 
 def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
@@ -262,9 +266,9 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
 
     @dg.asset(
         name="chargeback",
-        description=f"Allocated chargeback rows of tenant {t}; CSV files written by the IO manager",
+        description=f"Allocated chargeback rows of tenant {t}; its emitters' files written by the IO manager",
         deps=[billing_key, inventory_key, metrics_key],
-        io_manager_key=CSV_IO_MANAGER,
+        io_manager_key=OUTPUTS_IO_MANAGER,
         check_specs=[
             dg.AssetCheckSpec("reconciles_to_billing", asset=chargeback_key, blocking=True),
             dg.AssetCheckSpec("all_dates_calculated", asset=chargeback_key, blocking=True),
@@ -288,7 +292,7 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
                 check_deadline=step.check_deadline,
             )
         except guard.ExecutionTimeout:
-            step.write_committed_csvs()
+            step.write_committed_outputs()
             raise
         step.audit(
             stage="writing_csv",
@@ -297,7 +301,7 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
             current_date=max(summary.calculated) if summary.calculated else None,
         )
         yield dg.Output(
-            summary.calculated,
+            step.chargeback_result(summary.calculated),
             metadata={
                 "dates_calculated": len(summary.calculated),
                 "dates_failed": len(summary.errors),

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dagster as dg
 
 from chargeback_dagster.config import AppConfig
-from chargeback_dagster.defs.assets import CSV_IO_MANAGER, build_tenant_assets, tenant_job
-from chargeback_dagster.defs.io_managers import ChargebackCsvIOManager
+from chargeback_dagster.defs.assets import OUTPUTS_IO_MANAGER, build_tenant_assets, tenant_job
+from chargeback_dagster.defs.io_managers import ChargebackOutputsIOManager
 from chargeback_dagster.defs.maintenance import build_retention, resume_tenant_job
 from chargeback_dagster.defs.resources import AppConfigResource, PrometheusResource, TenantStoreResource
 from chargeback_dagster.defs.sensors import (
@@ -40,7 +40,7 @@ def build_definitions(config: AppConfig, env_file: str | None = None) -> dg.Defi
             "app_config": app_config,
             "tenant_store": tenant_store,
             "prometheus": PrometheusResource(app_config=app_config),
-            CSV_IO_MANAGER: ChargebackCsvIOManager(app_config=app_config, tenant_store=tenant_store),
+            OUTPUTS_IO_MANAGER: ChargebackOutputsIOManager(),
         },
         executor=dg.in_process_executor,
     )

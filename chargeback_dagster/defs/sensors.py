@@ -35,14 +35,16 @@ def refresh_window(tenant: TenantConfig, today: date) -> tuple[date, date] | Non
 
 
 def tenant_busy(instance: dg.DagsterInstance, store, tenant_name: str) -> bool:
-    """A run tagged with the tenant is queued/in progress, or an in-progress run holds the tenant lock."""
+    """A run tagged with the tenant is queued/in progress, or a live run holds the tenant lock."""
     records = instance.get_run_records(
         dg.RunsFilter(tags={guard.TENANT_TAG: tenant_name}, statuses=list(guard.IN_PROGRESS)), limit=1
     )
     if records:
         return True
     holder = store.state.run_lock_holder()
-    return holder is not None and guard.run_in_progress(instance, holder[0])
+    return (
+        holder is not None and guard.lock_holder_dead(instance, tenant_name, holder, guard.utc_now()) is None
+    )
 
 
 def evaluate_refresh(

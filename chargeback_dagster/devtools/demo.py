@@ -1,6 +1,6 @@
 """`chargeback-dagster demo`: a Confluent Cloud and a generic-metrics tenant end to end on this machine.
 
-* Confluent Cloud: a simulated organisation (devtools/ccloud_simulator.py) is served over HTTP on a local
+* Confluent Cloud: a simulated organisation (devtools/ccloud_simulator/) is served over HTTP on a local
   port; its matching Kafka/Flink usage history is loaded into a real Prometheus (promtool blocks).
 * Generic metrics: synthetic metrics for three teams of a search cluster, in the same Prometheus.
 

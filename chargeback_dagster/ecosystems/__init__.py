@@ -1,23 +1,6 @@
-"""Ecosystem implementations, chosen by a tenant's `ecosystem` key."""
+"""Ecosystems: one package each (ecosystems/<name>/), listed once in registry.py.
 
-from __future__ import annotations
-
-from chargeback_dagster.config import TenantConfig
-from chargeback_dagster.ecosystems.base import Ecosystem
-
-
-def ecosystem_for(tenant: TenantConfig) -> Ecosystem:
-    # Imported here so a tenant only pays for (and needs the extras of) its own ecosystem.
-    if tenant.ecosystem == "generic_metrics_only":
-        from chargeback_dagster.ecosystems.generic_metrics import GenericMetricsEcosystem
-
-        return GenericMetricsEcosystem(tenant)
-    if tenant.ecosystem == "confluent_cloud":
-        from chargeback_dagster.ecosystems.confluent.ecosystem import ConfluentCloudEcosystem
-
-        return ConfluentCloudEcosystem(tenant)
-    if tenant.ecosystem == "self_managed_kafka":
-        from chargeback_dagster.ecosystems.self_managed_kafka import SelfManagedKafkaEcosystem
-
-        return SelfManagedKafkaEcosystem(tenant)
-    raise NotImplementedError(f"ecosystem '{tenant.ecosystem}' is not implemented yet")
+base.py is the interface they implement; quantities.py and identity_sources.py are helpers shared by the
+self-managed Kafka and generic ecosystems. This package imports nothing at import time, so the config layer
+can read the registry without loading any ecosystem.
+"""

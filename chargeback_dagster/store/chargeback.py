@@ -317,12 +317,6 @@ class ChargebackRepository(Repository):
             out += zip(repeat(stamp), map(fields_by_rank.__getitem__, order), map(totals.__getitem__, order))
         return out
 
-    def csv_rows(self, start: date, end: date) -> list[tuple]:
-        """`csv_groups` as full rows: (ecosystem, tenant_id, timestamp, resource_id, product_category,
-        product_type, identity_id, cost_type, amount_units, allocation_method, allocation_detail)."""
-        eco, tid = self.ecosystem, self.tenant_id
-        return [(eco, tid, ts, *f[:5], units, *f[5:]) for ts, f, units in self.csv_groups(start, end)]
-
     def _csv_ranking(self, conn: Connection, ids: set[int]) -> tuple[dict[int, int], list[tuple[str, ...]]]:
         """(dimension_id → rank of its CSV_DIMENSION_COLUMNS values, the distinct values in code point
         order) covering `ids`. Cached: a dimension row never changes and ids are never reused, so the cache

@@ -336,6 +336,8 @@ tenant_run_lock = Table(
     Column("tenant_name", Text, primary_key=True),
     Column("run_id", Text, nullable=False),
     Column("acquired_at", UTCDateTime, nullable=False),
+    # refreshed by the holder while it runs (docs/operations.md §4); nullable as added by migration 0004
+    Column("heartbeat_at", UTCDateTime, nullable=True),
 )
 
 __all__ = [

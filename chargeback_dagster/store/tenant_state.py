@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, delete, func, or_, select, update
 
@@ -22,6 +22,14 @@ STATE_FIELDS = (
     "calculation_run_id",
     "last_error",
 )
+
+
+class RunLock(NamedTuple):
+    """The tenant run lock's row (docs/operations.md §4)."""
+
+    run_id: str
+    acquired_at: datetime
+    heartbeat_at: datetime
 
 
 class TenantStateRepository(Repository):
@@ -235,16 +243,26 @@ class TenantStateRepository(Repository):
 
     # ------------------------------------------------------------- tenant run lock (docs/operations.md §4)
 
-    def run_lock_holder(self) -> tuple[str, datetime] | None:
+    def run_lock_holder(self) -> RunLock | None:
         lk = t.tenant_run_lock
         with self.db.read() as conn:
             r = conn.execute(
-                select(lk.c.run_id, lk.c.acquired_at).where(lk.c.tenant_name == self.tenant_name)
+                select(lk.c.run_id, lk.c.acquired_at, lk.c.heartbeat_at).where(
+                    lk.c.tenant_name == self.tenant_name
+                )
             ).first()
-        return None if r is None else (r.run_id, r.acquired_at)
+        return None if r is None else RunLock(r.run_id, r.acquired_at, r.heartbeat_at or r.acquired_at)
 
-    def try_take_run_lock(self, run_id: str, at: datetime, *, replacing: str | None = None) -> bool:
-        """Take the lock when it is free (`replacing` None) or still held by run `replacing`."""
+    def try_take_run_lock(
+        self,
+        run_id: str,
+        at: datetime,
+        *,
+        replacing: str | None = None,
+        stale_before: datetime | None = None,
+    ) -> bool:
+        """Take the lock when it is free (`replacing` None) or still held by run `replacing` — and, with
+        `stale_before`, only while that holder's heartbeat is not newer than it. One statement: atomic."""
         lk = t.tenant_run_lock
         with self.db.write() as conn:
             if replacing is None:
@@ -257,15 +275,28 @@ class TenantStateRepository(Repository):
                             "tenant_name": self.tenant_name,
                             "run_id": run_id,
                             "acquired_at": at,
+                            "heartbeat_at": at,
                         }
                     ],
                 )
             else:
+                held = [lk.c.tenant_name == self.tenant_name, lk.c.run_id == replacing]
+                if stale_before is not None:
+                    held.append(func.coalesce(lk.c.heartbeat_at, lk.c.acquired_at) <= utc(stale_before))
                 res = conn.execute(
-                    update(lk)
-                    .where(lk.c.tenant_name == self.tenant_name, lk.c.run_id == replacing)
-                    .values(run_id=run_id, acquired_at=utc(at))
+                    update(lk).where(*held).values(run_id=run_id, acquired_at=utc(at), heartbeat_at=utc(at))
                 )
+            return res.rowcount == 1
+
+    def touch_run_lock(self, run_id: str, at: datetime) -> bool:
+        """Refresh the heartbeat of the lock held by `run_id`; False when that run no longer holds it."""
+        lk = t.tenant_run_lock
+        with self.db.write() as conn:
+            res = conn.execute(
+                update(lk)
+                .where(lk.c.tenant_name == self.tenant_name, lk.c.run_id == run_id)
+                .values(heartbeat_at=utc(at))
+            )
             return res.rowcount == 1
 
     def release_run_lock(self, run_id: str) -> bool:

@@ -12,13 +12,8 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 from chargeback_dagster.allocation.models import usage_weights
-from chargeback_dagster.allocation.tiers import (
-    SELF_KAFKA_BYTES_IN,
-    SELF_KAFKA_BYTES_OUT,
-    self_managed_allocators,
-    self_managed_unknown_allocator,
-)
 from chargeback_dagster.allocation.types import Allocator, DateInputs, Handler, Resolution
+from chargeback_dagster.config import SelfManagedKafkaSettings
 from chargeback_dagster.domain import BillingLine, MetricRow, Resource
 from chargeback_dagster.ecosystems import identity_sources as ids
 from chargeback_dagster.ecosystems.base import (
@@ -35,6 +30,12 @@ from chargeback_dagster.ecosystems.quantities import (
     network_gib,
     skip_reason,
     storage_gib_hours,
+)
+from chargeback_dagster.ecosystems.self_managed_kafka.allocators import (
+    SELF_KAFKA_BYTES_IN,
+    SELF_KAFKA_BYTES_OUT,
+    self_managed_allocators,
+    self_managed_unknown_allocator,
 )
 from chargeback_dagster.sources.prometheus import MetricsQueryError, RangeQuery
 
@@ -71,6 +72,7 @@ USAGE_QUERIES = {
 
 class SelfManagedKafkaEcosystem(Ecosystem):
     name = "self_managed_kafka"
+    settings: SelfManagedKafkaSettings
 
     # --- billing: cost model × Prometheus quantities -------------------------------------------------
     def gather_billing(self, dates: list[date], ctx: GatherContext) -> BillingGather:
@@ -195,7 +197,7 @@ class SelfManagedKafkaEcosystem(Ecosystem):
         return found
 
     def _admin_resources(self, ctx: GatherContext) -> list[Resource]:
-        from chargeback_dagster.sources.kafka_admin import fetch_cluster_metadata
+        from chargeback_dagster.ecosystems.self_managed_kafka.kafka_admin import fetch_cluster_metadata
 
         ctx.check_deadline()
         left = ctx.deadline_left()  # the metadata wait ends at the run's deadline at the latest

@@ -1,7 +1,7 @@
-"""Tier tables of docs/allocation.md §9, built from the models.
+"""Confluent Cloud's tier table (docs/allocation.md §9.1), built from the allocation models.
 
 Usage weights are read from `ctx.context["usage"][<weight name>]` (identity → Decimal); the weight names
-below are what the ecosystems' resolvers must fill in.
+below are what the resolvers (resolution.py) fill in.
 """
 
 from __future__ import annotations
@@ -9,75 +9,29 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from chargeback_dagster.allocation.models import Chain, Composition, EvenSplit, Model, Terminal, UsageRatio
-from chargeback_dagster.domain import UNALLOCATED
+from chargeback_dagster.allocation.models import (
+    Chain,
+    Composition,
+    EvenSplit,
+    Model,
+    Terminal,
+    UsageRatio,
+    to_unallocated,
+)
 
 MERGED = "merged_active"
 OWNERS = "tenant_period_owners"
 
-# -- weight names (context["usage"] keys) -------------------------------------------------------------
-# Confluent Cloud: per owner, from the bytes_in / bytes_out queries (CKU uses their sum).
+# weight names (context["usage"] keys): per owner, from the bytes_in / bytes_out queries (CKU uses their sum)
 CONFLUENT_BYTES_IN = "bytes_in"
 CONFLUENT_BYTES_OUT = "bytes_out"
 CONFLUENT_FLINK_CFU = "stmt_owner_cfu"
-# Self-managed Kafka: per principal, from the queries of the same name.
-SELF_KAFKA_BYTES_IN = "bytes_in_per_principal"
-SELF_KAFKA_BYTES_OUT = "bytes_out_per_principal"
-
-
-def _unallocated(detail: str = "no_identities_located") -> Terminal:
-    return Terminal(UNALLOCATED, "shared", detail)
 
 
 def _to_resource(detail: str = "no_identities_located", method: str = "terminal") -> Terminal:
     return Terminal("resource", "shared", detail, method=method)
 
 
-# -- §9.2 self-managed Kafka ----------------------------------------------------------------------------
-self_managed_unknown_allocator = Terminal(UNALLOCATED, "shared", "using_unknown_allocator", method="unknown")
-
-
-def self_managed_allocators() -> dict[str, Model]:
-    """product_type → allocator for `self_managed_kafka` (docs/allocation.md §9.2)."""
-    even = Chain(
-        EvenSplit("metrics_derived", "usage", "even_split_allocation"),
-        EvenSplit("resource_active", "shared", "no_active_identities_located"),
-        _unallocated(),
-    )
-
-    def network(weight_name: str) -> Chain:
-        return Chain(
-            UsageRatio(weight_name),
-            EvenSplit("resource_active", "shared", "no_metrics_located"),
-            _unallocated(),
-        )
-
-    return {
-        "SELF_KAFKA_COMPUTE": even,
-        "SELF_KAFKA_STORAGE": even,
-        "SELF_KAFKA_NETWORK_INGRESS": network(SELF_KAFKA_BYTES_IN),
-        "SELF_KAFKA_NETWORK_EGRESS": network(SELF_KAFKA_BYTES_OUT),
-    }
-
-
-# -- §9.3 generic metrics -------------------------------------------------------------------------------
-generic_unknown_allocator = Terminal(UNALLOCATED, "shared", "using_unknown_allocator", method="unknown")
-
-
-def generic_allocator(strategy: str, weight_name: str) -> Chain:
-    """Allocator of one generic cost type (docs/allocation.md §9.3); `weight_name` is for `usage_ratio`."""
-    if strategy == "even_split":
-        return Chain(EvenSplit(MERGED, "shared", "even_split_allocation"), _unallocated())
-    if strategy == "usage_ratio":
-        return Chain(
-            UsageRatio(weight_name),
-            EvenSplit(MERGED, "shared", "no_metrics_located"),
-            _unallocated(),
-        )
-    raise ValueError(f"Unknown allocation_strategy '{strategy}'; expected 'even_split' or 'usage_ratio'")
-
-
-# -- §9.1 Confluent Cloud -------------------------------------------------------------------------------
 confluent_unknown_allocator = Terminal("resource", "shared", "using_unknown_allocator", method="unknown")
 
 DEFAULT_CKU_USAGE_RATIO = Decimal("0.70")
@@ -151,7 +105,7 @@ def confluent_allocators(
         EvenSplit(OWNERS, "shared", "no_active_identities_located"),
         _to_resource(),
     )
-    org_wide = Chain(EvenSplit(OWNERS, "shared", "even_split_allocation"), _unallocated())
+    org_wide = Chain(EvenSplit(OWNERS, "shared", "even_split_allocation"), to_unallocated())
     default = Terminal("resource", "shared", "using_default_allocator", method="default")
     cluster_linking = Terminal("resource", "usage", "cluster_linking_cost", method="cluster_linking")
 

@@ -8,8 +8,8 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 from chargeback_dagster.allocation.models import usage_weights
-from chargeback_dagster.allocation.tiers import generic_allocator, generic_unknown_allocator
 from chargeback_dagster.allocation.types import Allocator, DateInputs, Handler, Resolution
+from chargeback_dagster.config import GenericMetricsSettings
 from chargeback_dagster.domain import BillingLine, MetricRow, Resource
 from chargeback_dagster.ecosystems import identity_sources as ids
 from chargeback_dagster.ecosystems.base import (
@@ -18,6 +18,10 @@ from chargeback_dagster.ecosystems.base import (
     GatherContext,
     GatherError,
     InventoryGather,
+)
+from chargeback_dagster.ecosystems.generic_metrics.allocators import (
+    generic_allocator,
+    generic_unknown_allocator,
 )
 from chargeback_dagster.ecosystems.quantities import (
     HOURS_PER_DAY,
@@ -36,6 +40,7 @@ DISCOVERY_STEP_SECONDS = 300
 
 class GenericMetricsEcosystem(Ecosystem):
     name = "generic_metrics_only"
+    settings: GenericMetricsSettings
 
     # --- billing: cost types × Prometheus quantities -------------------------------------------------
     def gather_billing(self, dates: list[date], ctx: GatherContext) -> BillingGather:

@@ -12,8 +12,8 @@ import os
 from datetime import date
 from decimal import Decimal
 
-from chargeback_dagster.allocation.tiers import confluent_allocators, confluent_unknown_allocator
 from chargeback_dagster.allocation.types import Allocator, Handler
+from chargeback_dagster.config import ConfluentCloudSettings
 from chargeback_dagster.domain import BillingLine
 from chargeback_dagster.ecosystems.base import (
     BillingGather,
@@ -22,10 +22,14 @@ from chargeback_dagster.ecosystems.base import (
     GatherError,
     InventoryGather,
 )
-from chargeback_dagster.ecosystems.confluent import inventory as inv
-from chargeback_dagster.ecosystems.confluent import resolution as res
-from chargeback_dagster.ecosystems.confluent.billing import fetch_billing_lines
-from chargeback_dagster.ecosystems.confluent.client import ConfluentApiError, ConfluentClient
+from chargeback_dagster.ecosystems.confluent_cloud import inventory as inv
+from chargeback_dagster.ecosystems.confluent_cloud import resolution as res
+from chargeback_dagster.ecosystems.confluent_cloud.allocators import (
+    confluent_allocators,
+    confluent_unknown_allocator,
+)
+from chargeback_dagster.ecosystems.confluent_cloud.billing import fetch_billing_lines
+from chargeback_dagster.ecosystems.confluent_cloud.client import ConfluentApiError, ConfluentClient
 
 BACKOFF_SCALE_ENV = "CHARGEBACK_CCLOUD_BACKOFF_SCALE"
 
@@ -126,6 +130,7 @@ def backoff_scale() -> float:
 
 class ConfluentCloudEcosystem(Ecosystem):
     name = "confluent_cloud"
+    settings: ConfluentCloudSettings
     api_pool = "ccloud_api"  # Dagster concurrency pool of Confluent-calling steps (docs/operations.md §5)
 
     # -- clients --------------------------------------------------------------------------------------

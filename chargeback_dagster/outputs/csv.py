@@ -1,4 +1,5 @@
-"""CSV files for finance (docs/operations.md §10): exact amounts, stable order, atomic rewrites."""
+"""The `csv` emitter type: files for finance (docs/outputs.md §1) with exact amounts, stable order, atomic
+rewrites."""
 
 from __future__ import annotations
 
@@ -10,10 +11,15 @@ import secrets
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chargeback_dagster.money import format_units
+from chargeback_dagster.outputs.base import ChargebackResult, Group, Output, OutputWriteError
+
+if TYPE_CHECKING:
+    from chargeback_dagster.config import EmitterConfig
 
 COLUMNS = (
     "ecosystem",
@@ -39,10 +45,10 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 TEMP_SUFFIX = ".chargeback-tmp"
 STALE_TEMP_SECONDS = 3600
 
-log = logging.getLogger("chargeback_dagster.csv_output")
+log = logging.getLogger(__name__)
 
 
-class CsvWriteError(Exception):
+class CsvWriteError(OutputWriteError):
     pass
 
 
@@ -69,11 +75,6 @@ def _render(fields: Sequence[str]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL).writerow(fields)
     return buffer.getvalue()[:-2]
-
-
-# One CSV row before formatting: (timestamp, the CSV_DIMENSION_COLUMNS of the store, amount_units); the file's
-# ecosystem and tenant_id are the same on every row.
-Group = tuple[datetime, tuple[str, ...], int]
 
 
 class CsvLines:
@@ -175,3 +176,35 @@ def write_csv(path: Path, groups: Iterable[Group], lines: CsvLines) -> int:
     except OSError as exc:
         raise CsvWriteError(f"Cannot write CSV '{path}': {exc}") from exc
     return len(rendered)
+
+
+def first_of_month(d: date) -> date:
+    return d.replace(day=1)
+
+
+def first_of_next_month(d: date) -> date:
+    return (d.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+class CsvOutput(Output):
+    """One file per calculated date, or with `aggregation: monthly` one per month holding all of the month's
+    stored dates, rebuilt when any of them was calculated (docs/outputs.md §1)."""
+
+    def __init__(self, result: ChargebackResult) -> None:
+        super().__init__(result)
+        # rendered parts shared by every file of every csv emitter of the result
+        self.lines = CsvLines(result.tenant.ecosystem, result.tenant.tenant_id)
+
+    def write(self, emitter: EmitterConfig) -> dict[str, int]:
+        read = self.result.read_groups
+        written: dict[str, int] = {}
+        if emitter.aggregation == "monthly":
+            for start in sorted({first_of_month(d) for d in self.result.dates}):
+                path = self.path_for(emitter, start)
+                groups = month_groups(read(start, first_of_next_month(start)), start)
+                written[str(path)] = write_csv(path, groups, self.lines)
+        else:
+            for d in sorted(self.result.dates):
+                path = self.path_for(emitter, d)
+                written[str(path)] = write_csv(path, read(d, d + timedelta(days=1)), self.lines)
+        return written

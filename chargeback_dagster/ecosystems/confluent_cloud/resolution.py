@@ -13,9 +13,13 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from chargeback_dagster.allocation.tiers import CONFLUENT_BYTES_IN, CONFLUENT_BYTES_OUT, CONFLUENT_FLINK_CFU
 from chargeback_dagster.allocation.types import DateInputs, Resolution
 from chargeback_dagster.domain import BillingLine, Identity, MetricRow, Resource, day_start
+from chargeback_dagster.ecosystems.confluent_cloud.allocators import (
+    CONFLUENT_BYTES_IN,
+    CONFLUENT_BYTES_OUT,
+    CONFLUENT_FLINK_CFU,
+)
 
 BYTES_IN = "bytes_in"
 BYTES_OUT = "bytes_out"

@@ -1,0 +1,1 @@
+"""Generic metrics ecosystem (docs/generic-metrics.md)."""

@@ -1,0 +1,1 @@
+"""Self-managed Kafka ecosystem (docs/self-managed-kafka.md)."""

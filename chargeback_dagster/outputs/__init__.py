@@ -1,0 +1,1 @@
+"""Outputs of a `chargeback` run (docs/outputs.md): one module per emitter type, listed in registry.py."""

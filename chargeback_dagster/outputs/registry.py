@@ -1,0 +1,27 @@
+"""Emitter types (a tenant's `plugin_settings.emitters[].type`) and the output class writing each.
+
+Adding a format = one module with an `Output` subclass + one line here; config validation takes the allowed
+types from this table."""
+
+from __future__ import annotations
+
+from chargeback_dagster.outputs.base import ChargebackResult, Output
+from chargeback_dagster.outputs.csv import CsvOutput
+
+OUTPUTS: dict[str, type[Output]] = {
+    "csv": CsvOutput,
+}
+
+
+def write_outputs(result: ChargebackResult) -> dict[str, dict[str, int]]:
+    """Write `result` through every emitter of its tenant, in config order.
+
+    Returns, for every registered type, path -> rows written (empty for a type the tenant does not use)."""
+    written: dict[str, dict[str, int]] = {name: {} for name in OUTPUTS}
+    outputs: dict[str, Output] = {}
+    for emitter in result.tenant.plugin_settings.emitters:
+        output = outputs.get(emitter.type)
+        if output is None:
+            output = outputs[emitter.type] = OUTPUTS[emitter.type](result)
+        written[emitter.type].update(output.write(emitter))
+    return written
