@@ -530,7 +530,8 @@ def test_network_read_uses_bytes_out_and_fallback_tiers(eco):
 # ------------------------------------------------------------ even-split chains
 def test_partition_base_storage_chains(eco):
     ids = sa("sa-3", "sa-1", "sa-2") + [key(f"K{i}", f"sa-{i}", "lkc-abc") for i in (3, 1, 2)]
-    lines = [line("KAFKA_PARTITION", "10.00"), line("KAFKA_BASE", "-10.00"), line("KAFKA_STORAGE", "0.00009")]
+    # KAFKA_BASE positive: a negative line would be a credit (decision D12), not allocated by its chain
+    lines = [line("KAFKA_PARTITION", "10.00"), line("KAFKA_BASE", "20.00"), line("KAFKA_STORAGE", "0.00009")]
     result = allocate(eco, lines, resources=[cluster()], identities=ids)
     assert rows(result, "KAFKA_PARTITION") == [
         ("sa-1", "3.3334", "shared", "even_split", "no_metrics_located", ""),
@@ -538,9 +539,9 @@ def test_partition_base_storage_chains(eco):
         ("sa-3", "3.3333", "shared", "even_split", "no_metrics_located", ""),
     ]
     assert rows(result, "KAFKA_BASE") == [
-        ("sa-1", "-3.3334", "shared", "even_split", "no_metrics_located", ""),
-        ("sa-2", "-3.3333", "shared", "even_split", "no_metrics_located", ""),
-        ("sa-3", "-3.3333", "shared", "even_split", "no_metrics_located", ""),
+        ("sa-1", "6.6667", "shared", "even_split", "no_metrics_located", ""),
+        ("sa-2", "6.6667", "shared", "even_split", "no_metrics_located", ""),
+        ("sa-3", "6.6666", "shared", "even_split", "no_metrics_located", ""),
     ]
     assert rows(result, "KAFKA_STORAGE") == [  # T = 0.0001 over 3, sorted (D4): first gets the unit
         ("sa-1", "0.0001", "shared", "even_split", "no_metrics_located", ""),
@@ -550,15 +551,15 @@ def test_partition_base_storage_chains(eco):
     period = allocate(eco, lines, resources=[cluster()], identities=sa("sa-9", "sa-8"))
     assert rows(period, "KAFKA_PARTITION")[0][4] == "no_active_identities_located"
     assert rows(period, "KAFKA_BASE") == [
-        ("sa-8", "-5.0000", "shared", "even_split", "no_metrics_no_active_identities_located", ""),
-        ("sa-9", "-5.0000", "shared", "even_split", "no_metrics_no_active_identities_located", ""),
+        ("sa-8", "10.0000", "shared", "even_split", "no_metrics_no_active_identities_located", ""),
+        ("sa-9", "10.0000", "shared", "even_split", "no_metrics_no_active_identities_located", ""),
     ]
     nobody = allocate(eco, lines, resources=[cluster()])
     assert rows(nobody, "KAFKA_PARTITION") == [
         ("lkc-abc", "10.0000", "shared", "terminal", "no_identities_located", "")
     ]
     assert rows(nobody, "KAFKA_BASE") == [
-        ("lkc-abc", "-10.0000", "shared", "to_resource", "no_identities_located", "")
+        ("lkc-abc", "20.0000", "shared", "to_resource", "no_identities_located", "")
     ]
     assert rows(nobody, "KAFKA_STORAGE") == [
         ("lkc-abc", "0.0001", "shared", "to_resource", "no_identities_located", "")
@@ -932,8 +933,11 @@ def test_unknown_types_worked_example_5(eco, caplog):
         ("lkc-8", "1.0000", "shared", "unknown", "using_unknown_allocator", ""),
         ("lkc-9", "5.0000", "shared", "unknown", "using_unknown_allocator", ""),
     ]
+    # decision D12, not D5: spread over the day's costs of identities, 1.00 : 5.00 (UNALLOCATED's 0.50
+    # takes no share; docs/allocation.md §12)
     assert rows(result, "PROMO_CREDIT") == [
-        (UNALLOCATED, "-20.0000", "shared", "unknown", "using_unknown_allocator", "")
+        ("lkc-8", "-3.3333", "shared", "credit", "credit_proportional_to_org_cost", ""),
+        ("lkc-9", "-16.6667", "shared", "credit", "credit_proportional_to_org_cost", ""),
     ]
     assert rows(result, "MALFORMED_BILLING_ROW") == [
         (UNALLOCATED, "0.5000", "shared", "unknown", "using_unknown_allocator", "")

@@ -12,6 +12,7 @@ import re
 import time
 from datetime import date, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import httpx
@@ -237,6 +238,36 @@ def test_multi_day_range_end_to_end(tmp_path, org, prometheus, sim):
     assert [(r["identity_id"], r["allocation_method"], r["amount"]) for r in malformed] == [
         ("UNALLOCATED", "unknown", "0.5000")
     ]
+
+    # decision D12: the daily PROMO_CREDIT −20.00 (no resource, no environment) is spread over the day's
+    # identities in proportion to their cost (UNALLOCATED takes no share); no negative UNALLOCATED row
+    unallocated_cost_days = 0
+    for d in DATES:
+        credit_units = sum(
+            to_units(round4(ln.total_cost))
+            for ln in store.billing.lines(d)
+            if ln.product_type == "PROMO_CREDIT"
+        )
+        assert credit_units == -200_000
+        rows = read_csv(out / f"acme_{d}.csv")
+        promo = [r for r in rows if r["product_type"] == "PROMO_CREDIT"]
+        assert {(r["allocation_method"], r["allocation_detail"]) for r in promo} == {
+            ("credit", "credit_proportional_to_org_cost")
+        }
+        assert sum(to_units(Decimal(r["amount"])) for r in promo) == credit_units
+        costs: dict[str, int] = {}
+        for r in rows:
+            if r["product_type"] != "PROMO_CREDIT":
+                costs[r["identity_id"]] = costs.get(r["identity_id"], 0) + to_units(Decimal(r["amount"]))
+        weights = {i: u for i, u in costs.items() if u > 0 and i != "UNALLOCATED"}
+        assert len(weights) > 10
+        unallocated_cost_days += costs.get("UNALLOCATED", 0) > 0
+        shares = {r["identity_id"]: to_units(Decimal(r["amount"])) for r in promo}
+        assert shares.keys() == weights.keys()
+        for i, u in shares.items():
+            assert abs(u - Fraction(credit_units * weights[i], sum(weights.values()))) < 1, (d, i)
+        assert not [r for r in rows if r["identity_id"] == "UNALLOCATED" and Decimal(r["amount"]) < 0]
+    assert unallocated_cost_days >= 2  # day 1 (malformed row) and day 2 (inactive fraction)
 
     # re-materialization is idempotent: identical CSV bytes and database rows
     files = {p.name: p.read_bytes() for p in out.glob("*.csv")}

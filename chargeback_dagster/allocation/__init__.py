@@ -1,6 +1,12 @@
 """Allocation: models and the per-date engine (docs/allocation.md); the tier tables live with their
 ecosystems (ecosystems/<name>/allocators.py)."""
 
+from chargeback_dagster.allocation.credits import (
+    CREDIT_METHOD,
+    CREDIT_POLICIES,
+    DEFAULT_CREDIT_POLICY,
+    CreditPolicy,
+)
 from chargeback_dagster.allocation.engine import (
     ROW_KEY_FIELDS,
     DateAllocation,
@@ -27,11 +33,15 @@ from chargeback_dagster.allocation.types import (
 )
 
 __all__ = [
+    "CREDIT_METHOD",
+    "CREDIT_POLICIES",
+    "DEFAULT_CREDIT_POLICY",
     "ROW_KEY_FIELDS",
     "AllocationContext",
     "Allocator",
     "Chain",
     "Composition",
+    "CreditPolicy",
     "DateAllocation",
     "DateCalculationError",
     "DateInputs",

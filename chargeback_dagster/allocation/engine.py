@@ -1,4 +1,4 @@
-"""The allocation engine: one date's billing lines → merged chargeback amounts (docs/allocation.md §2, §6).
+"""The allocation engine: a date's billing lines → merged chargeback amounts (docs/allocation.md §2, §6, §12).
 
 `allocate_date` is pure apart from `record_failure` (the caller's committed increment of a line's
 `allocation_attempts`) and logging. The caller persists `DateAllocation.blocks` and resets the counters of
@@ -15,6 +15,7 @@ from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
+from chargeback_dagster.allocation.credits import DEFAULT_CREDIT_POLICY, check_credit_policy, credit_blocks
 from chargeback_dagster.allocation.models import Block, Model
 from chargeback_dagster.allocation.types import (
     AllocationContext,
@@ -434,6 +435,7 @@ def allocate_date(
     record_failure: Callable[[BillingLine], int],
     logger: Any = None,
     warned: set[str] | None = None,
+    credit_policy: str = DEFAULT_CREDIT_POLICY,
 ) -> DateAllocation:
     """Allocate every billing line of `inputs.date` (docs/allocation.md §2) with the failure rules of §6.
 
@@ -444,7 +446,10 @@ def allocate_date(
       per run (default: once per call).
     * `resolver_overrides` (service_type → fn) are called positionally as
       `fn(tenant_id, resource_id, billing_timestamp, billing_duration, metrics_data, store)`.
+    * Lines with `T < 0` (credits; an `allocator_overrides` entry for their product type excepted) are
+      allocated after all others by `credit_policy`, a `CreditPolicy` name (docs/allocation.md §12).
     """
+    policy = check_credit_policy(credit_policy)
     engine = _DateAllocator(
         inputs,
         tenant_id,
@@ -462,6 +467,7 @@ def allocate_date(
     failed_lines: list[tuple[BillingLine, int, str]] = []
     billed = 0
     merged: dict[BlockKey, dict[str, int]] = {}
+    credits: list[tuple[BillingLine, int]] = []
 
     for line in sorted(inputs.lines, key=_LINE_ORDER):
         try:
@@ -471,6 +477,9 @@ def allocate_date(
                 day, f"Invalid total_cost {line.total_cost!r} for {line.resource_id}/{line.product_type}"
             ) from exc
         billed += t_units
+        if t_units < 0 and line.product_type not in engine.allocator_overrides:
+            credits.append((line, t_units))  # needs the other lines' rows: allocated below
+            continue
         try:
             blocks = engine.line_blocks(line, t_units)
         except Exception as exc:
@@ -503,6 +512,12 @@ def allocate_date(
         else:
             succeeded.append(line)
         _merge_line(merged, line, blocks)
+    if credits:  # rare: most dates have none
+        for line, blocks in credit_blocks(
+            credits, merged, policy=policy, excluded=engine.excluded, day=day, log=engine.log
+        ):
+            _merge_line(merged, line, blocks)
+            succeeded.append(line)
     allocated = sum(sum(per_identity.values()) for per_identity in merged.values())
     if allocated != billed:  # decision D1; cannot happen unless a model is broken
         raise DateCalculationError(
