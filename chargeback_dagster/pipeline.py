@@ -449,6 +449,7 @@ def calculate_chargeback(
                 allocator_overrides=allocator_overrides,
                 resolver_overrides=resolver_overrides,
                 retry_limit=tenant.allocation_retry_limit,
+                credit_policy=tenant.credit_policy,
                 record_failure=store.billing.increment_attempts,
                 logger=logger,
                 warned=warned,

@@ -45,21 +45,6 @@ def csv_rows(store: TenantStore, start: date, end: date) -> list[tuple]:
     return [(eco, tid, ts, *f[:5], units, *f[5:]) for ts, f, units in store.chargeback.csv_groups(start, end)]
 
 
-def calculated_dates(store: TenantStore, start: date, end: date) -> list[date]:
-    """Dates start ≤ d < end with chargeback_calculated_at set, ascending."""
-    ps = t.pipeline_state
-    with store.engine.connect() as conn:
-        dates = conn.execute(
-            sa.select(ps.c.date).where(
-                _mine(store, ps),
-                ps.c.date >= start,
-                ps.c.date < end,
-                ps.c.chargeback_calculated_at.is_not(None),
-            )
-        ).scalars()
-        return sorted(dates)
-
-
 def billing_dates(store: TenantStore, start: date, end: date) -> list[date]:
     """Dates start ≤ d < end with stored billing lines, ascending."""
     b = t.billing

@@ -27,7 +27,7 @@ from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.devtools.openmetrics import OpenMetricsWriter
 from chargeback_dagster.store import TenantStore
 from chargeback_dagster.store.chargeback import ChargebackRepository
-from chargeback_dagster_tests.store_helpers import calculated_dates, csv_rows, fact_rows
+from chargeback_dagster_tests.store_helpers import csv_rows, fact_rows
 
 DATES = (date(2026, 2, 1), date(2026, 2, 2))
 
@@ -486,7 +486,7 @@ def test_timeout_keeps_committed_dates(tmp_path, instance, monkeypatch):
     assert not result.success
     assert "Execution timed out after 30s" in step_failures(result)["shop__chargeback"]
     store = open_store(config_path)
-    assert calculated_dates(store, date(2026, 2, 1), date(2026, 2, 4)) == [date(2026, 2, 1)]
+    assert store.state.calculated_dates(date(2026, 2, 1), date(2026, 2, 4)) == [date(2026, 2, 1)]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.csv")) == ["shop-prod_2026-02-01.csv"]
     assert store.state.status()["consecutive_gather_failures"] == 0  # a timeout is no gather failure
 
@@ -513,7 +513,10 @@ def test_retention(shop, instance, caplog):
     now = datetime(2026, 10, 11, 12, tzinfo=UTC)
     deleted = maintenance.purge(store, 250, now)
     assert deleted["chargeback_facts"] == 4 and deleted["billing"] == 2
-    assert calculated_dates(store, date(2026, 1, 1), date(2026, 3, 1)) == [date(2026, 2, 3), date(2026, 2, 4)]
+    assert store.state.calculated_dates(date(2026, 1, 1), date(2026, 3, 1)) == [
+        date(2026, 2, 3),
+        date(2026, 2, 4),
+    ]
     assert any("Retention deleted" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
     assert {p.name: p.read_bytes() for p in (shop.parent / "out").glob("*.csv")} == csvs  # CSVs untouched
     assert sum(maintenance.purge(store, 250, now).values()) == 0

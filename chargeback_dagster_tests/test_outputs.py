@@ -67,7 +67,9 @@ def test_an_output_type_registered_from_outside_is_written_by_a_materialization(
     tmp_path, instance, monkeypatch
 ):
     config_path = shop_with_summary(tmp_path)
-    with pytest.raises(ConfigError, match=r"Unknown emitter type 'json_summary'\. Available: csv$"):
+    with pytest.raises(
+        ConfigError, match=r"Unknown emitter type 'json_summary'\. Available: csv, prometheus$"
+    ):
         load_config(config_path)
 
     monkeypatch.setitem(registry.OUTPUTS, "json_summary", JsonSummary)
@@ -108,7 +110,9 @@ def test_an_output_type_registered_from_outside_is_written_by_a_materialization(
     write_config(config_path, {"shop": tenant_config(closed_port_url())})
     text = config_path.read_text().replace("type: csv", "type: parquet")
     config_path.write_text(text)
-    with pytest.raises(ConfigError, match=r"Unknown emitter type 'parquet'\. Available: csv, json_summary$"):
+    with pytest.raises(
+        ConfigError, match=r"Unknown emitter type 'parquet'\. Available: csv, json_summary, prometheus$"
+    ):
         load_config(config_path)
 
 

@@ -23,7 +23,6 @@ from chargeback_dagster.store.database import alembic_config
 from chargeback_dagster.store.tables import VERSION_TABLE
 from chargeback_dagster_tests.store_helpers import (
     billing_dates,
-    calculated_dates,
     csv_rows,
     current_revision,
     fact_rows,
@@ -400,8 +399,8 @@ def test_write_chargeback_idempotent_and_state(store):
     assert state["calculation_run_id"] == "run-2"
     assert state["chargeback_calculated_at"] == NOW + timedelta(hours=1)
     assert state["last_error"] is None
-    assert calculated_dates(store, D1, D3) == [D1, D2]
-    assert calculated_dates(store, D1, date(2026, 3, 1)) == [D1, D2, D3]
+    assert store.state.calculated_dates(D1, D3) == [D1, D2]
+    assert store.state.calculated_dates(D1, date(2026, 3, 1)) == [D1, D2, D3]
 
 
 def test_failed_write_rolls_back_and_cache_stays_valid(store):
@@ -688,7 +687,7 @@ def test_state_and_tz_aware(store):
     assert store.state.date_row(D2)["billing_gathered_at"] is None
     with pytest.raises(StoreError):
         store.state.set_dates([D1], bogus=1)
-    assert calculated_dates(store, D1, D3) == []
+    assert store.state.calculated_dates(D1, D3) == []
 
 
 def test_purge_before(store):

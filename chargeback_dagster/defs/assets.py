@@ -135,7 +135,7 @@ class TenantStep:
         suspension.record_success(self.store, self.run_id, self.gather_kinds_in_run())
 
     def chargeback_result(self, dates: list[date]) -> ChargebackResult:
-        return ChargebackResult(self.tenant, tuple(dates), self.store.chargeback.csv_groups)
+        return ChargebackResult(self.tenant, tuple(dates), self.store.chargeback.csv_groups, self.store)
 
     def write_committed_outputs(self) -> None:
         """After a timeout inside `chargeback`: write the outputs of the dates this run already committed."""

@@ -70,6 +70,21 @@ class TenantStateRepository(Repository):
             ).first()
         return None if r is None else dict(r._mapping)
 
+    def calculated_dates(self, start: date, end: date) -> list[date]:
+        """Dates start ≤ d < end with chargeback_calculated_at set, ascending."""
+        ps = t.pipeline_state
+        with self.db.read() as conn:
+            return sorted(
+                conn.execute(
+                    select(ps.c.date).where(
+                        self._mine(ps),
+                        ps.c.date >= start,
+                        ps.c.date < end,
+                        ps.c.chargeback_calculated_at.is_not(None),
+                    )
+                ).scalars()
+            )
+
     def last_calculated_date(self) -> date | None:
         ps = t.pipeline_state
         with self.db.read() as conn:
