@@ -89,7 +89,7 @@ def suspended_message(tenant: str, status: dict) -> str:
 
 def is_suspended(store: TenantStore, threshold: int | None = None) -> bool:
     """Suspended flag set, or (when `threshold` is given) the counter already at the threshold."""
-    status = store.get_tenant_status()
+    status = store.state.status()
     if status is None:
         return False
     if status["suspended"]:
@@ -101,14 +101,14 @@ def check_not_suspended(store: TenantStore, threshold: int) -> None:
     """The guard's suspension check: suspends a tenant whose counter reached the threshold (a backstop for
     the run-failure sensor), then refuses a suspended tenant."""
     suspend_if_due(store, threshold)  # no-op when not due
-    status = store.get_tenant_status()
+    status = store.state.status()
     if status and status["suspended"]:
         raise StopStep(suspended_message(store.tenant_name, status))
 
 
 def record_failure(store: TenantStore, run_id: str, error: str) -> int:
     """A gather failure of run `run_id`; counted at most once per run. Returns the counter."""
-    count = store.record_gather_failure(run_id, error)
+    count = store.state.record_gather_failure(run_id, error)
     log.warning(f"tenant={store.tenant_name} run_id={run_id} | Gather failure {count}: {error}")
     return count
 
@@ -120,9 +120,9 @@ def record_success(store: TenantStore, run_id: str, kinds_in_run: Iterable[str])
     already counted a failure: a run whose billing succeeds but whose inventory fails is a failing run.
     """
     wanted = set(kinds_in_run) & set(GATHER_KINDS)
-    if not wanted <= store.gather_kinds_ok(run_id):
+    if not wanted <= store.state.gathers_ok(run_id):
         return False
-    return store.reset_gather_failures(run_id)
+    return store.state.reset_gather_failures(run_id)
 
 
 def suspend_if_due(store: TenantStore, threshold: int, at: datetime | None = None) -> dict | None:
@@ -135,7 +135,7 @@ def suspend_if_due(store: TenantStore, threshold: int, at: datetime | None = Non
     def reason(count: int, error: str) -> str:
         return suspension_reason(tenant, count, threshold, error)
 
-    row = store.suspend_if_due(threshold, at or now_utc(), reason)
+    row = store.state.suspend_if_due(threshold, at or now_utc(), reason)
     if row is not None:
         log.critical(
             alert_line(tenant, row["consecutive_gather_failures"], threshold, row["last_gather_error"] or "")
@@ -161,7 +161,7 @@ class ResumeResult:
 def resume(store: TenantStore) -> ResumeResult:
     """Clear the suspension (flag false, counter 0) and log what happened."""
     tenant = store.tenant_name
-    before = store.clear_suspension()
+    before = store.state.clear_suspension()
     if before is None:
         message = f"Tenant {tenant} is not suspended"
         log.info(message)
@@ -174,10 +174,10 @@ def resume(store: TenantStore) -> ResumeResult:
 
 def status_lines(store: TenantStore) -> list[str]:
     """`chargeback-dagster status` lines of one tenant."""
-    status = store.get_tenant_status() or {}
-    gather = store.last_gather()
-    runs = store.pipeline_runs()
-    last_date = store.last_calculated_date()
+    status = store.state.status() or {}
+    gather = store.state.last_gather()
+    runs = store.state.runs()
+    last_date = store.state.last_calculated_date()
     lines = [f"tenant {store.tenant_name}:"]
     if status.get("suspended"):
         lines.append(f"  suspended: yes, since {status['suspended_at'].isoformat()}")
@@ -307,7 +307,7 @@ def _facts_in_this_process(tenant_name: str, run_id: str) -> RunFacts | None:
 
 
 def lock_held_by_live_run(store: TenantStore, lookup: RunLookup) -> bool:
-    holder = store.run_lock_holder()
+    holder = store.state.run_lock_holder()
     return holder is not None and lock_holder_dead(store.tenant_name, holder, now_utc(), lookup) is None
 
 
@@ -318,14 +318,14 @@ def take_lock(store: TenantStore, run_id: str, lookup: RunLookup) -> str | None:
     heartbeat_seconds(), takeover_seconds()  # a bad override fails the step here, not the heartbeat thread
     for _ in range(3):  # lost races retry with the new holder
         now = now_utc()
-        holder = store.run_lock_holder()
+        holder = store.state.run_lock_holder()
         if holder is None:
-            if store.try_take_run_lock(run_id, now):
+            if store.state.try_take_run_lock(run_id, now):
                 _keep_alive(store, run_id, lookup)
                 return None
             continue
         if holder.run_id == run_id:
-            if store.touch_run_lock(run_id, now):
+            if store.state.touch_run_lock(run_id, now):
                 _lost.discard((store.tenant_name, run_id))
                 _keep_alive(store, run_id, lookup)
                 return None
@@ -334,7 +334,7 @@ def take_lock(store: TenantStore, run_id: str, lookup: RunLookup) -> str | None:
         if dead is None:
             raise StopStep(busy, metadata={"holding_run_id": holder.run_id})
         why, stale_before = dead
-        if store.try_take_run_lock(run_id, now, replacing=holder.run_id, stale_before=stale_before):
+        if store.state.try_take_run_lock(run_id, now, replacing=holder.run_id, stale_before=stale_before):
             log.info(
                 f"tenant={store.tenant_name} run_id={run_id} | took over the tenant lock of run "
                 f"{holder.run_id}, {why}"
@@ -384,9 +384,9 @@ def _heartbeat(beat: _Beat, run_id: str) -> None:
                 facts = beat.lookup(run_id)
                 if facts is None or not facts.in_progress:
                     with contextlib.suppress(Exception):  # else the heartbeat expires
-                        store.release_run_lock(run_id)
+                        store.state.release_run_lock(run_id)
                     return
-                if not store.touch_run_lock(run_id, now_utc()):
+                if not store.state.touch_run_lock(run_id, now_utc()):
                     _lost.add(key)
                     return
                 last_beat = time.monotonic()
@@ -403,7 +403,7 @@ def _heartbeat(beat: _Beat, run_id: str) -> None:
 
 def release_lock(store: TenantStore, run_id: str) -> None:
     """Free the tenant lock if run `run_id` holds it (the run-status sensors, once the run has ended)."""
-    store.release_run_lock(run_id)
+    store.state.release_run_lock(run_id)
 
 
 def end_run(run_id: str) -> None:
@@ -413,7 +413,7 @@ def end_run(run_id: str) -> None:
     for _, beat in ended:
         beat.stop.set()
         with contextlib.suppress(Exception):  # else the heartbeat expires
-            beat.store.release_run_lock(run_id)
+            beat.store.state.release_run_lock(run_id)
 
 
 @atexit.register
@@ -439,8 +439,8 @@ def audit_run(
 ) -> None:
     """Create the audit row of `run_id` when it has none (status `running`); set its stage when given."""
     stage_field = {"stage": stage} if stage else {}
-    if store.get_pipeline_run(run_id) is None:
-        store.upsert_pipeline_run(
+    if store.state.get_run(run_id) is None:
+        store.state.upsert_run(
             run_id,
             trigger=trigger,
             range_start=range_start,
@@ -449,25 +449,25 @@ def audit_run(
             **stage_field,
         )
     elif stage_field:
-        store.upsert_pipeline_run(run_id, **stage_field)
+        store.state.upsert_run(run_id, **stage_field)
 
 
 def audit_progress(store: TenantStore, run_id: str, **fields) -> None:
     """Stage and counters of a running run (`dates_gathered`, `rows_written`, …)."""
-    store.upsert_pipeline_run(run_id, **fields)
+    store.state.upsert_run(run_id, **fields)
 
 
 def audit_run_ended(store: TenantStore, run_id: str, status: str, error: str | None) -> None:
     """The final status of `run_id`. The run-status sensors are authoritative: this overwrites what a later
     run's guard wrote for an "orphan"."""
-    store.end_pipeline_runs([run_id], status=status, at=now_utc(), error=error, only_running=False)
+    store.state.end_runs([run_id], status=status, at=now_utc(), error=error, only_running=False)
 
 
 def close_orphans(store: TenantStore, run_id: str, lookup: RunLookup, dead_holder: str | None = None) -> None:
     """`running` audit rows of runs no longer in progress, or of the dead lock holder run `run_id` took over
     from: a run that succeeded (its status sensor has not ticked yet) becomes `completed`; any other becomes
     `failed` with the orphan message."""
-    for row in store.pipeline_runs("running"):
+    for row in store.state.runs("running"):
         other = row["dagster_run_id"]
         if other == run_id:
             continue
@@ -476,6 +476,6 @@ def close_orphans(store: TenantStore, run_id: str, lookup: RunLookup, dead_holde
             continue
         ended = facts.ended_at if facts is not None and facts.ended_at else now_utc()
         if facts is not None and facts.succeeded:
-            store.end_pipeline_runs([other], status="completed", at=ended, error=None)
+            store.state.end_runs([other], status="completed", at=ended, error=None)
         else:
-            store.end_pipeline_runs([other], status="failed", at=ended, error=ORPHANED)
+            store.state.end_runs([other], status="failed", at=ended, error=ORPHANED)

@@ -105,7 +105,7 @@ class TenantStep:
         """A gather (`billing` or `inventory`): logged in gather_log; a GatherError counts once per run
         towards suspension, a success resets the counter once all of the run's gathers succeeded."""
         self.check_deadline()
-        log_id = self.store.append_gather_log(
+        log_id = self.store.state.log_gather(
             kind=kind,
             run_id=self.run_id,
             trigger=self.trigger,
@@ -117,24 +117,26 @@ class TenantStep:
         try:
             yield
         except GatherError as exc:
-            self.store.finish_gather_log(log_id, finished_at=now_utc(), status="failed", error=str(exc))
+            self.store.state.finish_gather(log_id, finished_at=now_utc(), status="failed", error=str(exc))
             if self.deadline.expired():  # a provider wait cut short by the deadline is a timeout
                 raise tenant_ops.ExecutionTimeout(self.deadline.message) from exc
             tenant_ops.record_failure(self.store, self.run_id, f"{kind}: {exc}")
             raise
         except BaseException as exc:
-            self.store.finish_gather_log(log_id, finished_at=now_utc(), status="failed", error=str(exc))
+            self.store.state.finish_gather(log_id, finished_at=now_utc(), status="failed", error=str(exc))
             raise
-        self.store.finish_gather_log(log_id, finished_at=now_utc(), status="ok")
+        self.store.state.finish_gather(log_id, finished_at=now_utc(), status="ok")
         tenant_ops.record_success(self.store, self.run_id, self.gather_kinds_in_run())
 
     def chargeback_result(self, dates: list[date]) -> ChargebackResult:
-        return ChargebackResult(self.tenant, tuple(dates), self.store.csv_groups, self.store)
+        return ChargebackResult(self.tenant, tuple(dates), self.store.chargeback.csv_groups, self.store)
 
     def write_committed_outputs(self) -> None:
         """After a timeout inside `chargeback`: write the outputs of the dates this run already committed."""
         done = [
-            d for d in self.dates if (self.store.get_state(d) or {}).get("calculation_run_id") == self.run_id
+            d
+            for d in self.dates
+            if (self.store.state.date_row(d) or {}).get("calculation_run_id") == self.run_id
         ]
         if done:
             write_outputs(self.chargeback_result(done))

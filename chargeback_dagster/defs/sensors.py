@@ -58,7 +58,7 @@ def evaluate_refresh(
 
     gap = tenant.plugin_settings.min_refresh_gap_seconds
     previous = [datetime.fromisoformat(context.cursor)] if context.cursor else []
-    other = store.latest_gather_start(exclude_trigger="refresh")  # explicit runs' gathers
+    other = store.state.latest_gather_start(exclude_trigger="refresh")  # explicit runs' gathers
     if other is not None:
         previous.append(other)
     if previous:
