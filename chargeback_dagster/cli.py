@@ -10,6 +10,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from chargeback_dagster.config import ConfigError, load_config
+from chargeback_dagster.defs.tags import PIPELINE_TAG, TENANT_TAG
 from chargeback_dagster.logging_setup import apply_logging
 
 
@@ -45,8 +46,8 @@ def instance_concurrency_block(config) -> str:
         "  runs:\n"
         "    max_concurrent_runs: 20\n"
         "    tag_concurrency_limits:\n"
-        "      - {key: chargeback/tenant, value: {applyLimitPerUniqueValue: true}, limit: 1}\n"
-        f"      - {{key: chargeback/pipeline, value: tenant, limit: {cap}}}\n"
+        f"      - {{key: {TENANT_TAG}, value: {{applyLimitPerUniqueValue: true}}, limit: 1}}\n"
+        f"      - {{key: {PIPELINE_TAG}, value: tenant, limit: {cap}}}\n"
         "run_coordinator: {module: dagster.core.run_coordinator, class: QueuedRunCoordinator}\n"
         "run_monitoring: {enabled: true}\n"
         "python_logs: {managed_python_loggers: [chargeback_dagster]}\n"
@@ -71,7 +72,7 @@ def concurrency_warnings(config) -> list[str]:
         (
             item.get("limit")
             for item in limits or []
-            if item.get("key") == "chargeback/pipeline" and item.get("value") == "tenant"
+            if item.get("key") == PIPELINE_TAG and item.get("value") == "tenant"
         ),
         None,
     )
@@ -80,7 +81,7 @@ def concurrency_warnings(config) -> list[str]:
         return []
     shown = "not set" if limit is None else limit
     return [
-        f"dagster.yaml concurrency.runs limit for chargeback/pipeline=tenant is {shown}, "
+        f"dagster.yaml concurrency.runs limit for {PIPELINE_TAG}=tenant is {shown}, "
         f"features.max_parallel_tenants is {wanted}"
     ]
 
@@ -277,25 +278,25 @@ def _open_stores(args):
 
 
 def cmd_resume(args) -> int:
-    from chargeback_dagster import suspension
+    from chargeback_dagster import tenant_ops
 
     opened = _open_stores(args)
     if opened is None:
         return 1
     for store in opened[1].values():
-        print(suspension.resume(store).message)
+        print(tenant_ops.resume(store).message)
         store.dispose()
     return 0
 
 
 def cmd_status(args) -> int:
-    from chargeback_dagster import suspension
+    from chargeback_dagster import tenant_ops
 
     opened = _open_stores(args)
     if opened is None:
         return 1
     for store in opened[1].values():
-        print("\n".join(suspension.status_lines(store)))
+        print("\n".join(tenant_ops.status_lines(store)))
         store.dispose()
     return 0
 

@@ -34,6 +34,11 @@ IDENTITY_INDEX = DIMENSION_KEY_FIELDS.index("identity_id")
 BlockKey = tuple[str, ...]
 
 
+def now_utc() -> datetime:
+    """The current UTC time to the second: what every stored timestamp and audit time uses."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
 def row_key(block_key: BlockKey, identity_id: str) -> tuple[str, ...]:
     """The full dimension key (DIMENSION_KEY_FIELDS order) of one identity's row in a block."""
     return (*block_key[:IDENTITY_INDEX], identity_id, *block_key[IDENTITY_INDEX:])

@@ -12,13 +12,13 @@ from bisect import bisect_left
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from chargeback_dagster.allocation.engine import DateCalculationError, allocate_date
 from chargeback_dagster.allocation.types import DateInputs, Handler
 from chargeback_dagster.config import TenantConfig
 from chargeback_dagster.config.overrides import load_callable
-from chargeback_dagster.domain import UNALLOCATED, MetricRow
+from chargeback_dagster.domain import UNALLOCATED, MetricRow, now_utc
 from chargeback_dagster.ecosystems.base import Ecosystem, GatherContext, InventoryGather
 from chargeback_dagster.sources.prometheus import (
     MetricsQueryError,
@@ -35,10 +35,6 @@ from chargeback_dagster.store import TenantStore
 log = logging.getLogger("chargeback_dagster.pipeline")
 
 SETTLED_AFTER = timedelta(hours=24)  # metrics fetched this long after their day ends are final
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 # --- billing ---------------------------------------------------------------------------------------
