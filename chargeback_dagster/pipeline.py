@@ -187,9 +187,8 @@ def fetch_usage_metrics(
         seen: set[tuple[str, str]] = set()
         for line in store.billing_lines(d):
             handler = by_type.get(line.product_type)
-            if handler is None:
-                continue
-            for key, promql in handler.metric_queries(line).items():
+            queries = handler.metric_queries(line) if handler is not None else {}
+            for key, promql in {**queries, **ecosystem.extra_metric_queries(line)}.items():
                 group = (line.resource_id, key)
                 if group in seen:
                     continue
