@@ -15,6 +15,7 @@ from chargeback_dagster.defs.sensors import (
     tenant_run_failure_sensor,
     tenant_run_success_sensor,
 )
+from chargeback_dagster.defs.topic_assets import build_topic_assets
 from chargeback_dagster.logging_setup import apply_logging
 
 
@@ -26,6 +27,7 @@ def build_definitions(config: AppConfig, env_file: str | None = None) -> dg.Defi
     sensors = [tenant_run_failure_sensor, tenant_run_success_sensor]
     for tenant in config.tenants.values():
         assets.extend(build_tenant_assets(tenant))
+        assets.extend(build_topic_assets(tenant))
         jobs.append(tenant_job(tenant))
         sensors.append(build_refresh_sensor(tenant, config.features))
         retention_job, retention_schedule = build_retention(tenant)

@@ -43,7 +43,12 @@ def build_retention(tenant: TenantConfig) -> tuple[dg.JobDefinition, dg.Schedule
     ):
         apply_logging(app_config.load().logging)
         guarded = guard.enter(context, t, "retention", app_config, tenant_store)
-        deleted = purge(guarded.store, guarded.tenant.retention_days, guard.utc_now(), context.run_id)
+        now = guard.utc_now()
+        deleted = purge(guarded.store, guarded.tenant.retention_days, now, context.run_id)
+        attribution = getattr(guarded.tenant.plugin_settings, "topic_attribution", None)
+        if attribution is not None:  # its own window (docs/confluent-cloud.md §9 "Storage")
+            cutoff = now.date() - timedelta(days=attribution.retention_days)
+            deleted.update(guarded.store.topic_attribution.purge(cutoff))
         context.add_output_metadata({"rows_deleted": sum(deleted.values()), **deleted})
         return sum(deleted.values())
 

@@ -27,11 +27,11 @@ class TopicAttributionRepository(Repository):
     """Tables `topic_attribution_dimensions` and `topic_attribution_facts`."""
 
     def replace(
-        self, d: date, rows: Iterable[TopicRow], clusters: Iterable[str], lines: list[BillingLine]
+        self, d: date, rows: Iterable[TopicRow], keep_clusters: Iterable[str], lines: list[BillingLine]
     ) -> int:
-        """In one transaction: the rows of `clusters` on `d` become `rows` (identical keys summed), and the
-        topic_attribution_attempts of `lines` go back to 0. Other clusters' rows stay. Returns facts
-        written."""
+        """In one transaction: the date's rows become `rows` (identical keys summed) except those of
+        `keep_clusters` (pending, docs/confluent-cloud.md §9 "Failures"), which stay; the
+        topic_attribution_attempts of `lines` go back to 0. Returns the facts written."""
         dim, facts = t.topic_attribution_dimensions, t.topic_attribution_facts
         units: dict[tuple[str, ...], int] = defaultdict(int)
         for row in rows:
@@ -44,15 +44,13 @@ class TopicAttributionRepository(Repository):
                 row.attribution_method,
             )
             units[key] += row.amount_units
-        clusters = sorted(set(clusters))
+        keep = sorted(set(keep_clusters))
         with self.db.write() as conn:
-            if clusters:
-                old = select(dim.c.dimension_id).where(
-                    self._mine(dim), dim.c.cluster_resource_id.in_(clusters)
-                )
-                conn.execute(
-                    delete(facts).where(self._mine(facts), facts.c.date == d, facts.c.dimension_id.in_(old))
-                )
+            stale = delete(facts).where(self._mine(facts), facts.c.date == d)
+            if keep:
+                kept = select(dim.c.dimension_id).where(self._mine(dim), dim.c.cluster_resource_id.in_(keep))
+                stale = stale.where(facts.c.dimension_id.not_in(kept))
+            conn.execute(stale)
             if units:
                 conn.execute(
                     self.db.insert(dim).on_conflict_do_nothing(),

@@ -81,6 +81,13 @@ class TopicEmitterParams(EmitterParams):
 class TopicEmitterConfig(EmitterConfig):
     params: TopicEmitterParams
 
+    @field_validator("type")
+    @classmethod
+    def _csv_only(cls, kind: str) -> str:
+        if kind != "csv":
+            raise problem(f"topic attribution emitters must be of type 'csv', got '{kind}'")
+        return kind
+
 
 class TopicAttributionConfig(ConfigModel):
     """Topic attribution of a Confluent Cloud tenant (docs/confluent-cloud.md §9)."""
