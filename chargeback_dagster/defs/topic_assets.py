@@ -30,7 +30,7 @@ def build_topic_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
         partitions_def=tenant_partitions(tenant),
         backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"python"},
-        description=f"Kafka cluster costs of tenant {t} split across topics; CSV via topic_attribution.emitters",
+        description=f"Kafka cluster costs of tenant {t} split across topics (CSV: topic emitters)",
         deps=[dg.AssetKey([t, "billing"]), dg.AssetKey([t, "inventory"]), dg.AssetKey([t, "usage_metrics"])],
         io_manager_key=OUTPUTS_IO_MANAGER,
         check_specs=[
