@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from chargeback_dagster.domain import BillingLine, MetricRow
@@ -226,3 +226,56 @@ def test_rows_of_each_line_sum_to_the_rounded_line_total():
     result = attribute(lines)
     for pt in ("KAFKA_NETWORK_WRITE", "KAFKA_NUM_CKUS", "KAFKA_STORAGE"):
         assert sum(r.amount_units for r in result.rows if r.product_type == pt) == 1234568
+
+
+def test_store_replaces_a_date_keeps_pending_clusters_and_purges(store_url):
+    import sqlalchemy as sa
+
+    from chargeback_dagster.store import TenantStore
+
+    store = TenantStore.open(store_url, tenant_name="t", ecosystem="confluent_cloud", tenant_id="org-1")
+    write, other = line("KAFKA_NETWORK_WRITE", "1.0000"), line("KAFKA_BASE", "2.0000", resource_id="lkc-2")
+    store.billing.replace([write, other], [D], datetime(2026, 3, 2, tzinfo=UTC))
+    repo = store.topic_attribution
+    head = ("env-1", LKC)
+    first = [
+        TopicRow(*head, "a", "KAFKA", "KAFKA_NETWORK_WRITE", "bytes_ratio", 6000),
+        TopicRow(*head, "a", "KAFKA", "KAFKA_NETWORK_WRITE", "bytes_ratio", 1000),  # same key: summed
+        TopicRow(*head, "b", "KAFKA", "KAFKA_NETWORK_WRITE", "bytes_ratio", 3000),
+        TopicRow(*head, "z", "KAFKA", "KAFKA_NETWORK_WRITE", "bytes_ratio", 0),
+        TopicRow("env-1", "lkc-2", "x", "KAFKA", "KAFKA_BASE", "even_split", 20000),
+    ]
+    assert repo.replace(D, first, [], []) == 4
+    assert repo.rows(D, date(2026, 3, 2)) == [
+        (D, "env-1", LKC, "a", "KAFKA", "KAFKA_NETWORK_WRITE", "bytes_ratio", 7000),
+        (D, "env-1", LKC, "b", "KAFKA", "KAFKA_NETWORK_WRITE", "bytes_ratio", 3000),
+        (D, "env-1", LKC, "z", "KAFKA", "KAFKA_NETWORK_WRITE", "bytes_ratio", 0),
+        (D, "env-1", "lkc-2", "x", "KAFKA", "KAFKA_BASE", "even_split", 20000),
+    ]
+    assert [repo.increment_attempts(write), repo.increment_attempts(write)] == [1, 2]
+
+    # recalculation: lkc-1 replaced (its attempts reset), pending lkc-2 keeps its rows
+    again = [TopicRow(*head, "c", "KAFKA", "KAFKA_NETWORK_WRITE", "even_split", 10000)]
+    assert repo.replace(D, again, ["lkc-2"], [write]) == 1
+    assert repo.totals(D) == {
+        ("env-1", LKC, "KAFKA", "KAFKA_NETWORK_WRITE"): 10000,
+        ("env-1", "lkc-2", "KAFKA", "KAFKA_BASE"): 20000,
+    }
+    assert repo.increment_attempts(write) == 1
+    with store.engine.connect() as conn:
+        view = conn.execute(
+            sa.text(
+                "SELECT cluster_resource_id, topic_name, attribution_method, amount_units, amount "
+                "FROM v_topic_attribution ORDER BY cluster_resource_id"
+            )
+        ).all()
+    assert [tuple(r[:4]) + (Decimal(str(r[4])),) for r in view] == [
+        (LKC, "c", "even_split", 10000, Decimal("1")),
+        ("lkc-2", "x", "even_split", 20000, Decimal("2")),
+    ]
+
+    # retention: facts before the cutoff and the dimensions nothing uses any more
+    assert repo.purge(D) == {"topic_attribution_facts": 0, "topic_attribution_dimensions": 3}
+    assert repo.purge(date(2026, 3, 2)) == {"topic_attribution_facts": 2, "topic_attribution_dimensions": 2}
+    assert repo.rows(D, date(2026, 3, 2)) == []
+    store.dispose()
