@@ -122,7 +122,7 @@ class PrometheusOutput(Output):
         written: dict[str, int] = {}
         if emitter.aggregation == "monthly":
             for start in sorted({first_of_month(d) for d in self.result.dates}):
-                dates = self.store.calculated_dates(start, first_of_next_month(start))
+                dates = self.store.state.calculated_dates(start, first_of_next_month(start))
                 path = self.path_for(emitter, start)
                 written[str(path)] = write_openmetrics(path, self.samples(dates))
         else:
@@ -146,7 +146,7 @@ class PrometheusOutput(Output):
 
     def inventory(self) -> _Inventory:
         if self._inventory is None:
-            identities = self.store.identities()
+            identities = self.store.inventory.identities()
             teams = {i.identity_id: str(i.metadata.get("team") or "") for i in identities}
             self._inventory = _Inventory(
                 teams=teams,
@@ -164,7 +164,7 @@ class PrometheusOutput(Output):
                         r.deleted_at,
                         (*self.tenant_labels, r.resource_id, r.resource_type, r.parent_id or ""),
                     )
-                    for r in self.store.resources()
+                    for r in self.store.inventory.resources()
                 ],
             )
         return self._inventory
@@ -184,7 +184,7 @@ class PrometheusOutput(Output):
             resource, category, product_type, identity, cost_type, method, detail = fields
             labels = (*tenant, resource, category, product_type, identity, inv.teams.get(identity, ""))
             yield ("chargeback_amount", (*labels, cost_type, method, detail), ts, format_units(units))
-        for line in self.store.billing_lines(d):
+        for line in self.store.billing.lines(d):
             labels = (*tenant, line.env_id, line.resource_id, line.product_category, line.product_type)
             # rounded to 0.0001 as the total the date's chargeback adds up to (decision D1)
             units = round4_units(line.total_cost)
