@@ -279,3 +279,38 @@ def test_store_replaces_a_date_keeps_pending_clusters_and_purges(store_url):
     assert repo.purge(date(2026, 3, 2)) == {"topic_attribution_facts": 2, "topic_attribution_dimensions": 2}
     assert repo.rows(D, date(2026, 3, 2)) == []
     store.dispose()
+
+
+def test_discovery_finds_topics_per_cluster_skips_exclusions_and_failing_clusters(caplog):
+    from chargeback_dagster.ecosystems.confluent_cloud.topics import discover_topics
+
+    now = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    asked: list[tuple[str, datetime, datetime]] = []
+    series = {
+        "lkc-1": [
+            {"kafka_id": "lkc-1", "topic": "orders"},
+            {"kafka_id": "lkc-1", "topic": "__consumer_offsets"},
+        ],
+        "lkc-3": [{"kafka_id": "lkc-3", "topic": "clicks"}],
+    }
+
+    def query_range(promql: str, start: datetime, end: datetime) -> list[dict[str, str]]:
+        asked.append((promql, start, end))
+        cluster = promql.split('kafka_id="')[1].split('"')[0]
+        if cluster == "lkc-2":
+            raise RuntimeError("HTTP 503")
+        return series[cluster]
+
+    with caplog.at_level(logging.WARNING):
+        found = discover_topics(TopicAttributionConfig(), ["lkc-3", "lkc-2", "lkc-1"], query_range, now, log)
+    assert [(r.resource_id, r.resource_type, r.display_name, r.parent_id) for r in found] == [
+        ("lkc-1:topic:orders", "topic", "orders", "lkc-1"),
+        ("lkc-3:topic:clicks", "topic", "clicks", "lkc-3"),
+    ]
+    assert "Topic discovery for lkc-2 failed: HTTP 503" in caplog.text
+    assert asked[0] == (
+        'sum by (kafka_id, topic) (confluent_kafka_server_received_bytes{kafka_id="lkc-1"})',
+        datetime(2026, 3, 2, 11, tzinfo=UTC),
+        now,
+    )
+    assert len(asked) == 3 + 1 + 3  # three metrics per cluster; lkc-2 stops at its first failure
