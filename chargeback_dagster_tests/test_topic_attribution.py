@@ -314,3 +314,52 @@ def test_discovery_finds_topics_per_cluster_skips_exclusions_and_failing_cluster
         now,
     )
     assert len(asked) == 3 + 1 + 3  # three metrics per cluster; lkc-2 stops at its first failure
+
+
+def test_topic_csv_daily_and_monthly_files(tmp_path):
+    import yaml
+
+    from chargeback_dagster.config import load_config
+    from chargeback_dagster.outputs.registry import write_outputs
+    from chargeback_dagster.outputs.topic_csv import TopicAttributionResult
+
+    emitters = [
+        {"type": "csv", "params": {"output_dir": "daily"}},
+        {"type": "csv", "name": "monthly", "aggregation": "monthly", "params": {"output_dir": "monthly"}},
+    ]
+    settings = {
+        "ccloud_api": {"key": "k", "secret": "s"},
+        "metrics": {"url": "http://prometheus:9090"},
+        "topic_attribution": {"enabled": True, "emitters": emitters},
+    }
+    tenant = {"ecosystem": "confluent_cloud", "tenant_id": "org-1", "plugin_settings": settings}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"tenants": {"t": tenant}}))
+    config = load_config(tmp_path / "c.yaml").tenants["t"]
+    d2 = date(2026, 3, 2)
+    stored = [
+        (D, "env-1", LKC, "=cmd", "KAFKA", "KAFKA_BASE", "even_split", 5000),
+        (D, "env-1", LKC, "orders", "KAFKA", "KAFKA_BASE", "even_split", -3),
+        (d2, "env-1", LKC, "orders", "KAFKA", "KAFKA_BASE", "even_split", 10000),
+    ]
+
+    def read(start: date, end: date) -> list:
+        return [r for r in stored if start <= r[0] < end]
+
+    written = write_outputs(TopicAttributionResult(config, (D, d2), read))
+    assert sorted(written["topic_csv"].items()) == [
+        (str(tmp_path / "daily" / "topic_attr_org-1_2026-03-01.csv"), 2),
+        (str(tmp_path / "daily" / "topic_attr_org-1_2026-03-02.csv"), 1),
+        (str(tmp_path / "monthly" / "topic_attr_org-1_2026-03-01.csv"), 2),
+    ]
+    header = (
+        "ecosystem,tenant_id,timestamp,env_id,cluster_resource_id,topic_name,product_category,product_type,"
+        "attribution_method,amount\n"
+    )
+    assert (tmp_path / "daily" / "topic_attr_org-1_2026-03-01.csv").read_text() == header + (
+        "confluent_cloud,org-1,2026-03-01T00:00:00+00:00,env-1,lkc-1,'=cmd,KAFKA,KAFKA_BASE,even_split,0.5000\n"
+        "confluent_cloud,org-1,2026-03-01T00:00:00+00:00,env-1,lkc-1,orders,KAFKA,KAFKA_BASE,even_split,-0.0003\n"
+    )
+    assert (tmp_path / "monthly" / "topic_attr_org-1_2026-03-01.csv").read_text() == header + (
+        "confluent_cloud,org-1,2026-03-01T00:00:00+00:00,env-1,lkc-1,'=cmd,KAFKA,KAFKA_BASE,even_split,0.5000\n"
+        "confluent_cloud,org-1,2026-03-01T00:00:00+00:00,env-1,lkc-1,orders,KAFKA,KAFKA_BASE,even_split,0.9997\n"
+    )
