@@ -876,6 +876,16 @@ def test_topic_attribution_enabled_loads_without_warning(
     assert "topic_attribution" not in caplog.text
 
 
+def test_topic_attribution_emitters_are_csv_only(tmp_path: Path) -> None:
+    ta = {"emitters": [{"type": "prometheus", "params": {"output_dir": "x"}}]}
+    assert tenant_problems(
+        tmp_path, tenant(ps={"metrics": {"url": "http://p"}, "topic_attribution": ta})
+    ) == [
+        f"{CC}plugin_settings.topic_attribution.emitters[0].type: topic attribution emitters must be of type "
+        "'csv', got 'prometheus'"
+    ]
+
+
 def test_topic_attribution_invalid(tmp_path: Path) -> None:
     ta = {
         "missing_metrics_behavior": "drop",
