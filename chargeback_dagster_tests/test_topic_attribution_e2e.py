@@ -10,6 +10,7 @@ from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -85,6 +86,15 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def query_range_count(prometheus_url: str) -> int:
+    """Prometheus' own counter of /api/v1/query_range requests."""
+    total = 0
+    for line in httpx.get(f"{prometheus_url}/metrics").text.splitlines():
+        if line.startswith("prometheus_http_requests_total{") and 'handler="/api/v1/query_range"' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
 def check(result, name):
     return {e.check_name: e for e in result.get_asset_check_evaluations()}[name]
 
@@ -95,8 +105,10 @@ def test_topic_csv_sums_to_the_billing_lines_and_the_view_agrees(tmp_path, org, 
     on.mkdir()
     off.mkdir()
     defs = build_definitions(load_config(write_config(on, sim.url, prometheus.url, attribution=True)))
+    before = query_range_count(prometheus.url)
     result = materialize_range(defs, TENANT, DATES[0], DATES[-1])
     assert result.success
+    requests_on = query_range_count(prometheus.url) - before
     assert check(result, "topic_attribution_reconciles").passed
     assert check(result, "topic_attribution_complete").passed
 
@@ -153,7 +165,16 @@ def test_topic_csv_sums_to_the_billing_lines_and_the_view_agrees(tmp_path, org, 
     # attribution off: no topic asset, no topic files, and the chargeback CSVs are byte-identical
     defs_off = build_definitions(load_config(write_config(off, sim.url, prometheus.url, attribution=False)))
     assert not any(k.path[-1] == "topic_attribution" for k in defs_off.resolve_all_asset_keys())
+    before = query_range_count(prometheus.url)
     assert materialize_range(defs_off, TENANT, DATES[0], DATES[-1]).success
+    requests_off = query_range_count(prometheus.url) - before
+    # per-topic metrics: one query per metric for all clusters and both days, plus discovery's three
+    # queries per cluster listed by the API now (never one per cluster and day)
+    listed = [
+        r for r in store.inventory.resources() if r.resource_type == "kafka_cluster" and r.status == "active"
+    ]
+    assert len(listed) == 2
+    assert requests_on == requests_off + 3 + 3 * len(listed)
     assert not (off / "topics").exists()
     for d in DATES:
         assert (on / "out" / f"acme_{d}.csv").read_bytes() == (off / "out" / f"acme_{d}.csv").read_bytes()
