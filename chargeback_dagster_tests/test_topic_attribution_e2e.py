@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import sqlite3
 from collections import defaultdict
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from chargeback_dagster.config import load_config
+from chargeback_dagster.defs import maintenance
 from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.ccloud_simulator import (
     DEFAULT_KEY,
@@ -161,6 +162,11 @@ def test_topic_csv_sums_to_the_billing_lines_and_the_view_agrees(tmp_path, org, 
                 exact = Fraction(billed[key]) * weights[topic] / sum(weights.values())
                 assert abs(units - exact) < 1
     assert checked >= 4
+
+    # retention: topic rows have their own window (90 days) beside the tenant's (250 days)
+    deleted = maintenance.purge(store, 250, datetime(2026, 4, 2, 12, tzinfo=UTC), topic_retention_days=90)
+    assert deleted["billing"] == 0 and deleted["topic_attribution_facts"] > 0
+    assert {r[0] for r in store.topic_attribution.rows(DATES[0], DATES[-1] + timedelta(days=1))} == {DATES[1]}
 
     # attribution off: no topic asset, no topic files, and the chargeback CSVs are byte-identical
     defs_off = build_definitions(load_config(write_config(off, sim.url, prometheus.url, attribution=False)))
