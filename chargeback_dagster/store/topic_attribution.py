@@ -78,7 +78,9 @@ class TopicAttributionRepository(Repository):
                 b = t.billing
                 for line in lines:
                     conn.execute(
-                        update(b).where(*self._line_where(line)).values(topic_attribution_attempts=0)
+                        update(b)
+                        .where(*self._line_where(line), b.c.topic_attribution_attempts != 0)
+                        .values(topic_attribution_attempts=0)
                     )
         return len(units)
 
