@@ -11,6 +11,7 @@ from chargeback_dagster.defs.io_managers import ChargebackOutputsIOManager
 from chargeback_dagster.defs.maintenance import build_resume_tenant_job, build_retention
 from chargeback_dagster.defs.resources import PrometheusResource, TenantStoreResource
 from chargeback_dagster.defs.sensors import build_refresh_sensor, build_run_status_sensors
+from chargeback_dagster.defs.topic_assets import build_topic_assets
 from chargeback_dagster.logging_setup import apply_logging
 
 
@@ -22,6 +23,7 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
     sensors = build_run_status_sensors(config)
     for tenant in config.tenants.values():
         assets.extend(build_tenant_assets(tenant))
+        assets.extend(build_topic_assets(tenant))
         jobs.append(tenant_job(tenant))
         sensors.append(build_refresh_sensor(tenant, config.features))
         retention_job, retention_schedule = build_retention(tenant)

@@ -19,12 +19,20 @@ RETENTION_CRON = "30 2 * * *"
 
 
 def purge(
-    store: TenantStore, retention_days: int, now: datetime, run_id: str | None = None
+    store: TenantStore,
+    retention_days: int,
+    now: datetime,
+    run_id: str | None = None,
+    topic_retention_days: int | None = None,
 ) -> dict[str, int]:
-    """Delete what is older than `retention_days` (docs/operations.md §9); logs the total at INFO when > 0."""
+    """Delete what is older than `retention_days` (docs/operations.md §9), and topic attribution rows older
+    than `topic_retention_days` (their own window, docs/confluent-cloud.md §9); logs the total at INFO when
+    > 0."""
     cutoff_date = now.date() - timedelta(days=retention_days)
     exact_cutoff = now - timedelta(days=retention_days)
     deleted = store.retention.purge(cutoff_date, exact_cutoff)
+    if topic_retention_days is not None:
+        deleted.update(store.topic_attribution.purge(now.date() - timedelta(days=topic_retention_days)))
     total = sum(deleted.values())
     if total:
         details = ", ".join(f"{table} {n}" for table, n in sorted(deleted.items()) if n)
@@ -43,7 +51,14 @@ def build_retention(tenant: TenantConfig) -> tuple[dg.JobDefinition, dg.Schedule
     def purge_op(context: dg.OpExecutionContext, tenant_store: TenantStoreResource):
         store = tenant_store.open(tenant)
         guard.enter(context, tenant, store, "retention")
-        deleted = purge(store, tenant.retention_days, now_utc(), context.run_id)
+        attribution = getattr(tenant.plugin_settings, "topic_attribution", None)
+        deleted = purge(
+            store,
+            tenant.retention_days,
+            now_utc(),
+            context.run_id,
+            topic_retention_days=attribution.retention_days if attribution is not None else None,
+        )
         context.add_output_metadata({"rows_deleted": sum(deleted.values()), **deleted})
         return sum(deleted.values())
 

@@ -82,6 +82,10 @@ def demo_config(prometheus_url: str, ccloud_url: str | None = None) -> dict:
                 "flink": [{"region_id": "us-east-1", "key": DEFAULT_KEY, "secret": DEFAULT_SECRET}],
                 "metrics": {"url": prometheus_url},
                 "emitters": [{"type": "csv", "params": {"output_dir": "output/confluent_org"}}],
+                "topic_attribution": {
+                    "enabled": True,
+                    "emitters": [{"type": "csv", "params": {"output_dir": "output/confluent_org_topics"}}],
+                },
             },
         }
     return {
@@ -173,7 +177,23 @@ def run_demo(workdir: str, days: int = 7) -> int:
         print(f"Confluent Cloud API requests served by the simulator: {len(sim.request_log)}")
     for tenant in ("confluent_org", "search_cluster"):
         print_summary(root / "output" / tenant, title=tenant)
+    print_topic_summary(root / "output" / "confluent_org_topics")
     return 0
+
+
+def print_topic_summary(output_dir: Path) -> None:
+    """Cost per (cluster, topic) of the topic attribution CSVs, largest first."""
+    totals: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    files = sorted(output_dir.glob("*.csv"))
+    for path in files:
+        with path.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                totals[(row["cluster_resource_id"], row["topic_name"])] += Decimal(row["amount"])
+    print(f"\nconfluent_org topics: wrote {len(files)} CSV files to {output_dir}")
+    print(f"{'cluster':<16}{'topic':<24}{'amount (USD)':>16}")
+    for (cluster, topic), amount in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"{cluster:<16}{topic:<24}{amount:>16}")
+    print(f"{'TOTAL':<40}{sum(totals.values(), Decimal(0)):>16}")
 
 
 def print_summary(output_dir: Path, title: str | None = None) -> None:
