@@ -117,7 +117,7 @@ def test_upgrade_from_0001_keeps_facts_and_drops_their_index(store_url):
         conn.commit()
     assert s.current_revision() == "0001"
     s.migrate()
-    assert s.current_revision() == s.head_revision() == "0005"
+    assert s.current_revision() == s.head_revision() == "0006"
     assert s.chargeback_rows(D1) == [(*key("sa-1"), 1234)]
     inspector = sa.inspect(s.engine)
     assert inspector.get_indexes("chargeback_facts") == []

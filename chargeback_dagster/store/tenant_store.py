@@ -695,6 +695,7 @@ class TenantStore:
                 "deleted_at": r.deleted_at,
                 "last_seen_at": seen_at,
                 "metadata_json": r.metadata or {},
+                "team": r.team,
             }
             for r in {r.resource_id: r for r in resources}.values()
         ]
@@ -715,6 +716,7 @@ class TenantStore:
                 "deleted_at": ex.deleted_at,
                 "last_seen_at": ex.last_seen_at,
                 "metadata_json": ex.metadata_json,
+                "team": ex.team,
             },
         )
         with self._write() as conn:
@@ -733,6 +735,7 @@ class TenantStore:
                 "deleted_at": i.deleted_at,
                 "last_seen_at": seen_at,
                 "metadata_json": i.metadata or {},
+                "team": i.team,
             }
             for i in {i.identity_id: i for i in identities}.values()
         ]
@@ -748,6 +751,7 @@ class TenantStore:
                 "deleted_at": ex.deleted_at,
                 "last_seen_at": ex.last_seen_at,
                 "metadata_json": ex.metadata_json,
+                "team": ex.team,
             },
         )
         with self._write() as conn:
@@ -805,6 +809,7 @@ class TenantStore:
                 created_at=r.created_at,
                 deleted_at=r.deleted_at,
                 metadata=r.metadata_json or {},
+                team=r.team,
             )
             for r in rows
         ]
@@ -824,6 +829,7 @@ class TenantStore:
                 created_at=r.created_at,
                 deleted_at=r.deleted_at,
                 metadata=r.metadata_json or {},
+                team=r.team,
             )
             for r in rows
         ]
