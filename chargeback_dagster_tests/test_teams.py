@@ -24,7 +24,6 @@ from chargeback_dagster.ecosystems.registry import ecosystem_for
 from chargeback_dagster.outputs.base import ChargebackResult
 from chargeback_dagster.outputs.prometheus import PrometheusOutput
 from chargeback_dagster.store import TenantStore
-from chargeback_dagster.teams import with_teams
 from chargeback_dagster_tests.test_confluent_inventory import ctx_for, make_tenant, serve
 from chargeback_dagster_tests.test_generic_e2e import tenant_yaml, worked_example_metrics
 
@@ -144,6 +143,8 @@ def test_resource_or_environment_team_beats_the_identity_in_view_and_emitter(tmp
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     tenant = load_config(tmp_path / "c.yaml").tenants["cc"]
+    from chargeback_dagster.teams import with_teams  # here: the module is new, the other tests run without
+
     identities, resources = with_teams(
         [Identity("sa-1", "service_account"), Identity("sa-2", "service_account")],
         [
