@@ -257,3 +257,44 @@ def test_teams_config_errors_are_one_line_naming_tenant_and_field(tmp_path, team
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "c.yaml")
     assert info.value.problems == [f"tenant 'cc' (confluent_cloud): {problem}"]
+
+
+def test_migration_0006_keeps_the_teams_of_a_0005_database_and_downgrades(store_url):
+    """An identity written at revision 0005 with `metadata.team` keeps that team in the new column (and in
+    v_chargeback); a downgrade to 0005 drops the columns and the views show the metadata team again."""
+    from alembic import command
+
+    store = TenantStore(store_url, tenant_name="t1", ecosystem="confluent_cloud", tenant_id="acme")
+
+    def to(revision: str, step) -> None:
+        with store.engine.connect() as conn:
+            cfg = store._alembic_config()
+            cfg.attributes["connection"] = conn
+            step(cfg, revision)
+            conn.commit()
+
+    def view_teams() -> list[tuple]:
+        with store.engine.connect() as conn:
+            return conn.execute(sa.text("SELECT identity_id, team, amount_units FROM v_chargeback")).all()
+
+    to("0005", command.upgrade)
+    with store.engine.connect() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO identities (ecosystem, tenant_id, identity_id, identity_type, metadata_json) "
+                """VALUES ('confluent_cloud', 'acme', 'sa-1', 'service_account', '{"team": "payments"}')"""
+            )
+        )
+        conn.commit()
+    block = ("env-1", "lkc-1", "KAFKA", "KAFKA_BASE", "shared", "even_split", "even_split_allocation", "")
+    store.migrate()
+    assert store.current_revision() == "0006"
+    assert [(i.identity_id, i.team) for i in store.identities()] == [("sa-1", "payments")]
+    store.write_chargeback(
+        D, {block: {"sa-1": 12_345}}, calculation_id="c", run_id=None, succeeded_lines=[], calculated_at=NOW
+    )
+    assert view_teams() == [("sa-1", "payments", 12_345)]
+    to("0005", command.downgrade)
+    assert "team" not in {c["name"] for c in sa.inspect(store.engine).get_columns("identities")}
+    assert view_teams() == [("sa-1", "payments", 12_345)]
+    store.dispose()
