@@ -1384,7 +1384,8 @@ class TenantStore:
         return totals
 
     def chargeback_rows(self, d: date) -> list[tuple]:
-        """The stored facts of `d` as (dimension key tuple..., amount_units), sorted (for tests and tools)."""
+        """The stored facts of `d` as (dimension key tuple..., amount_units), sorted (the Prometheus emitter
+        charges each to its env_id's team, chargeback_dagster/teams.py; tests, tools)."""
         facts, dim = t.chargeback_facts, t.chargeback_dimensions
         with self._read() as conn:
             rows = conn.execute(
