@@ -16,7 +16,7 @@ from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.outputs import registry
 from chargeback_dagster.outputs.base import Output
-from chargeback_dagster.store import TenantStore
+from chargeback_dagster.store.chargeback import ChargebackRepository
 from chargeback_dagster_tests.test_operations import (
     closed_port_url,
     step_failures,
@@ -123,14 +123,14 @@ def test_a_timeout_writes_the_committed_dates_through_every_output(tmp_path, ins
     # time jumps past the deadline right after the first date is committed
     offset = [0.0]
     monkeypatch.setattr(guard, "clock", lambda: time.time() + offset[0])
-    original = TenantStore.write_chargeback
+    original = ChargebackRepository.write
 
     def write_then_jump(self, *args, **kwargs):
         written = original(self, *args, **kwargs)
         offset[0] = 31.0
         return written
 
-    monkeypatch.setattr(TenantStore, "write_chargeback", write_then_jump)
+    monkeypatch.setattr(ChargebackRepository, "write", write_then_jump)
     result = materialize_range(defs, "shop", date(2026, 2, 1), date(2026, 2, 3), instance=instance)
     assert not result.success
     assert "Execution timed out after 30s" in step_failures(result)["shop__chargeback"]

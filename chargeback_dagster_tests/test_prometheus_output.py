@@ -123,7 +123,9 @@ def push(config_path: Path, url: str, dates: list[date], **params: object) -> No
             },
             context={"config_dir": config_path.parent},
         )
-        PrometheusOutput(ChargebackResult(tenant, tuple(dates), store.csv_groups, store)).write(emitter)
+        PrometheusOutput(ChargebackResult(tenant, tuple(dates), store.chargeback.csv_groups, store)).write(
+            emitter
+        )
     finally:
         store.dispose()
 

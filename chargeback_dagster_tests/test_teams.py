@@ -24,6 +24,8 @@ from chargeback_dagster.ecosystems.registry import ecosystem_for
 from chargeback_dagster.outputs.base import ChargebackResult
 from chargeback_dagster.outputs.prometheus import PrometheusOutput
 from chargeback_dagster.store import TenantStore
+from chargeback_dagster.store.database import alembic_config
+from chargeback_dagster_tests.store_helpers import current_revision
 from chargeback_dagster_tests.test_confluent_inventory import ctx_for, make_tenant, serve
 from chargeback_dagster_tests.test_generic_e2e import tenant_yaml, worked_example_metrics
 
@@ -66,7 +68,7 @@ def test_config_mapping_exact_then_patterns_on_id_or_display_name_then_ecosystem
     tenant = generic_tenant(tmp_path, teams, source)
     store = open_store(tenant)
     pipeline.gather_inventory(store, ecosystem_for(tenant), [], ctx_for(tenant, NOW), -1)
-    got = {i.identity_id: (i.display_name, i.team) for i in store.identities()}
+    got = {i.identity_id: (i.display_name, i.team) for i in store.inventory.identities()}
     store.dispose()
     assert got == {
         "svc-pay-1": ("svc-pay-1", "payments"),  # exact beats the static team and the svc-* pattern
@@ -97,8 +99,8 @@ def test_confluent_descriptions_and_resource_mapping_through_the_simulator(tmp_p
         tenant = load_config(tmp_path / "c.yaml").tenants["cc"]
         store = open_store(tenant)
         pipeline.gather_inventory(store, ecosystem_for(tenant), [], ctx_for(tenant, NOW), -1)
-    identities = {i.identity_id: i for i in store.identities()}
-    resources = store.resources()
+    identities = {i.identity_id: i for i in store.inventory.identities()}
+    resources = store.inventory.resources()
     store.dispose()
     sa_teams = [identities[sa["id"]].team for sa in org.service_accounts]
     assert sa_teams == ["payments", "search", "payments", "billing"]  # sa 3: the exact mapping wins
@@ -157,8 +159,8 @@ def test_resource_or_environment_team_beats_the_identity_in_view_and_emitter(tmp
         tenant.teams,
     )
     store = open_store(tenant)
-    store.upsert_resources(resources, NOW)
-    store.upsert_identities(identities, NOW)
+    store.inventory.upsert_resources(resources, NOW)
+    store.inventory.upsert_identities(identities, NOW)
 
     def block(env: str, resource: str) -> tuple[str, ...]:
         return (env, resource, "KAFKA", "KAFKA_NUM_CKU", "usage", "usage_ratio", "usage_ratio_allocation", "")
@@ -168,14 +170,15 @@ def test_resource_or_environment_team_beats_the_identity_in_view_and_emitter(tmp
         block("env-2", "lkc-s1"): {"sa-1": 200_000},
         block("env-2", "lkc-x"): {"sa-1": 30_000, "sa-2": 40_000, UNALLOCATED: 5_000},
     }
-    store.write_chargeback(D, blocks, calculation_id="c1", run_id=None, succeeded_lines=[], calculated_at=NOW)
+    store.chargeback.write(D, blocks, calculation_id="c1", run_id=None, succeeded_lines=[], calculated_at=NOW)
     expected = {"platform": 1_000_000, "search": 200_000, "payments": 30_000, "data": 40_000, None: 5_000}
 
     with store.engine.connect() as conn:
         view = conn.execute(sa.text("SELECT team, SUM(amount_units) FROM v_chargeback GROUP BY team")).all()
     assert {team: int(units) for team, units in view} == expected
 
-    samples = PrometheusOutput(ChargebackResult(tenant, (D,), store.csv_groups, store)).samples([D])
+    result = ChargebackResult(tenant, (D,), store.chargeback.csv_groups, store)
+    samples = PrometheusOutput(result).samples([D])
     store.dispose()
     by_team: Counter[str | None] = Counter()
     for family, labels, _, value in samples:
@@ -268,7 +271,7 @@ def test_migration_0006_keeps_the_teams_of_a_0005_database_and_downgrades(store_
 
     def to(revision: str, step) -> None:
         with store.engine.connect() as conn:
-            cfg = store._alembic_config()
+            cfg = alembic_config()
             cfg.attributes["connection"] = conn
             step(cfg, revision)
             conn.commit()
@@ -288,9 +291,9 @@ def test_migration_0006_keeps_the_teams_of_a_0005_database_and_downgrades(store_
         conn.commit()
     block = ("env-1", "lkc-1", "KAFKA", "KAFKA_BASE", "shared", "even_split", "even_split_allocation", "")
     store.migrate()
-    assert store.current_revision() == "0006"
-    assert [(i.identity_id, i.team) for i in store.identities()] == [("sa-1", "payments")]
-    store.write_chargeback(
+    assert current_revision(store) == "0006"
+    assert [(i.identity_id, i.team) for i in store.inventory.identities()] == [("sa-1", "payments")]
+    store.chargeback.write(
         D, {block: {"sa-1": 12_345}}, calculation_id="c", run_id=None, succeeded_lines=[], calculated_at=NOW
     )
     assert view_teams() == [("sa-1", "payments", 12_345)]

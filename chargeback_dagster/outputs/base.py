@@ -28,7 +28,7 @@ class ChargebackResult:
 
     tenant: TenantConfig  # the run's config snapshot
     dates: tuple[date, ...]
-    # The groups of the dates start ≤ d < end, ordered by timestamp then fields (TenantStore.csv_groups).
+    # The groups of the dates start ≤ d < end, ordered by timestamp then fields (store.chargeback.csv_groups).
     read_groups: Callable[[date, date], list[Group]]
     # The tenant store, for outputs that show more than the chargeback rows (billing lines, inventory).
     store: TenantStore | None = None

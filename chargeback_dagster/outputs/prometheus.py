@@ -125,7 +125,7 @@ class PrometheusOutput(Output):
         written: dict[str, int] = {}
         if emitter.aggregation == "monthly":
             for start in sorted({first_of_month(d) for d in self.result.dates}):
-                dates = self.store.calculated_dates(start, first_of_next_month(start))
+                dates = self.store.state.calculated_dates(start, first_of_next_month(start))
                 path = self.path_for(emitter, start)
                 written[str(path)] = write_openmetrics(path, self.samples(dates))
         else:
@@ -149,7 +149,7 @@ class PrometheusOutput(Output):
 
     def inventory(self) -> _Inventory:
         if self._inventory is None:
-            identities, resources = self.store.identities(), self.store.resources()
+            identities, resources = self.store.inventory.identities(), self.store.inventory.resources()
             self._inventory = _Inventory(
                 identity_teams={i.identity_id: i.team for i in identities},
                 resource_teams={r.resource_id: r.team for r in resources},
@@ -186,14 +186,14 @@ class PrometheusOutput(Output):
         # The CSV rows (summed over env_id and composition_part), each with the team of its resource, its
         # environment or its identity: rows of one CSV row on differently mapped environments stay apart.
         amounts: dict[tuple[str, ...], int] = {}
-        for row in self.store.chargeback_rows(d):
+        for row in self.store.chargeback.rows(d):
             env, resource, category, product_type, identity, cost_type, method, detail, _part, units = row
             team = row_team(resource, env, identity, inv.resource_teams, inv.identity_teams) or ""
             labels = (*tenant, resource, category, product_type, identity, team, cost_type, method, detail)
             amounts[labels] = amounts.get(labels, 0) + units
         for labels, units in amounts.items():
             yield ("chargeback_amount", labels, ts, format_units(units))
-        for line in self.store.billing_lines(d):
+        for line in self.store.billing.lines(d):
             labels = (*tenant, line.env_id, line.resource_id, line.product_category, line.product_type)
             # rounded to 0.0001 as the total the date's chargeback adds up to (decision D1)
             units = round4_units(line.total_cost)
