@@ -98,6 +98,7 @@ class Resource:
     created_at: datetime | None = None
     deleted_at: datetime | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    team: str | None = None  # resolved at inventory time (chargeback_dagster/teams.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,7 @@ class Identity:
     created_at: datetime | None = None
     deleted_at: datetime | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    team: str | None = None  # resolved at inventory time (chargeback_dagster/teams.py)
 
     def existed_between(self, start: datetime, end: datetime) -> bool:
         """Whether the identity existed at some time in [start, end): tenant_period membership of the day

@@ -33,6 +33,7 @@ from chargeback_dagster.sources.prometheus import (
     sample_sum,
 )
 from chargeback_dagster.store import TenantStore
+from chargeback_dagster.teams import with_teams
 
 log = logging.getLogger("chargeback_dagster.pipeline")
 
@@ -84,10 +85,12 @@ def gather_inventory(
     ctx: GatherContext,
     zero_gather_threshold: int,
 ) -> InventorySummary:
-    """Gather, upsert, then detect deletions (docs/operations.md §8)."""
+    """Gather, resolve teams (docs/configuration.md §5.1), upsert, then detect deletions
+    (docs/operations.md §8)."""
     gathered = ecosystem.gather_inventory(ctx)
-    store.inventory.upsert_resources(gathered.resources, ctx.now)
-    store.inventory.upsert_identities(gathered.identities, ctx.now)
+    identities, resources = with_teams(gathered.identities, gathered.resources, ctx.tenant.teams)
+    store.inventory.upsert_resources(resources, ctx.now)
+    store.inventory.upsert_identities(identities, ctx.now)
     summary = InventorySummary(len(gathered.resources), len(gathered.identities))
     summary.handler_errors = dict(gathered.handler_errors)
     _detect_deletions(store, gathered, ctx, zero_gather_threshold, summary)

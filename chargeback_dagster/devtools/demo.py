@@ -159,7 +159,9 @@ def run_demo(workdir: str, days: int = 7) -> int:
     first_day = now.date() - timedelta(days=days)
     last_day = now.date() - timedelta(days=1)
     data_start = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC) - timedelta(hours=1)
-    org = SimulatedOrg(OrgSpec(start_date=first_day, days=days))
+    # service accounts described `...; team: <t>`: the demo's rows get teams (docs/configuration.md §5.1)
+    teams = ("payments", "search", "data")
+    org = SimulatedOrg(OrgSpec(start_date=first_day, days=days, service_account_teams=teams))
     history = combined_openmetrics(demo_metrics(data_start, now), org.openmetrics())
     print(f"Loading {days} days of synthetic metrics (search + Confluent Cloud) into a local Prometheus ...")
     with LocalPrometheus(history, root / "prometheus") as prom, CCloudSimulator(org) as sim:

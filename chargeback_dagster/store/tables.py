@@ -139,6 +139,7 @@ resources = Table(
     Column("deleted_at", UTCDateTime),
     Column("last_seen_at", UTCDateTime),
     Column("metadata_json", JSONText, nullable=False, server_default="{}"),
+    Column("team", Text),  # resolved at inventory time (chargeback_dagster/teams.py), migration 0006
     PrimaryKeyConstraint("ecosystem", "tenant_id", "resource_id", name="pk_resources"),
     Index("ix_resources_type", "ecosystem", "tenant_id", "resource_type"),
 )
@@ -154,6 +155,7 @@ identities = Table(
     Column("deleted_at", UTCDateTime),
     Column("last_seen_at", UTCDateTime),
     Column("metadata_json", JSONText, nullable=False, server_default="{}"),
+    Column("team", Text),  # resolved at inventory time (chargeback_dagster/teams.py), migration 0006
     PrimaryKeyConstraint("ecosystem", "tenant_id", "identity_id", name="pk_identities"),
 )
 
