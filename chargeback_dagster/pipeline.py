@@ -6,6 +6,7 @@ Data passes between steps through the tenant store, never in memory.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from bisect import bisect_left
@@ -524,7 +525,7 @@ def attribute_topics(
             failed,
             config,
             tenant.topic_attribution_retry_limit,
-            store.topic_attribution.increment_attempts,
+            functools.partial(store.billing.increment_attempts, counter="topic_attribution_attempts"),
             logger,
         )
         summary.rows_written += store.topic_attribution.replace(

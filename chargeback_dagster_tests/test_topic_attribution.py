@@ -252,7 +252,9 @@ def test_store_replaces_a_date_keeps_pending_clusters_and_purges(store_url):
         (D, "env-1", LKC, "z", "KAFKA", "KAFKA_NETWORK_WRITE", "bytes_ratio", 0),
         (D, "env-1", "lkc-2", "x", "KAFKA", "KAFKA_BASE", "even_split", 20000),
     ]
-    assert [repo.increment_attempts(write), repo.increment_attempts(write)] == [1, 2]
+    attempts = "topic_attribution_attempts"
+    assert [store.billing.increment_attempts(write, attempts) for _ in range(2)] == [1, 2]
+    assert store.billing.increment_attempts(write) == 1  # the allocation counter is separate
 
     # recalculation: lkc-1 replaced (its attempts reset), pending lkc-2 keeps its rows
     again = [TopicRow(*head, "c", "KAFKA", "KAFKA_NETWORK_WRITE", "even_split", 10000)]
@@ -261,7 +263,7 @@ def test_store_replaces_a_date_keeps_pending_clusters_and_purges(store_url):
         ("env-1", LKC, "KAFKA", "KAFKA_NETWORK_WRITE"): 10000,
         ("env-1", "lkc-2", "KAFKA", "KAFKA_BASE"): 20000,
     }
-    assert repo.increment_attempts(write) == 1
+    assert store.billing.increment_attempts(write, attempts) == 1
     with store.engine.connect() as conn:
         view = conn.execute(
             sa.text(

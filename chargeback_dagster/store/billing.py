@@ -45,6 +45,19 @@ def line_key(line: BillingLine) -> tuple:
     return (line.date, line.env_id or "", line.resource_id, line.product_category, line.product_type)
 
 
+def line_where(mine: Any, line: BillingLine) -> list[Any]:
+    """WHERE clauses selecting the stored row of `line`; `mine` is the repository's tenant filter."""
+    b = t.billing
+    return [
+        mine,
+        b.c.date == line.date,
+        b.c.env_id == (line.env_id or ""),
+        b.c.resource_id == line.resource_id,
+        b.c.product_category == line.product_category,
+        b.c.product_type == line.product_type,
+    ]
+
+
 class BillingRepository(Repository):
     """Table `billing`."""
 
@@ -215,34 +228,21 @@ class BillingRepository(Repository):
         lines.sort(key=lambda ln: (ln.date, ln.resource_id, ln.product_type, ln.env_id, ln.product_category))
         return lines
 
-    def _line_where(self, line: BillingLine) -> list[Any]:
+    def increment_attempts(self, line: BillingLine, counter: str = "allocation_attempts") -> int:
+        """Add one to the line's `counter` (allocation_attempts, docs/allocation.md §6 step 1, or
+        topic_attribution_attempts, docs/confluent-cloud.md §9) in its own transaction, committed at once.
+        Returns the new count."""
         b = t.billing
-        return [
-            self._mine(b),
-            b.c.date == line.date,
-            b.c.env_id == (line.env_id or ""),
-            b.c.resource_id == line.resource_id,
-            b.c.product_category == line.product_category,
-            b.c.product_type == line.product_type,
-        ]
-
-    def increment_attempts(self, line: BillingLine) -> int:
-        """docs/allocation.md §6 step 1: own transaction, committed at once. Returns the new count."""
-        b = t.billing
+        column = b.c[counter]
+        where = line_where(self._mine(b), line)
         with self.db.write() as conn:
-            res = conn.execute(
-                update(b)
-                .where(*self._line_where(line))
-                .values(allocation_attempts=b.c.allocation_attempts + 1)
-            )
+            res = conn.execute(update(b).where(*where).values({counter: column + 1}))
             if res.rowcount == 0:
                 raise StoreError(
                     f"Billing line not stored: {line.date} {line.resource_id} {line.product_type} "
                     f"{line.env_id}"
                 )
-            return int(
-                conn.execute(select(b.c.allocation_attempts).where(*self._line_where(line))).scalar_one()
-            )
+            return int(conn.execute(select(column).where(*where)).scalar_one())
 
     def reset_attempts(self, conn: Connection, d: date, lines: list[BillingLine]) -> None:
         """allocation_attempts of `lines` (all of date `d`) back to 0, inside the caller's transaction."""

@@ -12,7 +12,8 @@ from sqlalchemy import delete, select, update
 
 from chargeback_dagster.domain import BillingLine
 from chargeback_dagster.store import tables as t
-from chargeback_dagster.store.database import Repository, StoreError
+from chargeback_dagster.store.billing import line_where
+from chargeback_dagster.store.database import Repository
 from chargeback_dagster.store.tables import TOPIC_DIMENSION_KEY_COLUMNS
 
 if TYPE_CHECKING:
@@ -79,41 +80,10 @@ class TopicAttributionRepository(Repository):
                 for line in lines:
                     conn.execute(
                         update(b)
-                        .where(*self._line_where(line), b.c.topic_attribution_attempts != 0)
+                        .where(*line_where(self._mine(b), line), b.c.topic_attribution_attempts != 0)
                         .values(topic_attribution_attempts=0)
                     )
         return len(units)
-
-    def increment_attempts(self, line: BillingLine) -> int:
-        """Own transaction, committed at once (docs/confluent-cloud.md §9 "Failures"). Returns the new
-        count."""
-        b = t.billing
-        with self.db.write() as conn:
-            res = conn.execute(
-                update(b)
-                .where(*self._line_where(line))
-                .values(topic_attribution_attempts=b.c.topic_attribution_attempts + 1)
-            )
-            if res.rowcount == 0:
-                raise StoreError(
-                    f"Billing line not stored: {line.date} {line.resource_id} {line.product_type}"
-                )
-            return int(
-                conn.execute(
-                    select(b.c.topic_attribution_attempts).where(*self._line_where(line))
-                ).scalar_one()
-            )
-
-    def _line_where(self, line: BillingLine) -> list:
-        b = t.billing
-        return [
-            self._mine(b),
-            b.c.date == line.date,
-            b.c.env_id == (line.env_id or ""),
-            b.c.resource_id == line.resource_id,
-            b.c.product_category == line.product_category,
-            b.c.product_type == line.product_type,
-        ]
 
     def rows(self, start: date, end: date) -> list[TopicCsvRow]:
         """Rows of start ≤ date < end, ordered by date then the key columns (code-point order)."""
