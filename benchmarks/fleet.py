@@ -287,6 +287,7 @@ def child_ticks(spec: dict) -> dict:
     from dagster._grpc.impl import get_external_sensor_execution
 
     import chargeback_dagster.definitions as location
+    from chargeback_dagster.defs.resources import _open_store
 
     repo = location.defs.get_repository_def()
     instance = dg.DagsterInstance.get()
@@ -325,6 +326,7 @@ def child_ticks(spec: dict) -> dict:
             outcome["run_requests"] += len(data.run_requests or [])
             outcome["skips"] += 1 if data.skip_message else 0
         total = time.perf_counter() - t_round
+        stores = _open_store.cache_info()  # the process's cache of open tenant stores (maxsize 64)
         bare = []
         for _ in range(5):
             t0 = time.perf_counter()
@@ -342,6 +344,7 @@ def child_ticks(spec: dict) -> dict:
                 "refresh_max_ms": round(max(refresh) * 1000, 2),
                 "run_status_sensors_seconds": status,
                 "bare_sensor_median_ms": round(statistics.median(bare) * 1000, 2),
+                "store_opens_so_far": {"hits": stores.hits, "misses": stores.misses},
                 **outcome,
                 "load_average": load,
             }
