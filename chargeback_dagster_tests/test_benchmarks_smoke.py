@@ -60,3 +60,58 @@ def test_small_benchmark_reports(tmp_path, scenario):
     assert 0 < report["prometheus_range_queries"] <= 4 * report["dates"] + 3 * report["dates"] + 1
     if scenario == "confluent":
         assert report["simulator_requests"] > 0
+
+
+FLEET = ROOT / "benchmarks" / "fleet.py"
+
+
+def run_fleet(tmp_path: Path, *parts: str, timeout: float) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(FLEET), *parts, "--small", "--output", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.postgres
+def test_small_fleet_load_and_ticks(tmp_path, pg_base_url, monkeypatch):
+    monkeypatch.setenv("CHARGEBACK_TEST_PG_URL", pg_base_url)
+    run_fleet(tmp_path, "load", "ticks", timeout=300)
+    load = json.loads((tmp_path / "load-small.json").read_text())
+    assert [s["tenants"] for s in load["sizes"]] == [1, 3]
+    three = load["sizes"][1]
+    # generic, self-managed, Confluent: 4 assets, a pipeline and a retention job, a refresh sensor and a
+    # retention schedule each; plus resume_tenant, Dagster's asset job and the two run-status sensors
+    imported = three["import"]["best"]
+    assert (imported["assets"], imported["jobs"], imported["sensors"], imported["schedules"]) == (12, 8, 5, 3)
+    for mode in ("import", "breakdown", "bare", "bare_full"):
+        assert three[mode]["best"]["process_wall_seconds"] > 0 and three[mode]["best"]["peak_rss_mib"] > 0
+        assert len(three[mode]["samples"][0]["load_average"]) == 3
+    assert three["breakdown"]["best"]["config_load_validate_seconds"] > 0
+
+    ticks = json.loads((tmp_path / "ticks-small.json").read_text())
+    (size,) = ticks["sizes"]
+    assert [r["round"] for r in size["rounds"]] == ["cold", "warm", "warm_with_cursor"]
+    cold, warm, cursor = size["rounds"]
+    assert cold["refresh_sensors"] == 3
+    # without a cursor every refresh sensor requests its run; with the cursor each one skips (min gap)
+    assert (warm["run_requests"], cursor["run_requests"]) == (3, 0)
+    status_sensors = {"tenant_run_failure_sensor", "tenant_run_success_sensor"}
+    assert set(cold["run_status_sensors_seconds"]) == status_sensors
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_small_fleet_refresh(tmp_path, pg_base_url, monkeypatch):
+    monkeypatch.setenv("CHARGEBACK_TEST_PG_URL", pg_base_url)
+    run_fleet(tmp_path, "refresh", timeout=400)
+    report = json.loads((tmp_path / "refresh-2-p2-small.json").read_text())
+    assert (report["runs"], report["runs_succeeded"], report["failures"]) == (2, 2, {})
+    assert report["csv_files"] == report["csv_files_expected"] == 4
+    for run in report["run_details"]:
+        assert run["dagster_overhead_seconds"] > 0 and run["step_work_seconds"] > 0
+    assert report["peak_rss_mib"]["run_worker"]["processes"] == 2
+    assert report["daemon_sensor_ticks"]["refresh"]["ticks"] >= 2
