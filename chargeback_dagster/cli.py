@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
@@ -290,14 +292,40 @@ def cmd_resume(args) -> int:
 
 def cmd_status(args) -> int:
     from chargeback_dagster import suspension
+    from chargeback_dagster.defs.guard import takeover_seconds
 
     opened = _open_stores(args)
     if opened is None:
         return 1
-    for store in opened[1].values():
-        print("\n".join(suspension.status_lines(store)))
-        store.dispose()
+    with contextlib.ExitStack() as stack:
+        run_state = _dagster_run_state(stack)
+        for store in opened[1].values():
+            print("\n".join(suspension.status_lines(store, takeover_seconds(), run_state)))
+            store.dispose()
     return 0
+
+
+def _dagster_run_state(stack: contextlib.ExitStack):
+    """Run status lookups in the Dagster instance of $DAGSTER_HOME; None without one (status then judges
+    unclosed audit rows by the tenant lock alone)."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return None
+    import dagster as dg
+
+    try:
+        instance = stack.enter_context(dg.DagsterInstance.get())
+    except Exception as exc:  # noqa: BLE001 - status still works from the tenant databases
+        print(f"WARNING: cannot open the Dagster instance of DAGSTER_HOME: {_one_line(exc)}")
+        return None
+
+    def state(run_id: str):
+        record = instance.get_run_record_by_id(run_id)
+        if record is None:
+            return None
+        end = record.end_time and datetime.fromtimestamp(record.end_time, UTC).replace(microsecond=0)
+        return record.dagster_run.status.value, end or None
+
+    return state
 
 
 def cmd_instance_config(args) -> int:

@@ -7,7 +7,7 @@ the run-failure sensor, the refresh sensor, the retention schedule and the CLI a
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -120,7 +120,57 @@ def resume(store: TenantStore) -> ResumeResult:
     return ResumeResult(True, message)
 
 
-def status_lines(store: TenantStore) -> list[str]:
+# What a Dagster instance says about a run: its status name (e.g. "SUCCESS") and end time, or None when the
+# instance does not know the run.
+DagsterRunState = Callable[[str], tuple[str, datetime | None] | None]
+DAGSTER_OUTCOMES = {"SUCCESS": "completed", "FAILURE": "failed", "CANCELED": "canceled"}
+
+
+def run_state_line(
+    store: TenantStore,
+    run: dict,
+    takeover_seconds: float,
+    dagster_run_state: DagsterRunState | None = None,
+    now: datetime | None = None,
+) -> str:
+    """The `last run` line. An audit row still `running` is only closed by a run-status sensor or a later
+    run's guard, so a run executed without a daemon (the CLI, the demo, a stopped daemon) keeps that status
+    after it ended: judge it by its Dagster instance when there is one and it knows the run, else by the
+    tenant lock (docs/operations.md §4) — a live run holds it with a heartbeat younger than the takeover time;
+    a finished run released it (or its killed process stopped refreshing it)."""
+    run_id = run["dagster_run_id"]
+    head = f"  last run: {run_id}"
+    if run["status"] != "running":
+        return f"{head} {run['status']} ({run['trigger']})"
+    state = dagster_run_state(run_id) if dagster_run_state is not None else None
+    if state is not None:
+        dagster_status, ended = state
+        outcome = DAGSTER_OUTCOMES.get(dagster_status)
+        if outcome is None:  # queued, starting, started, canceling
+            return f"{head} running ({run['trigger']}; Dagster status {dagster_status})"
+        at = f" at {ended.isoformat()}" if ended else ""
+        return f"{head} {outcome} ({run['trigger']}; ended{at} per Dagster, audit row not closed)"
+    holder = store.run_lock_holder()
+    if holder is not None and holder.run_id == run_id:
+        age = ((now or now_utc()) - holder.heartbeat_at).total_seconds()
+        if age <= takeover_seconds:
+            return f"{head} running ({run['trigger']}; lock heartbeat {age:.0f}s ago)"
+        return (
+            f"{head} ended ({run['trigger']}; its process stopped: lock heartbeat {age:.0f}s old, "
+            f"takeover after {takeover_seconds:g}s; outcome unknown, audit row not closed)"
+        )
+    return (
+        f"{head} ended ({run['trigger']}; it no longer holds the tenant lock; outcome unknown without its "
+        "Dagster instance (DAGSTER_HOME), audit row not closed)"
+    )
+
+
+def status_lines(
+    store: TenantStore,
+    takeover_seconds: float,
+    dagster_run_state: DagsterRunState | None = None,
+    now: datetime | None = None,
+) -> list[str]:
     """`chargeback-dagster status` lines of one tenant."""
     status = store.get_tenant_status() or {}
     gather = store.last_gather()
@@ -142,8 +192,7 @@ def status_lines(store: TenantStore) -> list[str]:
         lines.append("  last gather: never")
     lines.append(f"  last calculated date: {last_date.isoformat() if last_date else 'none'}")
     if runs:
-        run = runs[0]
-        lines.append(f"  last run: {run['dagster_run_id']} {run['status']} ({run['trigger']})")
+        lines.append(run_state_line(store, runs[0], takeover_seconds, dagster_run_state, now))
     else:
         lines.append("  last run: none")
     return lines

@@ -1,0 +1,130 @@
+"""The newcomer path (README quick start, `demo --ui`) and `chargeback-dagster status` after runs that no
+run-status sensor closed."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+import pytest
+import yaml
+
+from chargeback_dagster import cli
+from chargeback_dagster.config import load_config
+from chargeback_dagster.defs import guard
+from chargeback_dagster.defs.build import build_definitions
+from chargeback_dagster.devtools.local_run import materialize_range
+from chargeback_dagster.store import TenantStore
+
+DATES = (date(2026, 2, 1), date(2026, 2, 2))
+
+
+def shop_config(tmp_path) -> dict:
+    """A tenant with fixed costs and static identities: runs need no Prometheus."""
+    return {
+        "tenants": {
+            "shop": {
+                "ecosystem": "generic_metrics_only",
+                "tenant_id": "shop-prod",
+                "partitions_start_date": "2026-01-01",
+                "storage": {"connection_string": "sqlite:///data/shop.db"},
+                "plugin_settings": {
+                    "cluster_id": "shop-cluster",
+                    "metrics": {"url": "http://127.0.0.1:9"},  # never queried
+                    "identity_source": {
+                        "source": "static",
+                        "static_identities": [{"identity_id": "team-a", "identity_type": "principal"}],
+                    },
+                    "cost_types": [
+                        {
+                            "name": "broker_hours",
+                            "product_category": "compute",
+                            "rate": 1.25,
+                            "cost_quantity": {"type": "fixed", "count": 2},
+                        }
+                    ],
+                    "emitters": [{"type": "csv", "params": {"output_dir": str(tmp_path / "out")}}],
+                },
+            }
+        }
+    }
+
+
+def status_output(capsys, config_path) -> list[str]:
+    assert cli.main(["status", "--config", str(config_path)]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def open_shop(config_path) -> TenantStore:
+    tenant = load_config(config_path).tenants["shop"]
+    return TenantStore.open(
+        tenant.database_url, tenant_name="shop", ecosystem=tenant.ecosystem, tenant_id=tenant.tenant_id
+    )
+
+
+def test_status_does_not_report_a_finished_run_as_running(tmp_path, monkeypatch, capsys):
+    """A run without a daemon (no run-status sensor closes its audit row) that finished is shown as ended;
+    with its Dagster instance (DAGSTER_HOME) as completed."""
+    config_path = tmp_path / "chargeback.yaml"
+    config_path.write_text(yaml.safe_dump(shop_config(tmp_path)))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv(guard.HEARTBEAT_ENV, "0.2")  # the finished run's heartbeat thread frees the lock fast
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    defs = build_definitions(load_config(config_path))
+    with dg.DagsterInstance.get() as instance:
+        result = materialize_range(defs, "shop", *DATES, instance=instance)
+        end = instance.get_run_record_by_id(result.run_id).end_time
+    assert result.success
+    monkeypatch.delenv("DAGSTER_HOME")
+    store = open_shop(config_path)
+    assert store.get_pipeline_run(result.run_id)["status"] == "running"  # nobody closed it
+    for _ in range(50):
+        if store.run_lock_holder() is None:
+            break
+        time.sleep(0.1)
+    assert store.run_lock_holder() is None
+
+    lines = status_output(capsys, config_path)
+    assert lines[-1] == (
+        f"  last run: {result.run_id} ended (manual; it no longer holds the tenant lock; outcome unknown "
+        "without its Dagster instance (DAGSTER_HOME), audit row not closed)"
+    )
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    ended = datetime.fromtimestamp(end, UTC).replace(microsecond=0).isoformat()
+    lines = status_output(capsys, config_path)
+    assert lines[-1] == (
+        f"  last run: {result.run_id} completed (manual; ended at {ended} per Dagster, audit row not closed)"
+    )
+    store.dispose()
+
+
+def test_status_judges_unclosed_runs_by_the_lock_heartbeat(tmp_path, monkeypatch, capsys):
+    config_path = tmp_path / "chargeback.yaml"
+    config_path.write_text(yaml.safe_dump(shop_config(tmp_path)))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert cli.main(["migrate", "--config", str(config_path)]) == 0
+    store = open_shop(config_path)
+    now = guard.utc_now()
+
+    # a run killed with SIGKILL: its audit row says running, its lock heartbeat stopped 5 minutes ago
+    store.upsert_pipeline_run("killed-run", started_at=now - timedelta(minutes=6))
+    assert store.try_take_run_lock("killed-run", now - timedelta(seconds=300))
+    capsys.readouterr()
+    assert status_output(capsys, config_path)[-1] == (
+        "  last run: killed-run ended (manual; its process stopped: lock heartbeat 300s old, takeover after "
+        "60s; outcome unknown, audit row not closed)"
+    )
+
+    # a live run: fresh heartbeat
+    assert store.touch_run_lock("killed-run", now - timedelta(seconds=2))
+    line = status_output(capsys, config_path)[-1]
+    assert line.startswith("  last run: killed-run running (manual; lock heartbeat ") and line.endswith("s ago)")
+
+    # a closed row is shown as written
+    store.end_pipeline_runs(["killed-run"], status="failed", at=now, error="boom")
+    assert status_output(capsys, config_path)[-1] == "  last run: killed-run failed (manual)"
+    store.dispose()
