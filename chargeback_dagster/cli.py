@@ -341,7 +341,7 @@ def cmd_instance_config(args) -> int:
 def cmd_demo(args) -> int:
     from chargeback_dagster.devtools.demo import run_demo
 
-    return run_demo(args.workdir, days=args.days)
+    return run_demo(args.workdir, days=args.days, ui=args.ui, host=args.host, port=args.port)
 
 
 def cmd_simulate(args) -> int:
@@ -398,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workdir", default=".demo", help="folder for the demo's config, data and CSVs")
     p.add_argument("--days", type=int, default=7, help="how many past days to materialize")
+    p.add_argument(
+        "--ui",
+        action="store_true",
+        help="then keep Prometheus and the simulator up and serve the Dagster UI on the runs until Ctrl-C",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="with --ui: the webserver's address")
+    p.add_argument("--port", type=int, default=3000, help="with --ui: the webserver's port")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(

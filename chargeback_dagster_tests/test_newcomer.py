@@ -3,10 +3,19 @@ run-status sensor closed."""
 
 from __future__ import annotations
 
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
+import httpx
 import pytest
 import yaml
 
@@ -17,7 +26,59 @@ from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.store import TenantStore
 
+REPO = Path(__file__).resolve().parents[1]
 DATES = (date(2026, 2, 1), date(2026, 2, 2))
+PARTITION_STATS = """
+query($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode { partitionStats { numMaterialized numFailed } }
+  }
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """This checkout's package first; no DAGSTER_HOME or DAGSTER_PG_* from the caller's shell."""
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME" and not k.startswith("DAGSTER_PG_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
+class Output:
+    """A child's stdout lines, read by a thread so waiting for one never blocks on the pipe."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [self._queue.put(line) for line in proc.stdout], daemon=True).start()
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=1)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            self.lines.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"no line with {text!r} (exit code {self.proc.poll()}):\n{''.join(self.lines)}")
+
+
+def refused(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=5)
+    except httpx.ConnectError:
+        return True
+    return False
 
 
 def shop_config(tmp_path) -> dict:
@@ -122,9 +183,51 @@ def test_status_judges_unclosed_runs_by_the_lock_heartbeat(tmp_path, monkeypatch
     # a live run: fresh heartbeat
     assert store.touch_run_lock("killed-run", now - timedelta(seconds=2))
     line = status_output(capsys, config_path)[-1]
-    assert line.startswith("  last run: killed-run running (manual; lock heartbeat ") and line.endswith("s ago)")
+    assert line.startswith("  last run: killed-run running (manual; lock heartbeat ") and line.endswith(
+        "s ago)"
+    )
 
     # a closed row is shown as written
     store.end_pipeline_runs(["killed-run"], status="failed", at=now, error="boom")
     assert status_output(capsys, config_path)[-1] == "  last run: killed-run failed (manual)"
     store.dispose()
+
+
+@pytest.mark.slow
+def test_demo_ui_serves_the_materialized_demo_days_until_ctrl_c(tmp_path):
+    port = free_port()
+    workdir = tmp_path / "demo"
+    args = ["demo", "--ui", "--workdir", str(workdir), "--days", "2", "--port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chargeback_dagster.cli", *args],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out = Output(proc)
+    try:
+        assert out.wait_for("Dagster UI:", timeout=400).startswith(f"Dagster UI: http://127.0.0.1:{port} ")
+        config = yaml.safe_load((workdir / "chargeback.yaml").read_text())
+        prometheus = config["tenants"]["search_cluster"]["plugin_settings"]["metrics"]["url"]
+        simulator = config["tenants"]["confluent_org"]["plugin_settings"]["ccloud_api"]["base_url"]
+        graphql = f"http://127.0.0.1:{port}/graphql"
+        for tenant in ("search_cluster", "confluent_org"):
+            body = httpx.post(
+                graphql,
+                json={"query": PARTITION_STATS, "variables": {"key": {"path": [tenant, "chargeback"]}}},
+                timeout=30,
+            ).json()
+            # the two demo days, materialized by the demo's runs in the instance dagster dev serves
+            stats = body["data"]["assetNodeOrError"]["partitionStats"]
+            assert stats == {"numMaterialized": 2, "numFailed": 0}
+        # Prometheus and the Confluent Cloud simulator are still up for runs launched from the UI
+        assert httpx.get(f"{prometheus}/-/ready", timeout=5).status_code == 200
+        assert not refused(simulator)
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        code = proc.wait(timeout=90)
+    out.wait_for("Stopping ...", timeout=5)
+    assert code == 0
+    assert refused(graphql) and refused(prometheus) and refused(simulator)
