@@ -3,8 +3,11 @@ run-status sensor closed."""
 
 from __future__ import annotations
 
+import csv
 import os
 import queue
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +26,7 @@ from chargeback_dagster import cli
 from chargeback_dagster.config import load_config
 from chargeback_dagster.defs import guard
 from chargeback_dagster.defs.build import build_definitions
+from chargeback_dagster.devtools.demo import demo_metrics
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.store import TenantStore
 
@@ -231,3 +235,133 @@ def test_demo_ui_serves_the_materialized_demo_days_until_ctrl_c(tmp_path):
     out.wait_for("Stopping ...", timeout=5)
     assert code == 0
     assert refused(graphql) and refused(prometheus) and refused(simulator)
+
+
+# --- the README's quick start, run as written -------------------------------------------------------------
+def readme_block(containing: str, lang: str = "bash") -> str:
+    """The README code block (```lang) that contains `containing`."""
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(rf"^```{lang}\n(.*?)^```", readme, flags=re.S | re.M)
+    found = [b for b in blocks if containing in b]
+    assert len(found) == 1, f"{len(found)} README {lang} blocks contain {containing!r}"
+    return found[0]
+
+
+def fresh_checkout(tmp_path: Path) -> Path:
+    """The top-level files the README's commands read, in a new folder (the package comes from PYTHONPATH)."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("dagster.yaml", "workspace.yaml"):
+        shutil.copy(REPO / name, clone / name)
+    shutil.copytree(REPO / "examples", clone / "examples")
+    return clone
+
+
+@pytest.mark.slow
+def test_readme_first_tenant_commands_work_from_the_repo_root(tmp_path, local_prometheus_factory):
+    """`validate`, `migrate` and `dagster asset materialize --select 'key:"search_cluster/*"'` on
+    examples/generic.yaml from the repo root, without DAGSTER_HOME, against a Prometheus with the metrics it
+    queries (the demo's)."""
+    today = datetime.now(UTC).date()
+    days = [today - timedelta(days=n) for n in (3, 2, 1)]
+    start = datetime.combine(days[0], datetime.min.time(), tzinfo=UTC) - timedelta(hours=1)
+    prom = local_prometheus_factory(demo_metrics(start, datetime.now(UTC).replace(microsecond=0)))
+    clone = fresh_checkout(tmp_path)
+    block = readme_block("dagster asset materialize -m chargeback_dagster.definitions")
+    script = block[block.index("export CHARGEBACK_CONFIG_FILE=examples/generic.yaml") :]
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=clone,
+        env=subprocess_env(PROMETHEUS_URL=prom.url),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "Config is valid." in result.stdout
+    assert "tenant 'search_cluster': database is up to date" in result.stdout
+    for day in days:
+        with (clone / "examples" / "output" / "daily" / f"search_{day}.csv").open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        # 3 nodes × 24 h × 2.50 = 180.00 a day, split evenly among the 4 identities (3 discovered + 1 static)
+        node_hours = {r["identity_id"]: r["amount"] for r in rows if r["product_type"] == "NODE_HOURS"}
+        assert node_hours == dict.fromkeys(
+            ("team-ads", "team-labs", "team-platform", "team-search"), "45.0000"
+        )
+    assert not list(clone.glob(".tmp_dagster_home_*"))  # the temporary instance folder is gone
+
+
+@pytest.mark.slow
+def test_readme_graphql_snippet_against_dagster_dev_started_the_readme_way(tmp_path):
+    """`dagster dev` as README "1. One machine" starts it; then the README's GraphQL snippet, as written
+    (only the port differs): a 3-date backfill and one run finish, and a launch error is printed."""
+    from chargeback_dagster_tests.test_dagster_services import tenant_yaml
+
+    clone = fresh_checkout(tmp_path)
+    out = tmp_path / "out"
+    config = tmp_path / "shop.yaml"
+    config.write_text(yaml.safe_dump(tenant_yaml(f"sqlite:///{tmp_path / 'shop.db'}", out)))
+    port = free_port()
+    lines = readme_block("dagster dev").splitlines()
+    (dev,) = [i for i, line in enumerate(lines) if line.startswith("dagster dev ")]
+    lines[dev] = f"exec {lines[dev].split('#')[0].strip()} -p {port}"
+    log = (tmp_path / "dagster-dev.log").open("wb")
+    proc = subprocess.Popen(
+        ["bash", "-euo", "pipefail", "-c", "\n".join(lines[: dev + 1])],
+        cwd=clone,
+        env=subprocess_env(CHARGEBACK_CONFIG_FILE=str(config)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    snippet = readme_block("launchRun", "python").replace("127.0.0.1:3000", f"127.0.0.1:{port}")
+    try:
+        wait_for_location(f"http://127.0.0.1:{port}/graphql", proc, tmp_path / "dagster-dev.log")
+        run = subprocess.run(
+            [sys.executable, "-c", snippet], env=subprocess_env(), capture_output=True, text=True, timeout=400
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert run.stdout.splitlines()[-1] == "COMPLETED_SUCCESS SUCCESS"
+        for day in ("2026-02-01", "2026-02-02", "2026-02-03", "2026-02-04"):
+            with (out / f"shop-prod_{day}.csv").open(newline="") as fh:
+                # 2 brokers × 24 h × 1.25 = 60.00, split evenly between the two static identities
+                assert [(r["identity_id"], r["amount"]) for r in csv.DictReader(fh)] == [
+                    ("team-a", "30.0000"),
+                    ("team-b", "30.0000"),
+                ]
+        # the location name `dagster dev -m chargeback_dagster.definitions` would have given
+        wrong = snippet.replace('"chargeback_dagster"', '"chargeback_dagster.definitions"')
+        run = subprocess.run(
+            [sys.executable, "-c", wrong], env=subprocess_env(), capture_output=True, text=True, timeout=120
+        )
+        assert run.returncode == 1
+        assert run.stderr.strip().splitlines() == [
+            "RepositoryLocationNotFound: Location chargeback_dagster.definitions does not exist."
+        ]
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        log.close()
+
+
+def wait_for_location(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    query = (
+        "{ workspaceOrError { ... on Workspace { locationEntries { name "
+        "locationOrLoadError { __typename } } } } }"
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            entries = httpx.post(url, json={"query": query}, timeout=10).json()["data"]["workspaceOrError"]
+            entries = entries["locationEntries"]
+            if entries and entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation":
+                assert [e["name"] for e in entries] == ["chargeback_dagster"]
+                return
+        except (httpx.HTTPError, KeyError, TypeError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"dagster dev did not come up: {log.read_text()[-3000:]}")
