@@ -336,7 +336,8 @@ def test_readme_graphql_snippet_against_dagster_dev_started_the_readme_way(tmp_p
         )
         assert run.returncode == 1
         assert run.stderr.strip().splitlines() == [
-            "RepositoryLocationNotFound: Location chargeback_dagster.definitions does not exist."
+            "PipelineNotFoundError: Could not find Pipeline "
+            "chargeback_dagster.definitions.__repository__.shop_pipeline"
         ]
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
