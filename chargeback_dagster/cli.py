@@ -168,7 +168,7 @@ def _check_prometheus(metrics) -> None:
     """One instant query ``1`` (the pipeline's client would retry with backoff for many seconds)."""
     import httpx
 
-    from chargeback_dagster.sources import timed_http
+    from chargeback_dagster.sources import http
 
     url = httpx.URL(str(metrics.url))
     headers, auth = {}, None
@@ -181,7 +181,7 @@ def _check_prometheus(metrics) -> None:
     base = str(url.copy_with(username=None, password=None)).rstrip("/")
     with httpx.Client(headers=headers, auth=auth, timeout=CHECK_TIMEOUT_SECONDS) as client:
         request = client.build_request("POST", f"{base}/api/v1/query", data={"query": "1"})
-        response = timed_http.send(client, request, CHECK_TIMEOUT_SECONDS)  # a total limit, however slow
+        response = http.send(client, request, CHECK_TIMEOUT_SECONDS)  # a total limit, however slow
     if response.status_code != 200:
         raise RuntimeError(f"POST /api/v1/query answered HTTP {response.status_code}")
     try:

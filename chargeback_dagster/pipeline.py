@@ -54,7 +54,7 @@ def gather_billing(
 ) -> BillingSummary:
     """Fetch or construct the lines of `dates` and store them with per-date replacement."""
     gathered = ecosystem.gather_billing(dates, ctx)
-    report = store.replace_billing(gathered.lines, dates, ctx.now)
+    report = store.billing.replace(gathered.lines, dates, ctx.now)
     for d, resource_id, product_type, old, new in report.get("revised", []):
         ctx.logger.info(f"Billing revision {d} {resource_id} {product_type}: {old} -> {new}")
     for d, resource_id, product_type in report.get("removed", []):
@@ -65,7 +65,7 @@ def gather_billing(
     for d, error in gathered.failed_dates.items():
         ctx.logger.warning(f"Billing for {d} not gathered: {error}")
     with_lines = sorted({line.date for line in gathered.lines})
-    store.set_states(with_lines, billing_gathered_at=ctx.now)
+    store.state.set_dates(with_lines, billing_gathered_at=ctx.now)
     return BillingSummary(len(gathered.lines), with_lines, gathered.failed_dates)
 
 
@@ -88,12 +88,12 @@ def gather_inventory(
 ) -> InventorySummary:
     """Gather, upsert, then detect deletions (docs/operations.md §8)."""
     gathered = ecosystem.gather_inventory(ctx)
-    store.upsert_resources(gathered.resources, ctx.now)
-    store.upsert_identities(gathered.identities, ctx.now)
+    store.inventory.upsert_resources(gathered.resources, ctx.now)
+    store.inventory.upsert_identities(gathered.identities, ctx.now)
     summary = InventorySummary(len(gathered.resources), len(gathered.identities))
     summary.handler_errors = dict(gathered.handler_errors)
     _detect_deletions(store, gathered, ctx, zero_gather_threshold, summary)
-    store.set_states(dates, inventory_gathered_at=ctx.now)
+    store.state.set_dates(dates, inventory_gathered_at=ctx.now)
     return summary
 
 
@@ -104,7 +104,7 @@ def _detect_deletions(
     threshold: int,
     summary: InventorySummary,
 ) -> None:
-    active = [r for r in store.resources() if r.status == "active"]
+    active = [r for r in store.inventory.resources() if r.status == "active"]
     for service_type, types in gathered.owned_types.items():
         if service_type in gathered.handler_errors:
             continue
@@ -112,13 +112,17 @@ def _detect_deletions(
             seen = {r.resource_id for r in gathered.resources if r.resource_type == resource_type}
             has_active = any(r.resource_type == resource_type for r in active)
             if _deletion_allowed(store, f"resources:{resource_type}", seen, has_active, threshold, ctx):
-                summary.deleted_resources += store.mark_resources_deleted(resource_type, seen, ctx.now)
+                summary.deleted_resources += store.inventory.mark_resources_deleted(
+                    resource_type, seen, ctx.now
+                )
     if gathered.handler_errors:
         return
     seen_ids = {i.identity_id for i in gathered.identities}
-    has_active = any(i.deleted_at is None and i.identity_id != UNALLOCATED for i in store.identities())
+    has_active = any(
+        i.deleted_at is None and i.identity_id != UNALLOCATED for i in store.inventory.identities()
+    )
     if _deletion_allowed(store, "identities", seen_ids, has_active, threshold, ctx):
-        summary.deleted_identities = store.mark_identities_deleted(seen_ids, ctx.now)
+        summary.deleted_identities = store.inventory.mark_identities_deleted(seen_ids, ctx.now)
 
 
 def _deletion_allowed(
@@ -126,13 +130,13 @@ def _deletion_allowed(
 ) -> bool:
     """Zero-gather guard: an empty scan deletes nothing until it has repeated `threshold` times."""
     if seen or not has_active:
-        store.set_gather_counter(key, 0)
+        store.state.set_zero_gathers(key, 0)
         return True
-    count = store.get_gather_counter(key) + 1
+    count = store.state.zero_gathers(key) + 1
     if threshold != -1 and count >= threshold:
-        store.set_gather_counter(key, 0)
+        store.state.set_zero_gathers(key, 0)
         return True
-    store.set_gather_counter(key, count)
+    store.state.set_zero_gathers(key, count)
     ctx.logger.warning(
         f"Gathered zero ids for {key} while active rows exist ({count} in a row); deleting none"
     )
@@ -181,11 +185,11 @@ def fetch_usage_metrics(
     for d in dates:
         if d in plan:
             continue
-        status = store.metric_fetch_status(d)
+        status = store.metrics.fetch_status(d)
         settled_at = day_window(d)[1] + SETTLED_AFTER
         groups = plan.setdefault(d, {})
         seen: set[tuple[str, str]] = set()
-        for line in store.billing_lines(d):
+        for line in store.billing.lines(d):
             handler = by_type.get(line.product_type)
             if handler is None:
                 continue
@@ -220,9 +224,9 @@ def fetch_usage_metrics(
                 )
             fetches = _chunk_fetches(plan, batch_specs, chunk, queries, results, summary)
             del queries, results
-            store.store_metric_fetches(fetches, now)
+            store.metrics.save_fetches(fetches, now)
             summary.fetched += len(fetches)
-            store.set_states(sorted({f[0] for f in fetches}), metrics_fetched_at=now)
+            store.state.set_dates(sorted({f[0] for f in fetches}), metrics_fetched_at=now)
     return summary
 
 
@@ -419,19 +423,19 @@ def calculate_chargeback(
     handlers = ecosystem.handlers()
     allocator_overrides = {pt: load_callable(p) for pt, p in settings.allocator_overrides.items()}
     resolver_overrides = {st: load_callable(p) for st, p in settings.identity_resolution_overrides.items()}
-    resources = {r.resource_id: r for r in store.resources()}
-    identities = {i.identity_id: i for i in store.identities() if i.identity_id != UNALLOCATED}
+    resources = {r.resource_id: r for r in store.inventory.resources()}
+    identities = {i.identity_id: i for i in store.inventory.identities() if i.identity_id != UNALLOCATED}
     warned: set[str] = set()
     summary = CalculationSummary()
     for d in sorted(dates):
         check_deadline()
-        statuses = store.metric_fetch_status(d)
+        statuses = store.metrics.fetch_status(d)
         inputs = DateInputs(
             date=d,
-            lines=store.billing_lines(d),
+            lines=store.billing.lines(d),
             resources=resources,
             identities=identities,
-            metrics=store.metric_rows(d),
+            metrics=store.metrics.rows(d),
             failed_metrics={k: err or "" for k, (status, err, _) in statuses.items() if status == "failed"},
         )
         try:
@@ -445,16 +449,17 @@ def calculate_chargeback(
                 allocator_overrides=allocator_overrides,
                 resolver_overrides=resolver_overrides,
                 retry_limit=tenant.allocation_retry_limit,
-                record_failure=store.increment_allocation_attempts,
+                credit_policy=tenant.credit_policy,
+                record_failure=store.billing.increment_attempts,
                 logger=logger,
                 warned=warned,
             )
         except DateCalculationError as exc:
             summary.errors[d] = str(exc)
-            store.set_state(d, last_error=str(exc))
+            store.state.set_dates([d], last_error=str(exc))
             logger.error(str(exc))
             continue
-        summary.rows_written += store.write_chargeback(
+        summary.rows_written += store.chargeback.write(
             d,
             result.blocks,
             calculation_id=str(uuid.uuid4()),
@@ -471,7 +476,7 @@ def reconciliation_gaps(store: TenantStore, dates: list[date]) -> dict[date, int
     if not dates:
         return {}
     start, end = min(dates), max(dates) + timedelta(days=1)
-    allocated = store.chargeback_totals(start, end)
-    billed = store.billed_units_between(start, end)
+    allocated = store.chargeback.totals(start, end)
+    billed = store.billing.billed_units(start, end)
     gaps = {d: allocated.get(d, 0) - billed.get(d, 0) for d in dates}
     return {d: gap for d, gap in gaps.items() if gap}

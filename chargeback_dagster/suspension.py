@@ -46,7 +46,7 @@ def suspended_message(tenant: str, status: dict) -> str:
 
 def is_suspended(store: TenantStore, threshold: int | None = None) -> bool:
     """Suspended flag set, or (when `threshold` is given) the counter already at the threshold."""
-    status = store.get_tenant_status()
+    status = store.state.status()
     if status is None:
         return False
     if status["suspended"]:
@@ -56,7 +56,7 @@ def is_suspended(store: TenantStore, threshold: int | None = None) -> bool:
 
 def record_failure(store: TenantStore, run_id: str, error: str) -> int:
     """A gather failure of run `run_id`; counted at most once per run. Returns the counter."""
-    count = store.record_gather_failure(run_id, error)
+    count = store.state.record_gather_failure(run_id, error)
     log.warning(f"tenant={store.tenant_name} run_id={run_id} | Gather failure {count}: {error}")
     return count
 
@@ -68,9 +68,9 @@ def record_success(store: TenantStore, run_id: str, kinds_in_run: Iterable[str])
     already counted a failure: a run whose billing succeeds but whose inventory fails is a failing run.
     """
     wanted = set(kinds_in_run) & set(GATHER_KINDS)
-    if not wanted <= store.gather_kinds_ok(run_id):
+    if not wanted <= store.state.gathers_ok(run_id):
         return False
-    return store.reset_gather_failures(run_id)
+    return store.state.reset_gather_failures(run_id)
 
 
 def suspend_if_due(store: TenantStore, threshold: int, at: datetime | None = None) -> dict | None:
@@ -83,7 +83,7 @@ def suspend_if_due(store: TenantStore, threshold: int, at: datetime | None = Non
     def reason(count: int, error: str) -> str:
         return suspension_reason(tenant, count, threshold, error)
 
-    row = store.suspend_if_due(threshold, at or now_utc(), reason)
+    row = store.state.suspend_if_due(threshold, at or now_utc(), reason)
     if row is not None:
         log.critical(
             alert_line(tenant, row["consecutive_gather_failures"], threshold, row["last_gather_error"] or "")
@@ -109,7 +109,7 @@ class ResumeResult:
 def resume(store: TenantStore) -> ResumeResult:
     """Clear the suspension (flag false, counter 0) and log what happened."""
     tenant = store.tenant_name
-    before = store.clear_suspension()
+    before = store.state.clear_suspension()
     if before is None:
         message = f"Tenant {tenant} is not suspended"
         log.info(message)
@@ -172,10 +172,10 @@ def status_lines(
     now: datetime | None = None,
 ) -> list[str]:
     """`chargeback-dagster status` lines of one tenant."""
-    status = store.get_tenant_status() or {}
-    gather = store.last_gather()
-    runs = store.pipeline_runs()
-    last_date = store.last_calculated_date()
+    status = store.state.status() or {}
+    gather = store.state.last_gather()
+    runs = store.state.runs()
+    last_date = store.state.last_calculated_date()
     lines = [f"tenant {store.tenant_name}:"]
     if status.get("suspended"):
         lines.append(f"  suspended: yes, since {status['suspended_at'].isoformat()}")

@@ -177,6 +177,14 @@ def test_429_without_header_uses_backoff(sim, rec):
     assert len(rec.sleeps) == 1 and 2.0 <= rec.sleeps[0] <= 3.0
 
 
+@pytest.mark.parametrize("header", ["retry-after", "x-ratelimit-reset"])
+def test_429_unreadable_wait_header_uses_backoff(sim, rec, header):
+    # "nan" names no wait: the backoff applies (it used to become a NaN wait, which time.sleep rejects)
+    sim.faults = Faults(rate_limit_burst=1, rate_limit_seconds=math.nan, rate_limit_header=header)
+    make_client(sim, rec).get("/org/v2/environments")
+    assert len(rec.sleeps) == 1 and 2.0 <= rec.sleeps[0] <= 3.0
+
+
 def test_wait_capped_at_120_seconds(sim, rec):
     sim.faults = Faults(rate_limit_burst=1, rate_limit_seconds=500)
     make_client(sim, rec).get("/org/v2/environments")

@@ -19,16 +19,16 @@ import yaml
 from chargeback_dagster.config import (
     AppConfig,
     ConfigError,
-    ConfluentCloudSettings,
-    GenericMetricsSettings,
     OverrideError,
-    SelfManagedKafkaSettings,
     clear_config_cache,
     get_config,
     load_callable,
     load_config,
 )
-from chargeback_dagster.config import validation as validation_module
+from chargeback_dagster.ecosystems.confluent_cloud.config import ConfluentCloudSettings
+from chargeback_dagster.ecosystems.generic_metrics.config import GenericMetricsSettings
+from chargeback_dagster.ecosystems.self_managed_kafka import config as self_managed_kafka_config
+from chargeback_dagster.ecosystems.self_managed_kafka.config import SelfManagedKafkaSettings
 
 FIX = "chargeback_dagster_tests.config_overrides_fixtures"
 CC = "tenant 't1' (confluent_cloud): "
@@ -603,7 +603,7 @@ def test_metrics_config_values(tmp_path: Path) -> None:
 # --- emitters
 def test_emitter_rules(tmp_path: Path) -> None:
     emitters = [
-        {"type": "prometheus", "params": {"output_dir": "o1"}},
+        {"type": "parquet", "params": {"output_dir": "o1"}},
         {"type": "csv", "name": "x", "aggregation": "weekly", "params": {"output_dir": "o2"}},
         {
             "type": "csv",
@@ -615,7 +615,7 @@ def test_emitter_rules(tmp_path: Path) -> None:
     ]
     p = f"{CC}plugin_settings.emitters"
     assert tenant_problems(tmp_path, tenant(ps={"emitters": emitters})) == [
-        f"{p}[0].type: Unknown emitter type 'prometheus'. Available: csv",
+        f"{p}[0].type: Unknown emitter type 'parquet'. Available: csv, prometheus",
         f"{p}[1].aggregation: must be one of ['daily', 'monthly'], got 'weekly'",
         f"{p}: duplicate emitter name 'x'",
         f"{p}[2].params.filename_template: unknown placeholder '{{tenant}}'; allowed: {{tenant_id}}, "
@@ -865,6 +865,20 @@ def test_topic_attribution_settings(tmp_path: Path) -> None:
     assert t.emitters[0].params.output_dir == tmp_path / "ta"
 
 
+def test_topic_attribution_enabled_warns_it_is_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ps = {"topic_attribution": {"enabled": True}, "metrics": {"url": "http://p"}}
+    with caplog.at_level(logging.WARNING, logger="chargeback_dagster.config"):
+        app = load(tmp_path, {"tenants": {"t1": tenant(ps=ps), "t2": tenant(tenant_id="b")}})
+    expected = (
+        f"{CC}plugin_settings.topic_attribution.enabled=True: topic attribution is not implemented yet; "
+        "the topic_attribution block is ignored"
+    )
+    assert app.warnings == [expected]
+    assert expected in caplog.text
+
+
 def test_topic_attribution_invalid(tmp_path: Path) -> None:
     ta = {
         "missing_metrics_behavior": "drop",
@@ -884,7 +898,7 @@ def test_topic_attribution_invalid(tmp_path: Path) -> None:
 
 # --- self-managed kafka
 def test_self_managed_admin_api_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(validation_module, "_kafka_extra_available", lambda: False)
+    monkeypatch.setattr(self_managed_kafka_config, "_kafka_extra_available", lambda: False)
     rs = {"source": "admin_api", "sasl_mechanism": "PLAIN", "sasl_username": "u"}
     p = f"{SMK}plugin_settings.resource_source"
     assert tenant_problems(tmp_path, tenant("self_managed_kafka", ps={"resource_source": rs})) == [

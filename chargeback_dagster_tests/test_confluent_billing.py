@@ -294,9 +294,9 @@ def test_per_date_replacement_is_idempotent_and_logs_revisions(tmp_path, caplog)
             tenant.database_url, tenant_name="cc", ecosystem=tenant.ecosystem, tenant_id="acme"
         )
         pipeline.gather_billing(store, eco, dates, ctx_for(tenant))
-        first = {d: [(ln.key, ln.total_cost) for ln in store.billing_lines(d)] for d in dates}
+        first = {d: [(ln.key, ln.total_cost) for ln in store.billing.lines(d)] for d in dates}
         pipeline.gather_billing(store, eco, dates, ctx_for(tenant))
-        assert {d: [(ln.key, ln.total_cost) for ln in store.billing_lines(d)] for d in dates} == first
+        assert {d: [(ln.key, ln.total_cost) for ln in store.billing.lines(d)] for d in dates} == first
 
         # the provider restates day 2: one amount changes, one line vanishes; day 3 returns nothing
         day2 = org._day_lines(dates[1])
@@ -313,10 +313,10 @@ def test_per_date_replacement_is_idempotent_and_logs_revisions(tmp_path, caplog)
         f"Provider returned no billing lines for {dates[2]}; keeping {len(first[dates[2]])} stored lines"
         in caplog.text
     )
-    assert len(store.billing_lines(dates[1])) == len(first[dates[1]]) - 1
-    assert vanished["line_type"] not in {ln.product_type for ln in store.billing_lines(dates[1])}
-    assert [(ln.key, ln.total_cost) for ln in store.billing_lines(dates[2])] == first[dates[2]]
-    assert [(ln.key, ln.total_cost) for ln in store.billing_lines(dates[0])] == first[dates[0]]
+    assert len(store.billing.lines(dates[1])) == len(first[dates[1]]) - 1
+    assert vanished["line_type"] not in {ln.product_type for ln in store.billing.lines(dates[1])}
+    assert [(ln.key, ln.total_cost) for ln in store.billing.lines(dates[2])] == first[dates[2]]
+    assert [(ln.key, ln.total_cost) for ln in store.billing.lines(dates[0])] == first[dates[0]]
     store.dispose()
 
 

@@ -33,6 +33,7 @@ from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.ecosystems.confluent_cloud.billing import collapse_tiers, map_cost_row
 from chargeback_dagster.money import format_units, round4, to_units
 from chargeback_dagster.store import TenantStore
+from chargeback_dagster_tests.store_helpers import fact_rows, total_units
 
 START = date(2026, 1, 1)
 DAYS = 4
@@ -134,8 +135,8 @@ def check(result, name):
 
 def db_snapshot(store: TenantStore) -> dict:
     return {
-        "billing": {d: [(ln.key, ln.total_cost) for ln in store.billing_lines(d)] for d in DATES},
-        "chargeback": {d: sorted(store.chargeback_rows(d)) for d in DATES},
+        "billing": {d: [(ln.key, ln.total_cost) for ln in store.billing.lines(d)] for d in DATES},
+        "chargeback": {d: sorted(fact_rows(store, d)) for d in DATES},
     }
 
 
@@ -172,16 +173,16 @@ def test_multi_day_range_end_to_end(tmp_path, org, prometheus, sim):
     out = tmp_path / "out"
     midday = org.midday_cluster
     for d in DATES:
-        lines = store.billing_lines(d)
+        lines = store.billing.lines(d)
         # every provider line stored once (tiers collapsed, malformed rows kept), exact Decimal totals
         assert sum(ln.total_cost for ln in lines) == org.billed_total(d)
         assert len(lines) == len(expected_lines_between(org, d))
         billed = sum(to_units(round4(ln.total_cost)) for ln in lines)
-        assert store.chargeback_total_units(d) == billed
+        assert total_units(store, d) == billed
         rows = read_csv(out / f"acme_{d}.csv")
         assert sum(to_units(Decimal(r["amount"])) for r in rows) == billed
         # batched metrics were split per cluster: stored sums equal the simulator's per-principal sums
-        metrics = store.metric_rows(d)
+        metrics = store.metrics.rows(d)
         for cluster in org.clusters:
             if not org.kafka_samples(d, cluster.id):
                 continue
@@ -201,7 +202,7 @@ def test_multi_day_range_end_to_end(tmp_path, org, prometheus, sim):
     key_owner = {k.id: k.owner_id for k in org.api_keys}
     keyless_principals = 0
     for d in DATES:
-        base_lines = [ln for ln in store.billing_lines(d) if ln.product_type == "KAFKA_BASE"]
+        base_lines = [ln for ln in store.billing.lines(d) if ln.product_type == "KAFKA_BASE"]
         base_rows = [r for r in read_csv(out / f"acme_{d}.csv") if r["product_type"] == "KAFKA_BASE"]
         for base in base_lines:
             if midday is not None and base.resource_id == midday.id:
@@ -244,7 +245,7 @@ def test_multi_day_range_end_to_end(tmp_path, org, prometheus, sim):
     for d in DATES:
         credit_units = sum(
             to_units(round4(ln.total_cost))
-            for ln in store.billing_lines(d)
+            for ln in store.billing.lines(d)
             if ln.product_type == "PROMO_CREDIT"
         )
         assert credit_units == -200_000
@@ -301,7 +302,7 @@ def test_rate_limits_and_server_errors_are_retried(tmp_path, org, prometheus, si
 
     store = open_store(config_path)
     for d in DATES:
-        lines = store.billing_lines(d)
+        lines = store.billing.lines(d)
         keys = [ln.key + (ln.product_category,) for ln in lines]
         assert len(keys) == len(set(keys))  # no duplicates
         assert len(lines) == len(expected_lines_between(org, d))  # none lost
@@ -372,7 +373,7 @@ def test_prometheus_requests_are_o_of_days_not_days_times_clusters(tmp_path, org
     assert not summary.failures
     # resources without any series get an ok, empty result
     d = dates[0]
-    statuses = store.metric_fetch_status(d)
+    statuses = store.metrics.fetch_status(d)
     assert all(status == "ok" for status, _, _ in statuses.values())
     store.dispose()
 
@@ -396,7 +397,7 @@ def test_a_failed_batched_query_fails_every_group_of_that_key_and_day(tmp_path, 
     client = PrometheusClient("http://prometheus.test", transport=_httpx.MockTransport(answer))
     summary = pipeline.fetch_usage_metrics(store, eco, dates, lambda: client, 3600, pipeline.now_utc())
     assert client.request_count == 4
-    statuses = store.metric_fetch_status(dates[0])
+    statuses = store.metrics.fetch_status(dates[0])
     failed = {rid for (rid, key), (status, _, _) in statuses.items() if status == "failed"}
     out_keys = {rid for (rid, key) in statuses if key == "bytes_out"}
     assert failed == out_keys and len(out_keys) >= 6
@@ -426,7 +427,7 @@ def test_batched_queries_cover_batch_days_and_fall_back_per_day(tmp_path, org, p
     assert client.request_count == 3 + 3 + 4
     checked = 0
     for d in DATES:
-        metrics = store.metric_rows(d)
+        metrics = store.metrics.rows(d)
         for cluster in org.clusters:
             for key, direction in (("bytes_in", "request"), ("bytes_out", "response")):
                 rows = metrics.get((cluster.id, key))

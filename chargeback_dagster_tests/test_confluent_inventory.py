@@ -209,10 +209,10 @@ def test_handler_failure_keeps_others_and_skips_its_deletions(tmp_path):
     assert summary.handler_errors == {
         "schema_registry": "GET /srcm/v3/clusters failed after 6 attempts: HTTP 503"
     }
-    by_type = Counter((r.resource_type, r.status) for r in store.resources())
+    by_type = Counter((r.resource_type, r.status) for r in store.inventory.resources())
     assert by_type[("schema_registry", "active")] == 2  # not marked deleted: its handler failed
     assert by_type[("ksqldb_cluster", "deleted")] == 1  # other handlers' deletions still happen
-    assert all(i.deleted_at is None for i in store.identities())  # identities: only when all succeeded
+    assert all(i.deleted_at is None for i in store.inventory.identities())  # only when all succeeded
     store.dispose()
 
 
@@ -232,18 +232,18 @@ def test_deletion_detection_and_zero_gather_guard(tmp_path):
         org.ksqldb_clusters.clear()
         t2 = t1 + timedelta(hours=1)
         pipeline.gather_inventory(store, eco, [], ctx_for(tenant, t2), -1)
-        resources = {r.resource_id: r for r in store.resources()}
+        resources = {r.resource_id: r for r in store.inventory.resources()}
         assert resources[gone["id"]].status == "deleted"
         assert resources[gone["id"]].deleted_at == t2
         assert all(resources[k["id"]].status == "active" for k in saved_ksql)
-        assert store.get_gather_counter("resources:ksqldb_cluster") == 1
+        assert store.state.zero_gathers("resources:ksqldb_cluster") == 1
         # it comes back: re-gathered rows are active again and the counter resets
         org.ksqldb_clusters.extend(saved_ksql)
         gone["deleted_at"] = None
         pipeline.gather_inventory(store, eco, [], ctx_for(tenant, t2 + timedelta(hours=1)), -1)
-        resources = {r.resource_id: r for r in store.resources()}
+        resources = {r.resource_id: r for r in store.inventory.resources()}
         assert resources[gone["id"]].status == "active" and resources[gone["id"]].deleted_at is None
-        assert store.get_gather_counter("resources:ksqldb_cluster") == 0
+        assert store.state.zero_gathers("resources:ksqldb_cluster") == 0
         store.dispose()
 
 

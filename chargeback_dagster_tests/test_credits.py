@@ -307,3 +307,63 @@ def test_property_credit_rows_sum_to_t_within_one_unit_of_the_proportional_share
 
 RESOURCE, ENV, ORG = (f"credit_proportional_to_{s}_cost" for s in ("resource", "env", "org"))
 SCOPES = [("", ""), ("", "env-1"), ("lkc-1", "env-1"), ("lkc-2", ""), ("lkc-3", "env-9")]
+
+
+# --- the tenant's credit_policy, from YAML to the CSV -----------------------------------------------------
+@pytest.mark.parametrize(
+    ("policy", "expected_credit_rows"),
+    [
+        (  # default: TOY_CREDIT −1.00 in proportion to the day's costs on toy-1 (3.3334 / 3.3333 / 3.3333)
+            None,
+            [
+                ("team-a", "credit_proportional_to_resource_cost", "-0.3334"),
+                ("team-b", "credit_proportional_to_resource_cost", "-0.3333"),
+                ("team-c", "credit_proportional_to_resource_cost", "-0.3333"),
+            ],
+        ),
+        ("org_level", [("UNALLOCATED", "credit_kept_at_org_level", "-1.0000")]),
+    ],
+)
+def test_credit_policy_from_config_reaches_the_csv(tmp_path, monkeypatch, policy, expected_credit_rows):
+    import csv
+    from datetime import date
+
+    import yaml
+
+    from chargeback_dagster.config import load_config
+    from chargeback_dagster.defs.build import build_definitions
+    from chargeback_dagster.devtools.local_run import materialize_range
+    from chargeback_dagster.ecosystems.registry import ECOSYSTEMS
+    from chargeback_dagster_tests.toy_ecosystem import TOY_PLUGIN
+
+    monkeypatch.setitem(ECOSYSTEMS, "toy", TOY_PLUGIN)
+    tenant = {
+        "ecosystem": "toy",
+        "tenant_id": "toy-prod",
+        "partitions_start_date": "2026-01-01",
+        "storage": {"connection_string": "sqlite:///toys.db"},
+        "plugin_settings": {
+            "cluster_id": "toy-1",
+            "compute_rate": "10.00",
+            "teams": ["team-a", "team-b", "team-c"],
+            "credit": "-1.00",
+            "emitters": [{"type": "csv", "params": {"output_dir": "out"}}],
+        },
+    }
+    if policy is not None:
+        tenant["credit_policy"] = policy
+    config_file = tmp_path / "chargeback.yaml"
+    config_file.write_text(yaml.safe_dump({"tenants": {"toys": tenant}}))
+    defs = build_definitions(load_config(config_file))
+    assert materialize_range(defs, "toys", date(2026, 3, 1), date(2026, 3, 1)).success
+
+    with open(tmp_path / "out" / "toy-prod_2026-03-01.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    credit_rows = [
+        (r["identity_id"], r["allocation_detail"], r["amount"])
+        for r in rows
+        if r["product_type"] == "TOY_CREDIT"
+    ]
+    assert credit_rows == expected_credit_rows
+    # 10.00 compute + 1.50 support − 1.00 credit
+    assert sum(int(r["amount"].replace(".", "")) for r in rows) == 105000

@@ -16,7 +16,7 @@ STAMP = datetime(2026, 2, 1, tzinfo=UTC)
 
 
 def row(identity="sa-1", amount=100000, detail="even_split_allocation", resource="lkc-1", stamp=STAMP):
-    """(timestamp, CSV dimension fields, amount_units), as TenantStore.csv_groups returns them."""
+    """(timestamp, CSV dimension fields, amount_units), as store.chargeback.csv_groups returns them."""
     return (stamp, (resource, "KAFKA", "KAFKA_BASE", identity, "shared", "even_split", detail), amount)
 
 

@@ -357,7 +357,7 @@ def test_webserver_and_daemon_over_graphql(dagster_services):
     expected = {r["runId"]: ("completed" if r["status"] == "SUCCESS" else "failed") for r in ok}
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        audit = {r["dagster_run_id"]: r["status"] for r in store.pipeline_runs()}
+        audit = {r["dagster_run_id"]: r["status"] for r in store.state.runs()}
         if all(audit.get(run_id) == status for run_id, status in expected.items()):
             break
         time.sleep(2)

@@ -109,8 +109,8 @@ def test_registered_ecosystem_settings_checked_by_its_model(tmp_path, toy_regist
     with pytest.raises(ConfigError) as info:
         load_config(write_config(tmp_path, bad))
     message = str(info.value)
-    assert "tenant 'toys' (toy): plugin_settings.cluster_id: Field required" in message
-    assert "tenant 'toys' (toy): plugin_settings.teams: Input should be a valid list" in message
+    assert "tenant 'toys' (toy): plugin_settings.cluster_id: is required" in message
+    assert "tenant 'toys' (toy): plugin_settings.teams: must be a list, got 'team-a'" in message
     assert (
         "tenant 'toys' (toy): plugin_settings.identity_resolution_overrides: unknown service_type 'kafka' "
         "for toy; expected one of ['toy']" in message
@@ -146,5 +146,6 @@ def test_builtin_entries_match_their_ecosystems(monkeypatch, example, name):
     assert type(ecosystem) is ECOSYSTEMS[name].ecosystem_class()
     assert type(tenant.plugin_settings) is ECOSYSTEMS[name].settings_class()
     assert [h.service_type for h in ecosystem.handlers()] == list(ECOSYSTEMS[name].service_types)
-    # metrics_required: Confluent Cloud runs without a metrics source, the others need one
-    assert ECOSYSTEMS[name].metrics_required is (name != "confluent_cloud")
+    # its settings model says whether a metrics source is required: Confluent Cloud runs without one
+    metrics = ECOSYSTEMS[name].settings_class().model_fields["metrics"]
+    assert metrics.is_required() is (name != "confluent_cloud")

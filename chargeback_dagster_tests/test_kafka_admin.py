@@ -268,7 +268,7 @@ def test_pipeline_inventory_from_admin_api_then_incomplete(
         tenant.database_url, tenant_name="onprem", ecosystem="self_managed_kafka", tenant_id="onprem"
     )
     try:
-        stored = {r.resource_id: r.status for r in store.resources()}
+        stored = {r.resource_id: r.status for r in store.inventory.resources()}
         assert stored[f"{CLUSTER}:broker:1"] == "active"
         assert stored[f"{CLUSTER}:topic:orders"] == "active"
 
@@ -281,6 +281,6 @@ def test_pipeline_inventory_from_admin_api_then_incomplete(
         assert len(failures) == 1 and failures[0].step_key.endswith("inventory")
         message = failures[0].event_specific_data.error.to_string()
         assert "Inventory incomplete: Handler kafka gather failed: " + PREFIX in message
-        assert {r.resource_id: r.status for r in store.resources()} == stored
+        assert {r.resource_id: r.status for r in store.inventory.resources()} == stored
     finally:
         store.dispose()

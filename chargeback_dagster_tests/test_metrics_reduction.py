@@ -14,7 +14,6 @@ import gc
 import json
 import math
 import random
-import threading
 from datetime import UTC, date, datetime, timedelta
 from urllib.parse import parse_qs
 
@@ -24,6 +23,7 @@ import pytest
 from chargeback_dagster import pipeline
 from chargeback_dagster.domain import MetricRow
 from chargeback_dagster.sources import prometheus as prom
+from chargeback_dagster.sources import prometheus_columns as pc
 from chargeback_dagster.sources.prometheus import (
     MetricsQueryError,
     PrometheusClient,
@@ -54,7 +54,7 @@ def reference_series(bodies: list[dict], q: RangeQuery) -> list[Series]:
     for body in bodies:
         for item in body["data"]["result"]:
             key = tuple(sorted(reduce({str(k): str(v) for k, v in item["metric"].items()}).items()))
-            points = [p for p in map(prom._parse_point, item["values"]) if p is not None]
+            points = [p for p in map(pc.parse_point, item["values"]) if p is not None]
             stamps = [t for t, _ in points]
             bucket = merged.get(key)
             if (
@@ -223,7 +223,7 @@ def test_a_repeated_label_set_is_added_per_timestamp_whatever_came_first():
 def test_columns_fast_path_equals_per_point_parsing():
     rng = random.Random(7)
     odd = [None, "x", [1], [1, 2, 3], "ab", {"a": 1, "b": 2}, [True, "1"], ["1", "2"], [1e308, "1"], 5]
-    grid = prom._Grid()  # shared across calls, as for the series of one response
+    grid = pc.Grid()  # shared across calls, as for the series of one response
     for _ in range(2000):
         stamps = rng.choice([[1.0, 2], [1, 2.0], [True, 2], [0, 2], [-0.0, 2], [3.5, 1e308]])
         if rng.random() < 0.5:
@@ -231,26 +231,26 @@ def test_columns_fast_path_equals_per_point_parsing():
         raw = [[t, random_value(rng)] for t in stamps]
         if rng.random() < 0.3:
             raw.insert(rng.randrange(len(raw) + 1), rng.choice(odd))
-        points = [p for p in map(prom._parse_point, raw) if p is not None]
+        points = [p for p in map(pc.parse_point, raw) if p is not None]
         expected = bits(([t for t, _ in points], [v for _, v in points]))
-        assert bits(prom._columns(raw)) == expected, raw
-        assert bits(prom._columns(raw, grid)) == expected, raw
+        assert bits(pc.columns(raw)) == expected, raw
+        assert bits(pc.columns(raw, grid)) == expected, raw
 
 
 def test_equal_timestamp_columns_are_converted_once_and_shared():
     t0 = int(at(D1))
-    grid = prom._Grid()
-    first, _ = prom._columns([[t0, "1"], [t0 + 60, "2"]], grid)
-    again, values = prom._columns([[float(t0), "3"], [t0 + 60, "4"]], grid)  # equal numbers, other types
+    grid = pc.Grid()
+    first, _ = pc.columns([[t0, "1"], [t0 + 60, "2"]], grid)
+    again, values = pc.columns([[float(t0), "3"], [t0 + 60, "4"]], grid)  # equal numbers, other types
     assert again is first and values == [3.0, 4.0]
-    other, _ = prom._columns([[t0, "5"], [t0 + 120, "6"]], grid)
+    other, _ = pc.columns([[t0, "5"], [t0 + 120, "6"]], grid)
     assert other is not first and other == [t0, t0 + 120.0]
     # a column with a skipped point is parsed per point and not remembered
-    assert prom._columns([[t0, "NaN"], [t0 + 120, "6"]], grid)[0] == [t0 + 120.0]
-    assert prom._columns([[t0, "7"], [t0 + 120, "8"]], grid)[0] is other
+    assert pc.columns([[t0, "NaN"], [t0 + 120, "6"]], grid)[0] == [t0 + 120.0]
+    assert pc.columns([[t0, "7"], [t0 + 120, "8"]], grid)[0] is other
     # 0 == -0.0: a column holding a zero timestamp is never shared, so each keeps its sign of zero
-    assert bits(prom._columns([[0, "1"]], grid)[0]) == bits([0.0])
-    assert bits(prom._columns([[-0.0, "1"]], grid)[0]) == bits([-0.0])
+    assert bits(pc.columns([[0, "1"]], grid)[0]) == bits([0.0])
+    assert bits(pc.columns([[-0.0, "1"]], grid)[0]) == bits([-0.0])
 
 
 def test_series_on_one_grid_share_one_timestamps_list():
@@ -415,54 +415,40 @@ def test_what_orjson_rejects_is_parsed_by_json_as_before():
         client_answering(b"{not json").query_range(q)
 
 
-def test_collection_is_paused_while_parsing_and_restored(monkeypatch):
+def test_large_matrix_is_parsed_with_collection_on_and_few_collections(monkeypatch):
+    # 2 days at 60 s for 50 series: 144,000 points. The collector stays on for the whole process, and the
+    # points are not objects it tracks, so parsing them triggers no burst of collections.
     t0 = at(D1)
-    body = json.dumps(
-        {
-            "status": "success",
-            "data": {"resultType": "matrix", "result": [{"metric": {}, "values": [[t0, "1"]]}]},
-        }
-    ).encode()
-    q = RangeQuery("x", *day_window(D1), 3600)
-    seen: list[bool] = []
-    real_loads = prom._loads
+    grid = [t0 + 60 * i for i in range(2 * 1440)]
+    result = [{"metric": {"team": f"t{k:02d}"}, "values": [[t, f"{k}.5"] for t in grid]} for k in range(50)]
+    body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}}).encode()
+    start = day_window(D1)[0]
+    q = RangeQuery("sum by (team) (x)", start, start + timedelta(days=2), 60)
+    enabled_while_parsing: list[bool] = []
 
-    def spy(content: bytes):
-        seen.append(gc.isenabled())
-        return real_loads(content)
+    def reducer(query: str):
+        def reduce(labels: dict[str, str]) -> dict[str, str]:
+            enabled_while_parsing.append(gc.isenabled())
+            return labels
 
+        return reduce
+
+    monkeypatch.setattr(prom, "_reducer", reducer)
     client = client_answering(body)
-    monkeypatch.setattr(prom, "_loads", spy)
-    assert gc.isenabled()
-    client.query_range(q)
-    assert seen == [False] and gc.isenabled()
+    collections: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.collect()
+    gc.callbacks.append(count)
     try:
-        gc.disable()  # someone else's choice is kept
-        client.query_range(q)
-        assert not gc.isenabled()
+        series = client.query_range(q)
     finally:
-        gc.enable()
-    with pytest.raises(MetricsQueryError):  # restored after an error too
-        client_answering(b'{"status":"error","errorType":"bad_data","error":"x"}').query_range(q)
-    assert gc.isenabled()
-
-
-def test_overlapping_pauses_in_threads_end_with_collection_on():
-    inside = threading.Barrier(2)
-    leave = threading.Event()
-
-    def pause(wait_for_leave: bool) -> None:
-        with prom._gc_paused():
-            inside.wait()
-            if wait_for_leave:
-                leave.wait()
-
-    first = threading.Thread(target=pause, args=(True,))
-    first.start()
-    second = threading.Thread(target=pause, args=(False,))
-    second.start()
-    second.join()
-    assert not gc.isenabled()  # the first block is still running
-    leave.set()
-    first.join()
-    assert gc.isenabled()
+        gc.callbacks.remove(count)
+    assert enabled_while_parsing == [True] * 50
+    assert [s.labels for s in series] == [{"team": f"t{k:02d}"} for k in range(50)]
+    assert all(s.samples.timestamps is series[0].samples.timestamps for s in series)  # one shared grid
+    assert series[7].samples.values == [7.5] * len(grid)
+    assert len(collections) <= 10, collections  # as JSON lists the points would trigger ~200

@@ -26,6 +26,8 @@ from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.devtools.openmetrics import OpenMetricsWriter
 from chargeback_dagster.store import TenantStore
+from chargeback_dagster.store.chargeback import ChargebackRepository
+from chargeback_dagster_tests.store_helpers import csv_rows, fact_rows
 
 DATES = (date(2026, 2, 1), date(2026, 2, 2))
 
@@ -174,7 +176,7 @@ def test_refresh_gap_rule(shop, instance):
 
     store = open_store(shop)
     # a gather of an explicit run 10 minutes ago counts; a refresh run's own gather does not
-    store.append_gather_log(
+    store.state.log_gather(
         kind="billing",
         run_id="r-refresh",
         trigger="refresh",
@@ -182,7 +184,7 @@ def test_refresh_gap_rule(shop, instance):
         status="ok",
     )
     assert len(evaluate_refresh(shop, instance, tick).run_requests) == 1
-    store.append_gather_log(
+    store.state.log_gather(
         kind="inventory",
         run_id="r-manual",
         trigger="manual",
@@ -200,9 +202,9 @@ def test_refresh_gap_rule(shop, instance):
 def test_refresh_skips_suspended_and_busy_tenants(shop, instance):
     tick = datetime(2026, 7, 18, 9, 30, tzinfo=UTC)
     store = open_store(shop)
-    store.record_gather_failure("run-1", "billing: boom")
+    store.state.record_gather_failure("run-1", "billing: boom")
     assert len(evaluate_refresh(shop, instance, tick).run_requests) == 1
-    store.record_gather_failure("run-2", "billing: boom")  # counter at threshold 2: skipped already
+    store.state.record_gather_failure("run-2", "billing: boom")  # counter at threshold 2: skipped already
     assert evaluate_refresh(shop, instance, tick).skip_message == "Tenant shop is suspended"
     assert suspension.suspend_if_due(store, 2) is not None
     assert evaluate_refresh(shop, instance, tick).skip_message == "Tenant shop is suspended"
@@ -225,11 +227,11 @@ def test_refresh_skips_while_a_run_of_another_instance_holds_the_lock(shop, inst
     tick = datetime(2026, 7, 18, 9, 30, tzinfo=UTC)
     store = open_store(shop)
     now = guard.utc_now()
-    assert store.try_take_run_lock("run-of-another-instance", now)
+    assert store.state.try_take_run_lock("run-of-another-instance", now)
     assert (
         evaluate_refresh(shop, instance, tick).skip_message == "Pipeline is already running for tenant shop"
     )
-    store.touch_run_lock(
+    store.state.touch_run_lock(
         "run-of-another-instance", now - timedelta(seconds=guard.DEFAULT_TAKEOVER_SECONDS + 1)
     )
     assert len(evaluate_refresh(shop, instance, tick).run_requests) == 1
@@ -253,22 +255,22 @@ def test_guard_lock_takeover_and_orphans(shop, instance):
     defs = build_definitions(load_config(shop))
     store = open_store(shop)
     running = create_run_for_test(instance, job_name="shop_pipeline", status=dg.DagsterRunStatus.STARTED)
-    store.try_take_run_lock(running.run_id, guard.utc_now())
+    store.state.try_take_run_lock(running.run_id, guard.utc_now())
 
     result = materialize_range(defs, "shop", *DATES, instance=instance)
     assert not result.success
     assert all("Pipeline is already running for tenant shop" in e for e in step_failures(result).values())
-    assert store.csv_rows(DATES[0], DATES[1]) == []
+    assert csv_rows(store, DATES[0], DATES[1]) == []
 
     # the holder ends without releasing the lock: the next run takes it over
     instance.report_run_failed(instance.get_run_by_id(running.run_id))
-    store.upsert_pipeline_run("ghost-run", started_at=guard.utc_now())  # audit row of a run Dagster never saw
+    store.state.upsert_run("ghost-run", started_at=guard.utc_now())  # audit row of a run Dagster never saw
     result = materialize_range(defs, "shop", *DATES, instance=instance)
     assert result.success
-    assert store.run_lock_holder()[0] == result.run_id
-    ghost = store.get_pipeline_run("ghost-run")
+    assert store.state.run_lock_holder()[0] == result.run_id
+    ghost = store.state.get_run("ghost-run")
     assert (ghost["status"], ghost["error_message"]) == ("failed", "Orphaned — run ended without completing")
-    audit = store.get_pipeline_run(result.run_id)
+    audit = store.state.get_run(result.run_id)
     assert (audit["trigger"], audit["range_start"], audit["range_end"]) == ("manual", *DATES)
     assert (audit["dates_gathered"], audit["dates_calculated"], audit["rows_written"]) == (2, 2, 4)
 
@@ -285,14 +287,14 @@ def test_guard_rejects_unknown_tenant(shop, instance, tmp_path):
 # --- suspension counting (§7), SQLite and PostgreSQL ----------------------------------------------
 def test_gather_failure_counting(store_url):
     store = TenantStore.open(store_url, tenant_name="shop", ecosystem="generic_metrics_only", tenant_id="s")
-    assert store.record_gather_failure("r1", "billing: a") == 1
-    assert store.record_gather_failure("r1", "inventory: b") == 1  # at most once per run
-    assert store.get_tenant_status()["last_gather_error"] == "inventory: b"
-    assert not store.reset_gather_failures("r1")  # the same run already incremented
+    assert store.state.record_gather_failure("r1", "billing: a") == 1
+    assert store.state.record_gather_failure("r1", "inventory: b") == 1  # at most once per run
+    assert store.state.status()["last_gather_error"] == "inventory: b"
+    assert not store.state.reset_gather_failures("r1")  # the same run already incremented
     # run r2: billing succeeds, inventory fails → still a failing run, the counter climbs
-    store.append_gather_log(kind="billing", run_id="r2", started_at=guard.utc_now(), status="ok")
+    store.state.log_gather(kind="billing", run_id="r2", started_at=guard.utc_now(), status="ok")
     assert not suspension.record_success(store, "r2", {"billing", "inventory"})
-    assert store.record_gather_failure("r2", "inventory: c") == 2
+    assert store.state.record_gather_failure("r2", "inventory: c") == 2
     assert suspension.suspend_if_due(store, 3) is None
     row = suspension.suspend_if_due(store, 2)
     assert row["suspended"] and row["suspended_reason"] == (
@@ -300,14 +302,14 @@ def test_gather_failure_counting(store_url):
     )
     assert suspension.suspend_if_due(store, 2) is None  # conditional: only one writer wins
     assert suspension.resume(store).resumed
-    assert store.get_tenant_status()["consecutive_gather_failures"] == 0
+    assert store.state.status()["consecutive_gather_failures"] == 0
     assert suspension.resume(store).message == "Tenant shop is not suspended"
     # a run whose gathers all succeed resets the counter
-    store.record_gather_failure("r3", "billing: d")
+    store.state.record_gather_failure("r3", "billing: d")
     for kind in ("billing", "inventory"):
-        store.append_gather_log(kind=kind, run_id="r4", started_at=guard.utc_now(), status="ok")
+        store.state.log_gather(kind=kind, run_id="r4", started_at=guard.utc_now(), status="ok")
     assert suspension.record_success(store, "r4", {"billing", "inventory"})
-    assert store.get_tenant_status()["consecutive_gather_failures"] == 0
+    assert store.state.status()["consecutive_gather_failures"] == 0
     store.dispose()
 
 
@@ -346,7 +348,7 @@ def test_outage_suspends_then_resume(
     csvs = {p.name: p.read_bytes() for p in out.glob("*.csv")}
     assert sorted(csvs) == ["shop-prod_2026-02-01.csv", "shop-prod_2026-02-02.csv"]
     store = open_store(config_path)
-    rows = {d: store.chargeback_rows(d) for d in DATES}
+    rows = {d: fact_rows(store, d) for d in DATES}
 
     # Prometheus (identity discovery) becomes unreachable; retry waits shortened for the test
     monkeypatch.setattr("chargeback_dagster.sources.prometheus.random.uniform", lambda a, b: 0.01)
@@ -359,7 +361,7 @@ def test_outage_suspends_then_resume(
             "Identity discovery query failed: Exhausted 4 attempts"
             in step_failures(result)["shop__inventory"]
         )
-        assert store.get_tenant_status()["consecutive_gather_failures"] == attempt
+        assert store.state.status()["consecutive_gather_failures"] == attempt
         run_failure_sensor(defs, instance, result)
 
     alerts = [r for r in caplog.records if r.getMessage().startswith("ALERT: Tenant shop")]
@@ -378,7 +380,7 @@ def test_outage_suspends_then_resume(
         r.getMessage() == "ALERT: All 1 tenants are suspended; no chargeback is being calculated"
         for r in caplog.records
     )
-    status = store.get_tenant_status()
+    status = store.state.status()
     assert status["suspended"]
 
     # further runs fail fast at the guard; the failure sensor does not alert again
@@ -393,7 +395,7 @@ def test_outage_suspends_then_resume(
     assert len([r for r in caplog.records if r.getMessage().startswith("ALERT: Tenant shop")]) == 1
     # data and CSVs from before are untouched
     assert {p.name: p.read_bytes() for p in out.glob("*.csv")} == csvs
-    assert {d: store.chargeback_rows(d) for d in DATES} == rows
+    assert {d: fact_rows(store, d) for d in DATES} == rows
 
     assert cli.main(["status", "--config", str(config_path)]) == 0
     printed = capsys.readouterr().out
@@ -408,20 +410,20 @@ def test_outage_suspends_then_resume(
     )
     result = materialize_range(defs, "shop", *DATES, instance=instance)
     assert result.success
-    assert store.get_tenant_status()["consecutive_gather_failures"] == 0
-    assert not store.get_tenant_status()["suspended"]
-    audit = store.get_pipeline_run(result.run_id)
+    assert store.state.status()["consecutive_gather_failures"] == 0
+    assert not store.state.status()["suspended"]
+    audit = store.state.get_run(result.run_id)
     assert audit["status"] == "running"  # closed by the success sensor
     # the first good run (marked completed by a later guard) and the three failed ones; start times are whole
     # seconds, so runs started within one second have no defined order
-    earlier = sorted(r["status"] for r in store.pipeline_runs() if r["dagster_run_id"] != result.run_id)
+    earlier = sorted(r["status"] for r in store.state.runs() if r["dagster_run_id"] != result.run_id)
     assert earlier == ["completed", "failed", "failed", "failed"]
 
 
 def test_guard_is_the_suspension_backstop(shop, instance, caplog):
     store = open_store(shop)
-    store.record_gather_failure("r1", "billing: x")
-    store.record_gather_failure("r2", "billing: y")  # threshold 2 reached, no sensor ran
+    store.state.record_gather_failure("r1", "billing: x")
+    store.state.record_gather_failure("r2", "billing: y")  # threshold 2 reached, no sensor ran
     caplog.set_level(logging.INFO, logger="chargeback_dagster")
     result = materialize_range(build_definitions(load_config(shop)), "shop", *DATES, instance=instance)
     assert not result.success
@@ -432,14 +434,14 @@ def test_guard_is_the_suspension_backstop(shop, instance, caplog):
 def test_resume_tenant_job(shop, instance, caplog):
     defs = build_definitions(load_config(shop))
     store = open_store(shop)
-    store.record_gather_failure("r1", "billing: x")
-    store.record_gather_failure("r2", "billing: x")
+    store.state.record_gather_failure("r1", "billing: x")
+    store.state.record_gather_failure("r2", "billing: x")
     suspension.suspend_if_due(store, 2)
     caplog.set_level(logging.INFO, logger="chargeback_dagster")
     job = defs.resolve_job_def("resume_tenant")
     run_config = {"ops": {"resume_tenant": {"config": {"tenant_name": "shop"}}}}
     assert job.execute_in_process(run_config=run_config, instance=instance).success
-    assert not store.get_tenant_status()["suspended"]
+    assert not store.state.status()["suspended"]
     assert any(r.getMessage().startswith("Tenant shop resumed (was suspended since") for r in caplog.records)
     assert job.execute_in_process(run_config=run_config, instance=instance).success
     assert any(r.getMessage() == "Tenant shop is not suspended" for r in caplog.records)
@@ -472,21 +474,21 @@ def test_timeout_keeps_committed_dates(tmp_path, instance, monkeypatch):
     # time jumps past the deadline right after the first date is committed
     offset = [0.0]
     monkeypatch.setattr(guard, "clock", lambda: time.time() + offset[0])
-    original = TenantStore.write_chargeback
+    original = ChargebackRepository.write
 
     def write_then_jump(self, *args, **kwargs):
         written = original(self, *args, **kwargs)
         offset[0] = 31.0
         return written
 
-    monkeypatch.setattr(TenantStore, "write_chargeback", write_then_jump)
+    monkeypatch.setattr(ChargebackRepository, "write", write_then_jump)
     result = materialize_range(defs, "shop", date(2026, 2, 1), date(2026, 2, 3), instance=instance)
     assert not result.success
     assert "Execution timed out after 30s" in step_failures(result)["shop__chargeback"]
     store = open_store(config_path)
-    assert store.calculated_dates(date(2026, 2, 1), date(2026, 2, 4)) == [date(2026, 2, 1)]
+    assert store.state.calculated_dates(date(2026, 2, 1), date(2026, 2, 4)) == [date(2026, 2, 1)]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.csv")) == ["shop-prod_2026-02-01.csv"]
-    assert store.get_tenant_status()["consecutive_gather_failures"] == 0  # a timeout is no gather failure
+    assert store.state.status()["consecutive_gather_failures"] == 0  # a timeout is no gather failure
 
 
 def test_timeout_during_provider_retry_is_not_a_gather_failure(tmp_path, instance):
@@ -497,7 +499,7 @@ def test_timeout_during_provider_retry_is_not_a_gather_failure(tmp_path, instanc
     result = materialize_range(build_definitions(load_config(config_path)), "shop", *DATES, instance=instance)
     assert not result.success
     assert "Execution timed out after 1s" in step_failures(result)["shop__inventory"]
-    assert (open_store(config_path).get_tenant_status() or {}).get("consecutive_gather_failures", 0) == 0
+    assert (open_store(config_path).state.status() or {}).get("consecutive_gather_failures", 0) == 0
 
 
 # --- retention (§9) --------------------------------------------------------------------------------
@@ -511,7 +513,10 @@ def test_retention(shop, instance, caplog):
     now = datetime(2026, 10, 11, 12, tzinfo=UTC)
     deleted = maintenance.purge(store, 250, now)
     assert deleted["chargeback_facts"] == 4 and deleted["billing"] == 2
-    assert store.calculated_dates(date(2026, 1, 1), date(2026, 3, 1)) == [date(2026, 2, 3), date(2026, 2, 4)]
+    assert store.state.calculated_dates(date(2026, 1, 1), date(2026, 3, 1)) == [
+        date(2026, 2, 3),
+        date(2026, 2, 4),
+    ]
     assert any("Retention deleted" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
     assert {p.name: p.read_bytes() for p in (shop.parent / "out").glob("*.csv")} == csvs  # CSVs untouched
     assert sum(maintenance.purge(store, 250, now).values()) == 0
@@ -528,8 +533,8 @@ def test_retention_schedule_skips_suspended_tenant(shop, instance):
     with dg.build_schedule_context(instance=instance, resources=defs.resources) as context:
         assert isinstance(schedule.evaluate_tick(context).run_requests[0], dg.RunRequest)
     store = open_store(shop)
-    store.record_gather_failure("r1", "x")
-    store.record_gather_failure("r2", "x")
+    store.state.record_gather_failure("r1", "x")
+    store.state.record_gather_failure("r2", "x")
     suspension.suspend_if_due(store, 2)
     with dg.build_schedule_context(instance=instance, resources=defs.resources) as context:
         data = schedule.evaluate_tick(context)

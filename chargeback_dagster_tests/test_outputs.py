@@ -16,7 +16,7 @@ from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.outputs import registry
 from chargeback_dagster.outputs.base import Output
-from chargeback_dagster.store import TenantStore
+from chargeback_dagster.store.chargeback import ChargebackRepository
 from chargeback_dagster_tests.test_operations import (
     closed_port_url,
     step_failures,
@@ -67,7 +67,9 @@ def test_an_output_type_registered_from_outside_is_written_by_a_materialization(
     tmp_path, instance, monkeypatch
 ):
     config_path = shop_with_summary(tmp_path)
-    with pytest.raises(ConfigError, match=r"Unknown emitter type 'json_summary'\. Available: csv$"):
+    with pytest.raises(
+        ConfigError, match=r"Unknown emitter type 'json_summary'\. Available: csv, prometheus$"
+    ):
         load_config(config_path)
 
     monkeypatch.setitem(registry.OUTPUTS, "json_summary", JsonSummary)
@@ -108,7 +110,9 @@ def test_an_output_type_registered_from_outside_is_written_by_a_materialization(
     write_config(config_path, {"shop": tenant_config(closed_port_url())})
     text = config_path.read_text().replace("type: csv", "type: parquet")
     config_path.write_text(text)
-    with pytest.raises(ConfigError, match=r"Unknown emitter type 'parquet'\. Available: csv, json_summary$"):
+    with pytest.raises(
+        ConfigError, match=r"Unknown emitter type 'parquet'\. Available: csv, json_summary, prometheus$"
+    ):
         load_config(config_path)
 
 
@@ -119,14 +123,14 @@ def test_a_timeout_writes_the_committed_dates_through_every_output(tmp_path, ins
     # time jumps past the deadline right after the first date is committed
     offset = [0.0]
     monkeypatch.setattr(guard, "clock", lambda: time.time() + offset[0])
-    original = TenantStore.write_chargeback
+    original = ChargebackRepository.write
 
     def write_then_jump(self, *args, **kwargs):
         written = original(self, *args, **kwargs)
         offset[0] = 31.0
         return written
 
-    monkeypatch.setattr(TenantStore, "write_chargeback", write_then_jump)
+    monkeypatch.setattr(ChargebackRepository, "write", write_then_jump)
     result = materialize_range(defs, "shop", date(2026, 2, 1), date(2026, 2, 3), instance=instance)
     assert not result.success
     assert "Execution timed out after 30s" in step_failures(result)["shop__chargeback"]

@@ -26,9 +26,9 @@ from chargeback_dagster.sources.prometheus import (
     RangeQuery,
     Series,
     day_window,
-    grouping_labels,
     reduce_series,
 )
+from chargeback_dagster.sources.promql import grouping_labels
 
 TODAY = datetime.now(UTC).date()
 BASE = TODAY - timedelta(days=300)  # all query-semantics data lives 300 days in the past
@@ -513,10 +513,21 @@ def test_day_window_and_reduce_series():
         ('x{team="a"}', ("none", ())),
         ("sum(x)", ("none", ())),
         ("sum by (principal) (increase(y[{step}])) * 8", ("by", ("principal",))),
+        # the outermost aggregation: the first at the smallest parenthesis depth
+        ("abs(sum by (a) (x)) + sum by (b) (y)", ("by", ("b",))),
+        ("sum by (a) (x) / on (c) group_left (d) sum by (b) (y)", ("by", ("a",))),
+        ("SUM BY (a) (x) # by (z)\n", ("by", ("a",))),
+        ('count_values("by", x) without (host)', ("without", ("host",))),
     ],
 )
 def test_grouping_labels(query, expected):
     assert grouping_labels(query) == expected
+
+
+def test_grouping_labels_of_invalid_promql_is_an_error():
+    # the parser says what is wrong (a query is only read after Prometheus accepted it)
+    with pytest.raises(ValueError, match="^unclosed left parenthesis$"):
+        grouping_labels("sum by (team) (usage")
 
 
 def test_openmetrics_writer():

@@ -202,7 +202,7 @@ def test_confluent_cost_row_returned_twice_is_counted_once(tmp_path, caplog, fau
         with caplog.at_level(logging.WARNING):
             pipeline.gather_billing(store, ecosystem_for(tenant), [day], confluent.ctx_for(tenant))
         assert len(sim.requests_to(COSTS_PATH)) == 3
-    assert sum((ln.total_cost for ln in store.billing_lines(day)), Decimal(0)) == Decimal("172.006750")
+    assert sum((ln.total_cost for ln in store.billing.lines(day)), Decimal(0)) == Decimal("172.006750")
     warnings = [r.getMessage() for r in caplog.records if "returned more than once" in r.getMessage()]
     assert warnings == [
         f"Billing row {rows[i]['id']} returned more than once by the Costs API; counted once"

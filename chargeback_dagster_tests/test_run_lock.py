@@ -29,6 +29,7 @@ from chargeback_dagster.defs import guard
 from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.store import TenantStore
+from chargeback_dagster_tests.store_helpers import csv_rows
 from chargeback_dagster_tests.test_generic_e2e import tenant_yaml, worked_example_metrics
 
 FIRST, LAST = date(2026, 2, 1), date(2026, 2, 4)
@@ -148,12 +149,12 @@ class Holder:
         args = [sys.executable, "-c", HOLDER_SCRIPT, str(self.config), str(self.home)]
         self.process = subprocess.Popen(args, env=env)
         wait_for(self.holds_lock, 90, "the holder to take the lock")
-        self.run_id = self.store.run_lock_holder()[0]
+        self.run_id = self.store.state.run_lock_holder()[0]
         return self
 
     def holds_lock(self) -> bool:
         assert self.process.poll() is None, "the holder ended before it was seen holding the lock"
-        return self.store.run_lock_holder() is not None and self.proxy.served >= 3
+        return self.store.state.run_lock_holder() is not None and self.proxy.served >= 3
 
     def __exit__(self, *exc) -> None:
         if self.process.poll() is None:
@@ -192,10 +193,10 @@ def test_killed_holder_is_taken_over_within_the_takeover_time(
         # up to 2 s of whole-second timestamps) was refused, however long each attempt took
         refused = [at for at, ok in attempts if not ok]
         assert max(refused) < TAKEOVER_SECONDS + 2
-        killed = holder.store.get_pipeline_run(holder.run_id)
+        killed = holder.store.state.get_run(holder.run_id)
         assert (killed["status"], killed["error_message"]) == ("failed", guard.ORPHANED)
-        totals = holder.store.chargeback_totals(FIRST, LAST + timedelta(days=1))
-        rows = holder.store.csv_rows(FIRST, LAST + timedelta(days=1))
+        totals = holder.store.chargeback.totals(FIRST, LAST + timedelta(days=1))
+        rows = csv_rows(holder.store, FIRST, LAST + timedelta(days=1))
 
     # a clean run into another database and output dir gives the same bytes and totals
     clean_url = make_pg_database()
@@ -205,9 +206,9 @@ def test_killed_holder_is_taken_over_within_the_takeover_time(
     assert len(outputs(tmp_path / "run")) == 5  # four days and the month
     assert outputs(tmp_path / "run") == outputs(clean_root)
     clean = open_store(clean_url)
-    assert totals == clean.chargeback_totals(FIRST, LAST + timedelta(days=1))
+    assert totals == clean.chargeback.totals(FIRST, LAST + timedelta(days=1))
     assert sum(totals.values()) == 3 * 1_807_400  # 180.74 on each of the three days with data
-    assert rows == clean.csv_rows(FIRST, LAST + timedelta(days=1))
+    assert rows == csv_rows(clean, FIRST, LAST + timedelta(days=1))
     clean.dispose()
 
 
@@ -225,12 +226,12 @@ def test_a_run_of_another_instance_is_refused_while_the_holder_runs(
         other = materialize_range(holder.defs, "search", FIRST, LAST, instance=dg.DagsterInstance.ephemeral())
         assert not other.success
         assert failures(other) and all(f == BUSY for f in failures(other))
-        assert holder.process.poll() is None and holder.store.run_lock_holder()[0] == holder.run_id
+        assert holder.process.poll() is None and holder.store.state.run_lock_holder()[0] == holder.run_id
 
         # once the holder's process ends normally the lock is free at once, not after the takeover time
         holder.proxy.delay = 0
         assert holder.process.wait(60) == 0
-        assert holder.store.run_lock_holder() is None
+        assert holder.store.state.run_lock_holder() is None
         again = materialize_range(holder.defs, "search", FIRST, LAST, instance=dg.DagsterInstance.ephemeral())
         assert again.success
 
@@ -258,7 +259,7 @@ def test_a_run_whose_lock_was_taken_over_stops_at_its_next_check(tmp_path, monke
         assert guard.take_lock(store, instance, run.run_id) is None
         guard.check_lock_kept("search", run.run_id)  # held: nothing happens
         at = guard.utc_now() + timedelta(seconds=120)  # as if the holder had been frozen for two minutes
-        assert store.try_take_run_lock(
+        assert store.state.try_take_run_lock(
             "taker", at, replacing=run.run_id, stale_before=at - timedelta(seconds=60)
         )
 
@@ -274,5 +275,5 @@ def test_a_run_whose_lock_was_taken_over_stops_at_its_next_check(tmp_path, monke
             return False
 
         wait_for(stopped, 5, "the holder to notice the takeover")
-        assert store.run_lock_holder()[0] == "taker"
+        assert store.state.run_lock_holder()[0] == "taker"
     store.dispose()

@@ -16,6 +16,7 @@ from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.domain import blocks_from_rows
 from chargeback_dagster.store import TenantStore
+from chargeback_dagster_tests.store_helpers import total_units
 
 DAY = date(2026, 3, 10)
 
@@ -126,7 +127,7 @@ def test_allocation_failure_reaches_retry_limit_on_third_run(tmp_path):
         ecosystem="generic_metrics_only",
         tenant_id="batch",
     )
-    assert store.chargeback_total_units(DAY) == 2400
+    assert total_units(store, DAY) == 2400
 
 
 @pytest.mark.slow
@@ -177,7 +178,7 @@ def test_reconciliation_names_date_and_difference(tmp_path):
         "even_split_allocation",
         "",
     )
-    store.write_chargeback(
+    store.chargeback.write(
         DAY,
         blocks_from_rows({key: 2399}),
         calculation_id="x",

@@ -26,6 +26,7 @@ class ToySettings(PluginSettingsBase):
     cluster_id: str
     compute_rate: Decimal
     teams: list[str]
+    credit: Decimal | None = None  # a daily TOY_CREDIT line of this (negative) amount
 
 
 class ToyEcosystem(Ecosystem):
@@ -39,7 +40,7 @@ class ToyEcosystem(Ecosystem):
         priced = (
             ("TOY_COMPUTE", Decimal(d.day), self.settings.compute_rate),
             ("TOY_SUPPORT", 1, SUPPORT_COST),
-        )
+        ) + ((("TOY_CREDIT", 1, self.settings.credit),) if self.settings.credit is not None else ())
         return [
             BillingLine(
                 ecosystem=self.name,
@@ -82,6 +83,4 @@ class ToyEcosystem(Ecosystem):
         return UNKNOWN_TO_UNALLOCATED
 
 
-TOY_PLUGIN = EcosystemPlugin(
-    f"{__name__}:ToyEcosystem", f"{__name__}:ToySettings", (SERVICE_TYPE,), metrics_required=False
-)
+TOY_PLUGIN = EcosystemPlugin(f"{__name__}:ToyEcosystem", f"{__name__}:ToySettings", (SERVICE_TYPE,))

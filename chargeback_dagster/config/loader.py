@@ -13,8 +13,9 @@ from typing import Any
 import yaml
 from dotenv import load_dotenv
 
-from .schema import AppConfig
-from .validation import type_name, validate
+from .fields import type_name
+from .models import AppConfig
+from .validate import validate
 
 logger = logging.getLogger("chargeback_dagster.config")
 

@@ -94,7 +94,7 @@ class TenantStep:
         return [d for d in self.dates if d >= first_unsettled]
 
     def audit(self, **fields) -> None:
-        self.store.upsert_pipeline_run(self.run_id, **fields)
+        self.store.state.upsert_run(self.run_id, **fields)
 
     def gather_kinds_in_run(self) -> set[str]:
         selected = self.context.run.asset_selection or self.context.job_def.asset_layer.executable_asset_keys
@@ -107,7 +107,7 @@ class TenantStep:
         """A gather (`billing` or `inventory`): logged in gather_log; a GatherError counts once per run
         towards suspension, a success resets the counter once all of the run's gathers succeeded."""
         self.check_deadline()
-        log_id = self.store.append_gather_log(
+        log_id = self.store.state.log_gather(
             kind=kind,
             run_id=self.run_id,
             trigger=self.trigger,
@@ -119,7 +119,7 @@ class TenantStep:
         try:
             yield
         except GatherError as exc:
-            self.store.finish_gather_log(
+            self.store.state.finish_gather(
                 log_id, finished_at=pipeline.now_utc(), status="failed", error=str(exc)
             )
             if self.deadline.expired():  # a provider wait cut short by the deadline is a timeout
@@ -127,20 +127,22 @@ class TenantStep:
             suspension.record_failure(self.store, self.run_id, f"{kind}: {exc}")
             raise
         except BaseException as exc:
-            self.store.finish_gather_log(
+            self.store.state.finish_gather(
                 log_id, finished_at=pipeline.now_utc(), status="failed", error=str(exc)
             )
             raise
-        self.store.finish_gather_log(log_id, finished_at=pipeline.now_utc(), status="ok")
+        self.store.state.finish_gather(log_id, finished_at=pipeline.now_utc(), status="ok")
         suspension.record_success(self.store, self.run_id, self.gather_kinds_in_run())
 
     def chargeback_result(self, dates: list[date]) -> ChargebackResult:
-        return ChargebackResult(self.tenant, tuple(dates), self.store.csv_groups)
+        return ChargebackResult(self.tenant, tuple(dates), self.store.chargeback.csv_groups, self.store)
 
     def write_committed_outputs(self) -> None:
         """After a timeout inside `chargeback`: write the outputs of the dates this run already committed."""
         done = [
-            d for d in self.dates if (self.store.get_state(d) or {}).get("calculation_run_id") == self.run_id
+            d
+            for d in self.dates
+            if (self.store.state.date_row(d) or {}).get("calculation_run_id") == self.run_id
         ]
         if done:
             write_outputs(self.chargeback_result(done))

@@ -220,8 +220,8 @@ def enter(
 
     tags = dict(context.run.tags)
     trigger = run_trigger(tags)
-    if store.get_pipeline_run(run_id) is None:
-        store.upsert_pipeline_run(
+    if store.state.get_run(run_id) is None:
+        store.state.upsert_run(
             run_id,
             trigger=trigger,
             range_start=min(dates) if dates else None,
@@ -230,7 +230,7 @@ def enter(
             stage=stage,
         )
     else:
-        store.upsert_pipeline_run(run_id, stage=stage)
+        store.state.upsert_run(run_id, stage=stage)
     deadline = Deadline(tenant.tenant_execution_timeout_seconds, run_start(instance, run_id))
     deadline.check()
     return Guarded(tenant, store, deadline, trigger)
@@ -238,7 +238,7 @@ def enter(
 
 def check_not_suspended(store: TenantStore, tenant: TenantConfig) -> None:
     suspension.suspend_if_due(store, tenant.gather_failure_threshold)  # backstop; no-op when not due
-    status = store.get_tenant_status()
+    status = store.state.status()
     if status and status["suspended"]:
         raise dg.Failure(suspension.suspended_message(tenant.name, status))
 
@@ -250,14 +250,14 @@ def take_lock(store: TenantStore, instance: dg.DagsterInstance, run_id: str) -> 
     heartbeat_seconds(), takeover_seconds()  # a bad override fails the step here, not the heartbeat thread
     for _ in range(3):  # lost races retry with the new holder
         now = utc_now()
-        holder = store.run_lock_holder()
+        holder = store.state.run_lock_holder()
         if holder is None:
-            if store.try_take_run_lock(run_id, now):
+            if store.state.try_take_run_lock(run_id, now):
                 keep_lock_alive(store, instance, run_id)
                 return None
             continue
         if holder.run_id == run_id:
-            if store.touch_run_lock(run_id, now):
+            if store.state.touch_run_lock(run_id, now):
                 _lost.discard((store.tenant_name, run_id))
                 keep_lock_alive(store, instance, run_id)
                 return None
@@ -266,7 +266,7 @@ def take_lock(store: TenantStore, instance: dg.DagsterInstance, run_id: str) -> 
         if dead is None:
             raise dg.Failure(busy, metadata={"holding_run_id": holder.run_id})
         why, stale_before = dead
-        if store.try_take_run_lock(run_id, now, replacing=holder.run_id, stale_before=stale_before):
+        if store.state.try_take_run_lock(run_id, now, replacing=holder.run_id, stale_before=stale_before):
             log.info(
                 f"tenant={store.tenant_name} run_id={run_id} | took over the tenant lock of run "
                 f"{holder.run_id}, {why}"
@@ -319,9 +319,9 @@ def _heartbeat(store: TenantStore, instance: dg.DagsterInstance, run_id: str) ->
             try:
                 if not run_in_progress(instance, run_id):
                     with contextlib.suppress(Exception):  # else the heartbeat expires
-                        store.release_run_lock(run_id)
+                        store.state.release_run_lock(run_id)
                     return
-                if not store.touch_run_lock(run_id, utc_now()):
+                if not store.state.touch_run_lock(run_id, utc_now()):
                     _lost.add((store.tenant_name, run_id))
                     return
                 last_beat = time.monotonic()
@@ -343,7 +343,7 @@ def _release_on_exit() -> None:
         held = list(_heartbeats.items())
     for (_, run_id), (store, _) in held:
         with contextlib.suppress(Exception):  # else the heartbeat expires
-            store.release_run_lock(run_id)
+            store.state.release_run_lock(run_id)
 
 
 def close_orphans(
@@ -352,7 +352,7 @@ def close_orphans(
     """`running` audit rows of runs no longer in progress, or of the dead lock holder this run took over
     from: a run that succeeded (its status sensor has not ticked yet) becomes `completed`; any other
     becomes `failed` with the orphan message."""
-    for row in store.pipeline_runs("running"):
+    for row in store.state.runs("running"):
         other = row["dagster_run_id"]
         if other == run_id:
             continue
@@ -362,6 +362,6 @@ def close_orphans(
         record = instance.get_run_record_by_id(other) if run is not None else None
         ended = datetime.fromtimestamp(record.end_time, UTC) if record and record.end_time else utc_now()
         if run is not None and run.status == dg.DagsterRunStatus.SUCCESS:
-            store.end_pipeline_runs([other], status="completed", at=ended, error=None)
+            store.state.end_runs([other], status="completed", at=ended, error=None)
         else:
-            store.end_pipeline_runs([other], status="failed", at=ended, error=ORPHANED)
+            store.state.end_runs([other], status="failed", at=ended, error=ORPHANED)

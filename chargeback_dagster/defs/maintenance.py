@@ -23,7 +23,7 @@ def purge(
     """Delete what is older than `retention_days` (docs/operations.md §9); logs the total at INFO when > 0."""
     cutoff_date = now.date() - timedelta(days=retention_days)
     exact_cutoff = now - timedelta(days=retention_days)
-    deleted = store.purge_before(cutoff_date, exact_cutoff)
+    deleted = store.retention.purge(cutoff_date, exact_cutoff)
     total = sum(deleted.values())
     if total:
         details = ", ".join(f"{table} {n}" for table, n in sorted(deleted.items()) if n)

@@ -41,7 +41,7 @@ def tenant_busy(instance: dg.DagsterInstance, store, tenant_name: str) -> bool:
     )
     if records:
         return True
-    holder = store.run_lock_holder()
+    holder = store.state.run_lock_holder()
     return (
         holder is not None and guard.lock_holder_dead(instance, tenant_name, holder, guard.utc_now()) is None
     )
@@ -58,7 +58,7 @@ def evaluate_refresh(
 
     gap = tenant.plugin_settings.min_refresh_gap_seconds
     previous = [datetime.fromisoformat(context.cursor)] if context.cursor else []
-    other = store.latest_gather_start(exclude_trigger="refresh")  # explicit runs' gathers
+    other = store.state.latest_gather_start(exclude_trigger="refresh")  # explicit runs' gathers
     if other is not None:
         previous.append(other)
     if previous:
@@ -145,9 +145,9 @@ def close_run(
         return None
     tenant = config.tenants[tenant_name]
     store = tenant_store.open(tenant_name)
-    if store.get_pipeline_run(run.run_id) is None:
+    if store.state.get_run(run.run_id) is None:
         started = guard.run_start(instance, run.run_id)
-        store.upsert_pipeline_run(
+        store.state.upsert_run(
             run.run_id,
             trigger=guard.run_trigger(dict(run.tags)),
             started_at=datetime.fromtimestamp(started, UTC),
@@ -155,8 +155,8 @@ def close_run(
             range_end=_tag_date(run.tags.get(RANGE_END_TAG)),
         )
     # the sensor is authoritative: it overwrites what a later run's guard wrote for an "orphan"
-    store.end_pipeline_runs([run.run_id], status=status, at=guard.utc_now(), error=error, only_running=False)
-    store.release_run_lock(run.run_id)
+    store.state.end_runs([run.run_id], status=status, at=guard.utc_now(), error=error, only_running=False)
+    store.state.release_run_lock(run.run_id)
     if status == "failed" and suspension.suspend_if_due(store, tenant.gather_failure_threshold):
         suspension.alert_if_all_suspended(tenant_store.open(name) for name in config.tenants)
     return tenant_name

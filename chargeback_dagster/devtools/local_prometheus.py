@@ -133,11 +133,15 @@ class LocalPrometheus:
         openmetrics_files: Sequence[Path] | None = None,
         import_workers: int = 1,
         keep_data: bool = False,
+        extra_flags: Sequence[str] = (),
+        config_text: str = MINIMAL_CONFIG,
     ) -> None:
         self.openmetrics_text = openmetrics_text
         self.openmetrics_files = [Path(f) for f in openmetrics_files or ()]
         self.import_workers = max(1, import_workers)
         self.workdir = Path(workdir)
+        self.extra_flags = list(extra_flags)  # e.g. --web.enable-remote-write-receiver
+        self.config_text = config_text  # prometheus.yml, e.g. with storage.tsdb.out_of_order_time_window
         self.port = port
         self._fixed_port = port is not None
         self.startup_timeout = startup_timeout
@@ -210,7 +214,7 @@ class LocalPrometheus:
         if self.data_dir.exists():
             shutil.rmtree(self.data_dir)
         self.data_dir.mkdir(parents=True)
-        self.config_path.write_text(MINIMAL_CONFIG)
+        self.config_path.write_text(self.config_text)
         if self.openmetrics_text and self._probe is not None:
             source = self.workdir / "history.om"
             text = self.openmetrics_text
@@ -252,7 +256,7 @@ class LocalPrometheus:
 
     def _spawn_and_wait(self) -> None:
         if not self.config_path.exists():
-            self.config_path.write_text(MINIMAL_CONFIG)
+            self.config_path.write_text(self.config_text)
         cmd = [
             PROMETHEUS_BIN,
             f"--config.file={self.config_path}",
@@ -260,6 +264,7 @@ class LocalPrometheus:
             f"--web.listen-address=127.0.0.1:{self.port}",
             f"--storage.tsdb.retention.time={RETENTION}",
             "--log.level=info",
+            *self.extra_flags,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         try:

@@ -21,7 +21,6 @@ class EcosystemPlugin:
     ecosystem: str  # "module:Class" of the Ecosystem implementation (ecosystems/base.py)
     settings: str  # "module:Class" of its plugin_settings model, a PluginSettingsBase
     service_types: tuple[str, ...]  # keys of identity_resolution_overrides (docs/configuration.md §10)
-    metrics_required: bool = True  # plugin_settings.metrics must be configured
 
     def ecosystem_class(self) -> type[Ecosystem]:
         return _load(self.ecosystem)
@@ -36,23 +35,21 @@ def _load(target: str) -> Any:
 
 
 _PKG = "chargeback_dagster.ecosystems"
-_SCHEMA = "chargeback_dagster.config.schema"
 
 ECOSYSTEMS: dict[str, EcosystemPlugin] = {
     "confluent_cloud": EcosystemPlugin(
         f"{_PKG}.confluent_cloud.ecosystem:ConfluentCloudEcosystem",
-        f"{_SCHEMA}:ConfluentCloudSettings",
+        f"{_PKG}.confluent_cloud.config:ConfluentCloudSettings",
         ("kafka", "schema_registry", "connector", "ksqldb", "flink", "org_wide", "default"),
-        metrics_required=False,
     ),
     "generic_metrics_only": EcosystemPlugin(
         f"{_PKG}.generic_metrics.ecosystem:GenericMetricsEcosystem",
-        f"{_SCHEMA}:GenericMetricsSettings",
+        f"{_PKG}.generic_metrics.config:GenericMetricsSettings",
         ("generic",),
     ),
     "self_managed_kafka": EcosystemPlugin(
         f"{_PKG}.self_managed_kafka.ecosystem:SelfManagedKafkaEcosystem",
-        f"{_SCHEMA}:SelfManagedKafkaSettings",
+        f"{_PKG}.self_managed_kafka.config:SelfManagedKafkaSettings",
         ("kafka",),
     ),
 }

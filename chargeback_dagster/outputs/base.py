@@ -7,10 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from chargeback_dagster.config import EmitterConfig, TenantConfig
+    from chargeback_dagster.store import TenantStore
 
 # One chargeback row of a date: (timestamp, the store's CSV_DIMENSION_COLUMNS values, Σ amount_units), summed
 # over the columns the outputs do not show (docs/outputs.md §1, "Rows"); ecosystem and tenant_id are the
@@ -27,8 +28,10 @@ class ChargebackResult:
 
     tenant: TenantConfig  # the run's config snapshot
     dates: tuple[date, ...]
-    # The groups of the dates start ≤ d < end, ordered by timestamp then fields (TenantStore.csv_groups).
+    # The groups of the dates start ≤ d < end, ordered by timestamp then fields (store.chargeback.csv_groups).
     read_groups: Callable[[date, date], list[Group]]
+    # The tenant store, for outputs that show more than the chargeback rows (billing lines, inventory).
+    store: TenantStore | None = None
 
 
 class OutputWriteError(Exception):
@@ -38,6 +41,9 @@ class OutputWriteError(Exception):
 class Output(ABC):
     """One emitter type. Built once per result, so state (e.g. rendered text) is shared by all emitters of
     that type; `write` is called for each of the tenant's emitters of the type, in config order."""
+
+    default_template: ClassVar[str]  # `params.filename_template` when the config gives none
+    extra_params: ClassVar[frozenset[str]] = frozenset()  # params beyond output_dir / filename_template
 
     def __init__(self, result: ChargebackResult) -> None:
         self.result = result

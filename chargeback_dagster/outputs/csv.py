@@ -190,6 +190,8 @@ class CsvOutput(Output):
     """One file per calculated date, or with `aggregation: monthly` one per month holding all of the month's
     stored dates, rebuilt when any of them was calculated (docs/outputs.md §1)."""
 
+    default_template = "{tenant_id}_{date}.csv"
+
     def __init__(self, result: ChargebackResult) -> None:
         super().__init__(result)
         # rendered parts shared by every file of every csv emitter of the result

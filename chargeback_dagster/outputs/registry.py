@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from chargeback_dagster.outputs.base import ChargebackResult, Output
 from chargeback_dagster.outputs.csv import CsvOutput
+from chargeback_dagster.outputs.prometheus import PrometheusOutput
 
 OUTPUTS: dict[str, type[Output]] = {
     "csv": CsvOutput,
+    "prometheus": PrometheusOutput,
 }
 
 

@@ -20,25 +20,24 @@ Rules implemented here (all binding):
   timestamp are **added** (as if the query had been ``sum by (<labels>)``), so a series never holds two
   samples for one timestamp.
 * ``warnings`` are logged at WARNING on logger ``chargeback_dagster.prometheus``.
-* Retries: HTTP 408, 425, 429, 500, 502, 503, 504 and transport errors (including timeouts), at most 4
-  attempts; before retry ``n`` (1..3) wait ``2^n × U(0.8, 1.2)`` s, or ``Retry-After`` (seconds or HTTP date)
-  capped at 60 s. Exhausted → ``MetricsQueryError("Exhausted 4 attempts for <url>: <last error>")``.
+* Retries (``RetryPolicy`` of ``sources/http.py``): HTTP 408, 425, 429, 500, 502, 503, 504 and transport
+  errors (including timeouts), at most 4 attempts; before retry ``n`` (1..3) wait ``2^n × U(0.8, 1.2)`` s,
+  or ``Retry-After`` (seconds or HTTP date) capped at 60 s.
+  Exhausted → ``MetricsQueryError("Exhausted 4 attempts for <url>: <last error>")``.
 * Any other HTTP status ≥ 400 → ``MetricsQueryError("HTTP <code>: <first 200 chars of body>")`` without
   retry (this includes Prometheus' own 400/422 JSON error bodies, whose ``errorType``/``error`` therefore
   appear inside the body text). A 2xx body with ``"status": "error"`` →
   ``MetricsQueryError("<errorType>: <error>")``.
 * Each request has a total time limit (``timeout``, 60 s: connect, send and the whole body, see
-  ``timed_http``); ``deadline_left()`` (seconds, None = no deadline) also cuts an in-flight request short at
-  the run's deadline, after which the retry wait (``sleep``, bounded by the same deadline) fails the run.
+  ``sources/http.py``); ``deadline_left()`` (seconds, None = no deadline) also cuts an in-flight request
+  short at the run's deadline, after which the retry wait (``sleep``, bounded by the same deadline) fails
+  the run.
 * Credentials never appear in errors or logs: URLs are shown without user-info and query string, and any
   configured password / token text is masked as ``***`` in error messages.
 """
 
 from __future__ import annotations
 
-import email.utils
-import gc
-import json
 import logging
 import math
 import random
@@ -46,16 +45,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from operator import lt
 from typing import Any, overload
 
 import httpx
-import orjson
 
-from chargeback_dagster.sources import timed_http
+from chargeback_dagster.sources import http
+from chargeback_dagster.sources import prometheus_columns as pc
+from chargeback_dagster.sources.promql import grouping_labels
 
 logger = logging.getLogger("chargeback_dagster.prometheus")
 
@@ -72,7 +70,6 @@ __all__ = [
     "Samples",
     "Series",
     "day_window",
-    "grouping_labels",
     "overflow_message",
     "reduce_series",
     "sample_sum",
@@ -230,127 +227,14 @@ def _redact_url(url: str) -> str:
 
 # ------------------------------------------------------------------------------ PromQL grouping labels
 
-_AGGREGATIONS = frozenset(
-    {
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "group",
-        "stddev",
-        "stdvar",
-        "count",
-        "count_values",
-        "bottomk",
-        "topk",
-        "quantile",
-        "limitk",
-        "limit_ratio",
-    }
-)
-
-
-def _tokenize(query: str) -> list[tuple[str, str, int]]:
-    """(kind, text, paren depth) tokens; strings, label matchers ``{..}`` and ranges ``[..]`` are skipped."""
-    tokens: list[tuple[str, str, int]] = []
-    depth = 0
-    i, n = 0, len(query)
-    while i < n:
-        c = query[i]
-        if c.isspace():
-            i += 1
-        elif c == "#":  # comment to end of line
-            while i < n and query[i] != "\n":
-                i += 1
-        elif c in "\"'`":
-            j = i + 1
-            while j < n and query[j] != c:
-                j += 2 if query[j] == "\\" and c != "`" else 1
-            i = j + 1
-        elif c in "{[":
-            close = "}" if c == "{" else "]"
-            j = i + 1
-            while j < n and query[j] != close:
-                if query[j] in "\"'`":
-                    q = query[j]
-                    j += 1
-                    while j < n and query[j] != q:
-                        j += 2 if query[j] == "\\" and q != "`" else 1
-                j += 1
-            i = j + 1
-        elif c == "(":
-            tokens.append(("(", c, depth))
-            depth += 1
-            i += 1
-        elif c == ")":
-            depth -= 1
-            tokens.append((")", c, depth))
-            i += 1
-        elif c.isalpha() or c in "_:":
-            j = i
-            while j < n and (query[j].isalnum() or query[j] in "_:"):
-                j += 1
-            tokens.append(("id", query[i:j], depth))
-            i = j
-        else:
-            tokens.append(("op", c, depth))
-            i += 1
-    return tokens
-
-
-def _label_list(tokens: list[tuple[str, str, int]], i: int) -> tuple[list[str], int]:
-    """Parse ``( a, b )`` starting at tokens[i] == '('; returns labels and the index after ')'."""
-    labels: list[str] = []
-    if i >= len(tokens) or tokens[i][0] != "(":
-        return labels, i
-    i += 1
-    while i < len(tokens) and tokens[i][0] != ")":
-        if tokens[i][0] == "id":
-            labels.append(tokens[i][1])
-        i += 1
-    return labels, i + 1
-
-
-def _skip_group(tokens: list[tuple[str, str, int]], i: int) -> int:
-    """tokens[i] == '(' → index after its matching ')'."""
-    depth = tokens[i][2]
-    i += 1
-    while i < len(tokens) and not (tokens[i][0] == ")" and tokens[i][2] == depth):
-        i += 1
-    return i + 1
-
-
-def grouping_labels(query: str) -> tuple[str, tuple[str, ...]]:
-    """Grouping of the outermost aggregation: ``("by", labels)``, ``("without", labels)`` or ``("none", ())``.
-
-    The outermost aggregation is the first aggregation operator at the smallest parenthesis depth.
-    """
-    tokens = _tokenize(query)
-    best: int | None = None
-    for idx, (kind, text, depth) in enumerate(tokens):
-        if kind != "id" or text.lower() not in _AGGREGATIONS:
-            continue
-        nxt = tokens[idx + 1] if idx + 1 < len(tokens) else None
-        if nxt is None or not (nxt[0] == "(" or (nxt[0] == "id" and nxt[1].lower() in ("by", "without"))):
-            continue
-        if best is None or depth < tokens[best][2]:
-            best = idx
-    if best is None:
-        return "none", ()
-    i = best + 1
-    if tokens[i][0] == "id":  # sum by (a) (...)
-        mode = tokens[i][1].lower()
-        labels, _ = _label_list(tokens, i + 1)
-        return mode, tuple(labels)
-    i = _skip_group(tokens, i)  # sum (...) by (a)
-    if i < len(tokens) and tokens[i][0] == "id" and tokens[i][1].lower() in ("by", "without"):
-        labels, _ = _label_list(tokens, i + 1)
-        return tokens[i][1].lower(), tuple(labels)
-    return "none", ()
-
 
 def _reducer(query: str) -> Callable[[dict[str, str]], dict[str, str]]:
-    mode, labels = grouping_labels(query)
+    """The label reduction of the module docstring; raises MetricsQueryError when the query cannot be
+    parsed (called once Prometheus has accepted the query, so a bad query fails with Prometheus' message)."""
+    try:
+        mode, labels = grouping_labels(query)
+    except ValueError as exc:
+        raise MetricsQueryError(f"Cannot read the grouping labels of the query: {exc}") from None
     if mode == "by":
         keep = set(labels)
         return lambda m: {k: v for k, v in m.items() if k in keep}
@@ -363,29 +247,16 @@ def _reducer(query: str) -> Callable[[dict[str, str]], dict[str, str]]:
 # ----------------------------------------------------------------------------------------------- client
 
 
-class _RetryableError(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
+def _backoff(attempt: int) -> float:
+    return (2**attempt) * random.uniform(0.8, 1.2)
 
 
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when is None:
-            return None
-        seconds = (_utc(when) - datetime.now(UTC)).total_seconds()
-    if math.isnan(seconds):
-        return None
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP_SECONDS)
+_RETRY = http.RetryPolicy(
+    attempts=MAX_ATTEMPTS,
+    backoff=_backoff,
+    max_wait=RETRY_AFTER_CAP_SECONDS,  # the backoff stays below it: it caps the Retry-After wait
+    header_statuses=RETRY_STATUSES,
+)
 
 
 class PrometheusClient:
@@ -504,7 +375,7 @@ class PrometheusClient:
             return []
         step = int(q.step_seconds)
         query = q.query.replace("{step}", f"{step}s")
-        reduce = _reducer(q.query)
+        reduce: Callable[[dict[str, str]], dict[str, str]] | None = None
         last = end - 1000  # inclusive end sent to Prometheus: window end − 1 s
         # Per label set either the columns of its only series as returned (the usual case: ascending
         # timestamps, all inside the window) or, once it needs filtering or merging, timestamp → value.
@@ -522,12 +393,14 @@ class PrometheusClient:
                 "step": str(step),
             }
             response = self._post("/api/v1/query_range", form)
+            if reduce is None:  # after Prometheus accepted the query: a bad one fails with its message
+                reduce = _reducer(q.query)
             for key, ts_list, values in self._read_series(response, form, reduce):
                 if ts_list and key not in columns and key not in points:
                     # a new label set with every sample inside the window is taken as returned: as columns
                     # when its timestamps ascend (Prometheus' order), else as a dict if none repeats
-                    if ts_list is not checked:  # series sharing one timestamps list (_columns): one check
-                        checked, (ascending, inside) = ts_list, _column_shape(ts_list, start, end)
+                    if ts_list is not checked:  # series sharing one timestamps list (pc.Grid): one check
+                        checked, (ascending, inside) = ts_list, pc.column_shape(ts_list, start, end)
                     if inside:
                         if ascending:
                             columns[key] = (ts_list, values)
@@ -596,41 +469,32 @@ class PrometheusClient:
         """The successful (< 400) response, after the retries of the module docstring."""
         url = self.url + path
         safe_url = self.safe_url + path
-        last_error = ""
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                return self._attempt(url, form)
-            except _RetryableError as exc:
-                last_error = str(exc)
-                if attempt == MAX_ATTEMPTS:
-                    break
-                wait = exc.retry_after
-                if wait is None:
-                    wait = (2**attempt) * random.uniform(0.8, 1.2)
-                logger.warning(
-                    "Prometheus request to %s failed (attempt %d/%d): %s; retrying in %.1f s",
-                    safe_url,
-                    attempt,
-                    MAX_ATTEMPTS,
-                    last_error,
-                    wait,
-                )
-                self._sleep(wait)
-        raise MetricsQueryError(f"Exhausted {MAX_ATTEMPTS} attempts for {safe_url}: {last_error}")
+
+        def log(attempt: int, failure: http.Retryable, wait: float) -> None:
+            logger.warning(
+                "Prometheus request to %s failed (attempt %d/%d): %s; retrying in %.1f s",
+                safe_url,
+                attempt,
+                MAX_ATTEMPTS,
+                failure,
+                wait,
+            )
+
+        try:
+            return _RETRY.run(lambda: self._attempt(url, form), sleep=self._sleep, log=log)
+        except http.Retryable as exc:
+            raise MetricsQueryError(f"Exhausted {MAX_ATTEMPTS} attempts for {safe_url}: {exc}") from None
 
     def _attempt(self, url: str, form: dict[str, str]) -> httpx.Response:
         with self._lock:
             self.request_count += 1
         try:
             request = self._http.build_request("POST", url, data=form)
-            response = timed_http.send(self._http, request, self._timeout, self._deadline_left)
+            response = http.send(self._http, request, self._timeout, self._deadline_left)
         except httpx.TransportError as exc:
-            raise _RetryableError(self._scrub(f"{type(exc).__name__}: {exc}")) from None
+            raise http.Retryable(self._scrub(f"{type(exc).__name__}: {exc}")) from None
         if response.status_code in RETRY_STATUSES:
-            raise _RetryableError(
-                self._scrub(f"HTTP {response.status_code}: {response.text[:200]}"),
-                _parse_retry_after(response.headers.get("Retry-After")),
-            )
+            raise http.Retryable(self._scrub(f"HTTP {response.status_code}: {response.text[:200]}"), response)
         if response.status_code >= 400:
             raise MetricsQueryError(self._scrub(f"HTTP {response.status_code}: {response.text[:200]}"))
         return response
@@ -641,21 +505,26 @@ class PrometheusClient:
         form: dict[str, str],
         reduce: Callable[[dict[str, str]], dict[str, str]],
     ) -> list[tuple[_LabelKey, list[float], list[float]]]:
-        """Each returned series as (reduced label set, timestamps, values).
+        """Each returned series as (reduced label set, timestamps, values); a successful matrix without
+        JSON lists (see prometheus_columns)."""
+        matrix = pc.decode_matrix(response.content)
+        if matrix is None:
+            rows = _iter_result_columns(self._data(response, form))
+        else:
+            self._log_warnings(matrix.warnings, form)
+            rows = pc.matrix_columns(matrix.data.result)
+        return [(tuple(sorted(reduce(m).items())), ts, vs) for m, ts, vs in rows]
 
-        The cyclic garbage collector is paused meanwhile: a 7-day matrix is ~10^5 small lists that stay
-        alive until they are converted, so collections triggered by their allocation would only traverse
-        them again and again (measured: 2-3x the parse time); the JSON tree holds no cycles."""
-        with _gc_paused():
-            data = self._data(response, form)
-            series = [(tuple(sorted(reduce(m).items())), ts, vs) for m, ts, vs in _iter_result_columns(data)]
-            del data  # freed before collections resume
-        return series
+    def _log_warnings(self, warnings: Iterable[Any], form: dict[str, str]) -> None:
+        for warning in warnings:
+            logger.warning(
+                "Prometheus warning for query %r: %s", form.get("query"), self._scrub(str(warning))
+            )
 
     def _data(self, response: httpx.Response, form: dict[str, str]) -> dict[str, Any]:
         """The ``data`` object of a 2xx response (logs ``warnings``, raises on ``"status": "error"``)."""
         try:
-            payload = _loads(response.content)
+            payload = pc.loads(response.content)
         except ValueError:
             raise MetricsQueryError(
                 self._scrub(
@@ -664,10 +533,7 @@ class PrometheusClient:
             ) from None
         if not isinstance(payload, dict):
             raise MetricsQueryError(self._scrub(f"Unexpected Prometheus response: {response.text[:200]}"))
-        for warning in payload.get("warnings") or []:
-            logger.warning(
-                "Prometheus warning for query %r: %s", form.get("query"), self._scrub(str(warning))
-            )
+        self._log_warnings(payload.get("warnings") or [], form)
         if payload.get("status") != "success":
             if payload.get("status") == "error":
                 raise MetricsQueryError(
@@ -678,122 +544,20 @@ class PrometheusClient:
         return data if isinstance(data, dict) else {}
 
 
-_gc_lock = threading.Lock()
-_gc_pauses = 0  # _gc_paused blocks running in any thread
-_gc_was_enabled = False
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Automatic garbage collection off while any thread is inside such a block, restored after the last."""
-    global _gc_pauses, _gc_was_enabled
-    with _gc_lock:
-        if _gc_pauses == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_pauses += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pauses -= 1
-            if _gc_pauses == 0 and _gc_was_enabled:
-                gc.enable()
-
-
-def _column_shape(ts_list: list[float], start: int, end: int) -> tuple[bool, bool]:
-    """``(ascending, inside)`` of a non-empty timestamps column: whether it strictly ascends and whether
-    every timestamp lies in the window ``[start, end)`` (integer milliseconds)."""
-    ascending = all(map(lt, ts_list, ts_list[1:]))
-    first, final = (ts_list[0], ts_list[-1]) if ascending else (min(ts_list), max(ts_list))
-    return ascending, start <= round(first * 1000) and round(final * 1000) < end
-
-
-def _loads(content: bytes) -> Any:
-    """The JSON body, parsed by orjson (several times faster than json on large matrices). What orjson
-    rejects but json accepts (NaN/Infinity literals, UTF-16/32, lone surrogates) is parsed by json, as the
-    client always did (httpx's ``Response.json()`` is ``json.loads(content)``)."""
-    try:
-        return orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return json.loads(content)
-
-
-def _parse_point(point: Any) -> tuple[float, float] | None:
-    try:
-        ts, raw = point
-        value = float(raw)
-        ts = float(ts)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(value) or not math.isfinite(ts):
-        return None
-    return ts, value
-
-
-class _Grid:
-    """The last timestamps column _columns converted for a response, reused for the next equal column: the
-    series of a response mostly share one evaluation grid, so it is converted once and one list is shared
-    (read only), which also lets later steps check it and cut it into days once per grid."""
-
-    __slots__ = ("floats", "raw", "reusable")
-
-    def __init__(self) -> None:
-        self.raw: tuple[Any, ...] = ()
-        self.floats: list[float] = []
-        self.reusable: bool | None = None  # decided at the first match
-
-    def match(self, raw: tuple[Any, ...]) -> list[float] | None:
-        """The floats of ``raw`` when it equals the kept column. Equal numbers convert to equal floats,
-        except that 0 == -0.0: a column holding a zero timestamp is not reused."""
-        if raw != self.raw:
-            return None
-        if self.reusable is None:
-            self.reusable = 0.0 not in self.floats
-        return self.floats if self.reusable else None
-
-    def keep(self, raw: tuple[Any, ...], floats: list[float]) -> None:
-        self.raw, self.floats, self.reusable = raw, floats, None
-
-
-def _columns(raw_points: list[Any], grid: _Grid | None = None) -> tuple[list[float], list[float]]:
-    """Timestamps and values of a ``values`` array; non-finite and unparseable points skipped.
-
-    Fast path: transpose and convert the whole array at C level (unpacking into two columns accepts exactly
-    what ``ts, value = point`` accepts); any oddity falls back to per-point parsing. With ``grid``, a
-    timestamps column equal to the previous fast-path one is that same list."""
-    try:
-        ts_raw, values_raw = zip(*raw_points, strict=True)
-        known = grid.match(ts_raw) if grid is not None else None
-        ts_list = list(map(float, ts_raw)) if known is None else known
-        values = list(map(float, values_raw))
-    except (TypeError, ValueError):
-        pass
-    else:
-        # inf and nan propagate through a sum, so a finite sum proves every addend finite (a sum that
-        # overflows merely takes the per-point path); a matched column passed this check when kept
-        if (known is not None or math.isfinite(sum(ts_list))) and math.isfinite(sum(values)):
-            if grid is not None and known is None:
-                grid.keep(ts_raw, ts_list)
-            return ts_list, values
-    points = [p for p in map(_parse_point, raw_points) if p is not None]
-    return [ts for ts, _ in points], [v for _, v in points]
-
-
 def _iter_result_columns(data: dict[str, Any]) -> Iterable[tuple[dict[str, str], list[float], list[float]]]:
     """Like _iter_result, with each series' samples as (timestamps, values) columns."""
     if data.get("resultType") != "matrix" or not isinstance(data.get("result"), list):
         for metric, points in _iter_result(data):
             yield metric, [ts for ts, _ in points], [v for _, v in points]
         return
-    grid = _Grid()
+    grid = pc.Grid()
     for item in data["result"]:
         if not isinstance(item, dict):
             continue
         metric = item.get("metric") or {}
         raw_points = item.get("values") if "values" in item else [item.get("value")]
         if isinstance(raw_points, list) and raw_points:
-            ts_list, values = _columns(raw_points, grid)
+            ts_list, values = pc.columns(raw_points, grid)
         else:
             ts_list, values = [], []
         yield {str(k): str(v) for k, v in metric.items()}, ts_list, values
@@ -803,7 +567,7 @@ def _iter_result(data: dict[str, Any]) -> Iterable[tuple[dict[str, str], list[tu
     result_type = data.get("resultType")
     result = data.get("result")
     if result_type == "scalar":
-        point = _parse_point(result)
+        point = pc.parse_point(result)
         yield {}, [point] if point else []
         return
     if result_type not in ("matrix", "vector") or not isinstance(result, list):
@@ -813,5 +577,5 @@ def _iter_result(data: dict[str, Any]) -> Iterable[tuple[dict[str, str], list[tu
             continue
         metric = item.get("metric") or {}
         raw_points = item.get("values") if "values" in item else [item.get("value")]
-        points = [p for p in map(_parse_point, raw_points or []) if p is not None]
+        points = [p for p in map(pc.parse_point, raw_points or []) if p is not None]
         yield {str(k): str(v) for k, v in metric.items()}, points

@@ -3,15 +3,16 @@
 Rules implemented here (all binding):
 
 * HTTP Basic auth, ``Accept: application/json``, a total time limit per request (30 s by default: connect,
-  send and the whole body, see ``timed_http``) and one pooled ``httpx.Client`` per instance.
+  send and the whole body, see ``sources/http.py``) and one pooled ``httpx.Client`` per instance.
 * Throttle: at least ``min_interval`` seconds (100 ms) between the starts of consecutive requests.
 * Responses: 200 → JSON body; 404 → ``{"data": []}``; 401/403 → credentials error (no retry, body never
   logged); 429 / 500 / 502 / 503 / 504 / timeout / connection error → retry; any other status → error
   carrying the first 500 characters of the body (no retry).
-* Retry policy: at most 6 attempts. Before retry ``n`` (1..5): for 429 the wait comes from ``Retry-After``
-  (seconds or an HTTP-date converted to seconds from now), else ``X-RateLimit-Reset`` read as *relative*
-  seconds, as ``max(header, 1) × U(1.1, 1.2)``; without either header (and for every other retryable
-  failure) the backoff ``2 × 2^(n−1) + U(0, 1)``. Every wait is capped at 120 s and logged at WARNING.
+* Retry policy (``RetryPolicy`` of ``sources/http.py``): at most 6 attempts. Before retry ``n`` (1..5):
+  for 429 the wait comes from ``Retry-After`` (seconds or an HTTP-date converted to seconds from now), else
+  ``X-RateLimit-Reset`` read as *relative* seconds, as ``max(header, 1) × U(1.1, 1.2)``; without either
+  header (and for every other retryable failure) the backoff ``2 × 2^(n−1) + U(0, 1)``. Every wait is
+  capped at 120 s and logged at WARNING.
 * ``check_deadline()`` is called before every request and before every retry wait, so waits count against
   the tenant's execution timeout (it raises to abort); ``deadline_left()`` (seconds, None = no deadline)
   cuts an in-flight request and a retry wait short at that deadline.
@@ -25,7 +26,6 @@ Rules implemented here (all binding):
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import random
@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from chargeback_dagster.sources import timed_http
+from chargeback_dagster.sources import http
 
 __all__ = ["ConfluentApiError", "ConfluentClient", "MAX_ATTEMPTS"]
 
@@ -45,6 +45,7 @@ MAX_ATTEMPTS = 6
 MAX_WAIT_SECONDS = 120.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})
+RATE_LIMIT_STATUSES = frozenset({429})  # the statuses whose wait headers count
 BODY_CHARS = 500
 
 _default_logger = logging.getLogger("chargeback_dagster.confluent")
@@ -62,31 +63,6 @@ class ConfluentApiError(Exception):
 def _message_path(path: str) -> str:
     """URL path of ``path`` (a path or a full URL) without query string or fragment."""
     return urlsplit(path).path or "/"
-
-
-def _header_seconds(response: httpx.Response, now: Callable[[], datetime]) -> float | None:
-    """Seconds to wait according to ``Retry-After`` (seconds or HTTP-date), else ``X-RateLimit-Reset``."""
-    retry_after = response.headers.get("Retry-After")
-    if retry_after is not None and retry_after.strip():
-        text = retry_after.strip()
-        try:
-            return max(float(text), 0.0)
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(text)
-            except (TypeError, ValueError, IndexError):
-                when = None
-            if when is not None:
-                if when.tzinfo is None:
-                    when = when.replace(tzinfo=UTC)
-                return max((when - now()).total_seconds(), 0.0)
-    reset = response.headers.get("X-RateLimit-Reset")
-    if reset is not None and reset.strip():
-        try:
-            return max(float(reset.strip()), 0.0)  # relative seconds until the limit resets, never an epoch
-        except ValueError:
-            return None
-    return None
 
 
 class ConfluentClient:
@@ -142,59 +118,59 @@ class ConfluentClient:
     def get(self, path: str, params: dict | None = None) -> dict:
         """One GET with the retry policy; 404 → ``{"data": []}``."""
         shown = _message_path(path)
-        last_error = ""
-        for attempt in range(1, self.max_attempts + 1):
+
+        def attempt() -> dict:
             self._check_deadline()
             self._throttle()
             self.request_count += 1
             try:
                 request = self._http.build_request("GET", path, params=params)
-                response = timed_http.send(self._http, request, self._timeout, self._deadline_left)
+                response = http.send(self._http, request, self._timeout, self._deadline_left)
             except httpx.TransportError as exc:  # timeouts, connection errors, protocol errors
-                last_error = str(exc).strip() or type(exc).__name__
-                status_text = last_error
-                response = None
-            else:
-                status = response.status_code
-                if status == 404:
-                    return {"data": []}
-                if 200 <= status < 300:
-                    return self._json(response, shown)
-                if status in AUTH_STATUSES:
-                    raise ConfluentApiError(
-                        f"Confluent Cloud API rejected credentials (HTTP {status}) for GET {shown}; "
-                        "check ccloud_api.key/secret and the service account's roles",
-                        status=status,
-                        path=shown,
-                    )
-                if status not in RETRY_STATUSES:
-                    body_text = response.text[:BODY_CHARS]
-                    raise ConfluentApiError(
-                        f"Confluent Cloud API error HTTP {status} for GET {shown}: {body_text}",
-                        status=status,
-                        path=shown,
-                    )
-                last_error = f"HTTP {status}"
-                status_text = last_error
-            if attempt >= self.max_attempts:
-                break
-            self._check_deadline()  # a request cut off by the run's deadline is not retried
-            wait = self._wait_seconds(attempt, response)
+                raise http.Retryable(str(exc).strip() or type(exc).__name__) from None
+            status = response.status_code
+            if status == 404:
+                return {"data": []}
+            if 200 <= status < 300:
+                return self._json(response, shown)
+            if status in AUTH_STATUSES:
+                raise ConfluentApiError(
+                    f"Confluent Cloud API rejected credentials (HTTP {status}) for GET {shown}; "
+                    "check ccloud_api.key/secret and the service account's roles",
+                    status=status,
+                    path=shown,
+                )
+            if status not in RETRY_STATUSES:
+                raise ConfluentApiError(
+                    f"Confluent Cloud API error HTTP {status} for GET {shown}: {response.text[:BODY_CHARS]}",
+                    status=status,
+                    path=shown,
+                )
+            raise http.Retryable(f"HTTP {status}", response)
+
+        def log(attempt: int, failure: http.Retryable, wait: float) -> None:
             self._log.warning(
                 "Confluent Cloud GET %s: %s on attempt %d/%d; retrying in %.2f s",
                 shown,
-                status_text,
+                failure,
                 attempt,
                 self.max_attempts,
                 wait,
             )
+
+        def sleep(wait: float) -> None:
             left = self._deadline_left()
             self._sleep(wait if left is None else min(wait, max(left, 0.0)))  # then the next check fails
-        raise ConfluentApiError(
-            f"GET {shown} failed after {self.max_attempts} attempts: {last_error}",
-            status=response.status_code if response is not None else None,
-            path=shown,
-        )
+
+        try:
+            # a request cut off by the run's deadline is not retried: the check before the wait raises
+            return self._policy().run(attempt, sleep=sleep, log=log, before_wait=self._check_deadline)
+        except http.Retryable as exc:
+            raise ConfluentApiError(
+                f"GET {shown} failed after {self.max_attempts} attempts: {exc}",
+                status=exc.response.status_code if exc.response is not None else None,
+                path=shown,
+            ) from None
 
     def list_all(self, path: str, params: dict | None = None, page_size: int | None = None) -> list[dict]:
         """All items of a paginated list call (``data`` of every page)."""
@@ -251,15 +227,18 @@ class ConfluentClient:
                 self._sleep(self.min_interval - elapsed)
         self._last_request = self._clock()
 
-    def _wait_seconds(self, attempt: int, response: httpx.Response | None) -> float:
-        header = None
-        if response is not None and response.status_code == 429:
-            header = _header_seconds(response, self._now)
-        if header is not None:
-            wait = max(header, 1.0) * self._rng.uniform(1.1, 1.2)
-        else:
-            wait = (2.0 * 2 ** (attempt - 1) + self._rng.uniform(0.0, 1.0)) * self.backoff_scale
-        return min(wait, MAX_WAIT_SECONDS)
+    def _policy(self) -> http.RetryPolicy:
+        """The rule of the module docstring (read per call: ``max_attempts`` and ``backoff_scale`` are
+        public attributes)."""
+        return http.RetryPolicy(
+            attempts=self.max_attempts,
+            backoff=lambda n: (2.0 * 2 ** (n - 1) + self._rng.uniform(0.0, 1.0)) * self.backoff_scale,
+            max_wait=MAX_WAIT_SECONDS,
+            header_statuses=RATE_LIMIT_STATUSES,
+            header_wait=lambda seconds: max(seconds, 1.0) * self._rng.uniform(1.1, 1.2),
+            rate_limit_reset=True,
+            now=self._now,
+        )
 
     def _json(self, response: httpx.Response, shown: str) -> dict:
         try:

@@ -13,7 +13,6 @@ from datetime import date
 from decimal import Decimal
 
 from chargeback_dagster.allocation.types import Allocator, Handler
-from chargeback_dagster.config import ConfluentCloudSettings
 from chargeback_dagster.domain import BillingLine
 from chargeback_dagster.ecosystems.base import (
     BillingGather,
@@ -30,6 +29,7 @@ from chargeback_dagster.ecosystems.confluent_cloud.allocators import (
 )
 from chargeback_dagster.ecosystems.confluent_cloud.billing import fetch_billing_lines
 from chargeback_dagster.ecosystems.confluent_cloud.client import ConfluentApiError, ConfluentClient
+from chargeback_dagster.ecosystems.confluent_cloud.config import ConfluentCloudSettings
 
 BACKOFF_SCALE_ENV = "CHARGEBACK_CCLOUD_BACKOFF_SCALE"
 

@@ -9,7 +9,6 @@ from decimal import Decimal
 
 from chargeback_dagster.allocation.models import usage_weights
 from chargeback_dagster.allocation.types import Allocator, DateInputs, Handler, Resolution
-from chargeback_dagster.config import GenericMetricsSettings
 from chargeback_dagster.domain import BillingLine, MetricRow, Resource
 from chargeback_dagster.ecosystems import identity_sources as ids
 from chargeback_dagster.ecosystems.base import (
@@ -23,6 +22,7 @@ from chargeback_dagster.ecosystems.generic_metrics.allocators import (
     generic_allocator,
     generic_unknown_allocator,
 )
+from chargeback_dagster.ecosystems.generic_metrics.config import GenericMetricsSettings
 from chargeback_dagster.ecosystems.quantities import (
     HOURS_PER_DAY,
     fetch_days,

@@ -13,7 +13,6 @@ from decimal import Decimal
 
 from chargeback_dagster.allocation.models import usage_weights
 from chargeback_dagster.allocation.types import Allocator, DateInputs, Handler, Resolution
-from chargeback_dagster.config import SelfManagedKafkaSettings
 from chargeback_dagster.domain import BillingLine, MetricRow, Resource
 from chargeback_dagster.ecosystems import identity_sources as ids
 from chargeback_dagster.ecosystems.base import (
@@ -37,6 +36,7 @@ from chargeback_dagster.ecosystems.self_managed_kafka.allocators import (
     self_managed_allocators,
     self_managed_unknown_allocator,
 )
+from chargeback_dagster.ecosystems.self_managed_kafka.config import SelfManagedKafkaSettings
 from chargeback_dagster.sources.prometheus import MetricsQueryError, RangeQuery
 
 SERVICE_TYPE = "kafka"
