@@ -150,7 +150,7 @@ def run_state_line(
             return f"{head} running ({run['trigger']}; Dagster status {dagster_status})"
         at = f" at {ended.isoformat()}" if ended else ""
         return f"{head} {outcome} ({run['trigger']}; ended{at} per Dagster, audit row not closed)"
-    holder = store.run_lock_holder()
+    holder = store.state.run_lock_holder()
     if holder is not None and holder.run_id == run_id:
         age = ((now or now_utc()) - holder.heartbeat_at).total_seconds()
         if age <= takeover_seconds:

@@ -145,12 +145,12 @@ def test_status_does_not_report_a_finished_run_as_running(tmp_path, monkeypatch,
     assert result.success
     monkeypatch.delenv("DAGSTER_HOME")
     store = open_shop(config_path)
-    assert store.get_pipeline_run(result.run_id)["status"] == "running"  # nobody closed it
+    assert store.state.get_run(result.run_id)["status"] == "running"  # nobody closed it
     for _ in range(50):
-        if store.run_lock_holder() is None:
+        if store.state.run_lock_holder() is None:
             break
         time.sleep(0.1)
-    assert store.run_lock_holder() is None
+    assert store.state.run_lock_holder() is None
 
     lines = status_output(capsys, config_path)
     assert lines[-1] == (
@@ -176,8 +176,8 @@ def test_status_judges_unclosed_runs_by_the_lock_heartbeat(tmp_path, monkeypatch
     now = guard.utc_now()
 
     # a run killed with SIGKILL: its audit row says running, its lock heartbeat stopped 5 minutes ago
-    store.upsert_pipeline_run("killed-run", started_at=now - timedelta(minutes=6))
-    assert store.try_take_run_lock("killed-run", now - timedelta(seconds=300))
+    store.state.upsert_run("killed-run", started_at=now - timedelta(minutes=6))
+    assert store.state.try_take_run_lock("killed-run", now - timedelta(seconds=300))
     capsys.readouterr()
     assert status_output(capsys, config_path)[-1] == (
         "  last run: killed-run ended (manual; its process stopped: lock heartbeat 300s old, takeover after "
@@ -185,14 +185,14 @@ def test_status_judges_unclosed_runs_by_the_lock_heartbeat(tmp_path, monkeypatch
     )
 
     # a live run: fresh heartbeat
-    assert store.touch_run_lock("killed-run", now - timedelta(seconds=2))
+    assert store.state.touch_run_lock("killed-run", now - timedelta(seconds=2))
     line = status_output(capsys, config_path)[-1]
     assert line.startswith("  last run: killed-run running (manual; lock heartbeat ") and line.endswith(
         "s ago)"
     )
 
     # a closed row is shown as written
-    store.end_pipeline_runs(["killed-run"], status="failed", at=now, error="boom")
+    store.state.end_runs(["killed-run"], status="failed", at=now, error="boom")
     assert status_output(capsys, config_path)[-1] == "  last run: killed-run failed (manual)"
     store.dispose()
 
