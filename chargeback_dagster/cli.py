@@ -7,11 +7,11 @@ import contextlib
 import json
 import os
 import sys
-from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
 from chargeback_dagster.config import ConfigError, load_config
+from chargeback_dagster.defs.tags import PIPELINE_TAG, TENANT_TAG
 from chargeback_dagster.logging_setup import apply_logging
 
 
@@ -47,8 +47,8 @@ def instance_concurrency_block(config) -> str:
         "  runs:\n"
         "    max_concurrent_runs: 20\n"
         "    tag_concurrency_limits:\n"
-        "      - {key: chargeback/tenant, value: {applyLimitPerUniqueValue: true}, limit: 1}\n"
-        f"      - {{key: chargeback/pipeline, value: tenant, limit: {cap}}}\n"
+        f"      - {{key: {TENANT_TAG}, value: {{applyLimitPerUniqueValue: true}}, limit: 1}}\n"
+        f"      - {{key: {PIPELINE_TAG}, value: tenant, limit: {cap}}}\n"
         "run_coordinator: {module: dagster.core.run_coordinator, class: QueuedRunCoordinator}\n"
         "run_monitoring: {enabled: true}\n"
         "python_logs: {managed_python_loggers: [chargeback_dagster]}\n"
@@ -73,7 +73,7 @@ def concurrency_warnings(config) -> list[str]:
         (
             item.get("limit")
             for item in limits or []
-            if item.get("key") == "chargeback/pipeline" and item.get("value") == "tenant"
+            if item.get("key") == PIPELINE_TAG and item.get("value") == "tenant"
         ),
         None,
     )
@@ -82,7 +82,7 @@ def concurrency_warnings(config) -> list[str]:
         return []
     shown = "not set" if limit is None else limit
     return [
-        f"dagster.yaml concurrency.runs limit for chargeback/pipeline=tenant is {shown}, "
+        f"dagster.yaml concurrency.runs limit for {PIPELINE_TAG}=tenant is {shown}, "
         f"features.max_parallel_tenants is {wanted}"
     ]
 
@@ -279,53 +279,46 @@ def _open_stores(args):
 
 
 def cmd_resume(args) -> int:
-    from chargeback_dagster import suspension
+    from chargeback_dagster import tenant_ops
 
     opened = _open_stores(args)
     if opened is None:
         return 1
     for store in opened[1].values():
-        print(suspension.resume(store).message)
+        print(tenant_ops.resume(store).message)
         store.dispose()
     return 0
 
 
 def cmd_status(args) -> int:
-    from chargeback_dagster import suspension
-    from chargeback_dagster.defs.guard import takeover_seconds
+    from chargeback_dagster import tenant_ops
 
     opened = _open_stores(args)
     if opened is None:
         return 1
     with contextlib.ExitStack() as stack:
-        run_state = _dagster_run_state(stack)
+        lookup = _dagster_run_lookup(stack)
         for store in opened[1].values():
-            print("\n".join(suspension.status_lines(store, takeover_seconds(), run_state)))
+            print("\n".join(tenant_ops.status_lines(store, tenant_ops.takeover_seconds(), lookup)))
             store.dispose()
     return 0
 
 
-def _dagster_run_state(stack: contextlib.ExitStack):
-    """Run status lookups in the Dagster instance of $DAGSTER_HOME; None without one (status then judges
+def _dagster_run_lookup(stack: contextlib.ExitStack):
+    """Runs as the Dagster instance of $DAGSTER_HOME reports them; None without one (status then judges
     unclosed audit rows by the tenant lock alone)."""
     if not os.environ.get("DAGSTER_HOME"):
         return None
     import dagster as dg
+
+    from chargeback_dagster.defs.guard import run_lookup
 
     try:
         instance = stack.enter_context(dg.DagsterInstance.get())
     except Exception as exc:  # noqa: BLE001 - status still works from the tenant databases
         print(f"WARNING: cannot open the Dagster instance of DAGSTER_HOME: {_one_line(exc)}")
         return None
-
-    def state(run_id: str):
-        record = instance.get_run_record_by_id(run_id)
-        if record is None:
-            return None
-        end = record.end_time and datetime.fromtimestamp(record.end_time, UTC).replace(microsecond=0)
-        return record.dagster_run.status.value, end or None
-
-    return state
+    return run_lookup(instance)
 
 
 def cmd_instance_config(args) -> int:

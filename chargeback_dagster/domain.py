@@ -34,6 +34,11 @@ IDENTITY_INDEX = DIMENSION_KEY_FIELDS.index("identity_id")
 BlockKey = tuple[str, ...]
 
 
+def now_utc() -> datetime:
+    """The current UTC time to the second: what every stored timestamp and audit time uses."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
 def row_key(block_key: BlockKey, identity_id: str) -> tuple[str, ...]:
     """The full dimension key (DIMENSION_KEY_FIELDS order) of one identity's row in a block."""
     return (*block_key[:IDENTITY_INDEX], identity_id, *block_key[IDENTITY_INDEX:])
@@ -93,6 +98,7 @@ class Resource:
     created_at: datetime | None = None
     deleted_at: datetime | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    team: str | None = None  # resolved at inventory time (chargeback_dagster/teams.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +109,7 @@ class Identity:
     created_at: datetime | None = None
     deleted_at: datetime | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    team: str | None = None  # resolved at inventory time (chargeback_dagster/teams.py)
 
     def existed_between(self, start: datetime, end: datetime) -> bool:
         """Whether the identity existed at some time in [start, end): tenant_period membership of the day

@@ -12,14 +12,16 @@ from bisect import bisect_left
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from chargeback_dagster.allocation.engine import DateCalculationError, allocate_date
 from chargeback_dagster.allocation.types import DateInputs, Handler
 from chargeback_dagster.config import TenantConfig
 from chargeback_dagster.config.overrides import load_callable
-from chargeback_dagster.domain import UNALLOCATED, MetricRow
+from chargeback_dagster.domain import UNALLOCATED, MetricRow, now_utc
 from chargeback_dagster.ecosystems.base import Ecosystem, GatherContext, InventoryGather
+from chargeback_dagster.ecosystems.confluent_cloud import topics
+from chargeback_dagster.money import round4_units
 from chargeback_dagster.sources.prometheus import (
     MetricsQueryError,
     PrometheusClient,
@@ -31,14 +33,11 @@ from chargeback_dagster.sources.prometheus import (
     sample_sum,
 )
 from chargeback_dagster.store import TenantStore
+from chargeback_dagster.teams import with_teams
 
 log = logging.getLogger("chargeback_dagster.pipeline")
 
 SETTLED_AFTER = timedelta(hours=24)  # metrics fetched this long after their day ends are final
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 # --- billing ---------------------------------------------------------------------------------------
@@ -86,10 +85,12 @@ def gather_inventory(
     ctx: GatherContext,
     zero_gather_threshold: int,
 ) -> InventorySummary:
-    """Gather, upsert, then detect deletions (docs/operations.md §8)."""
+    """Gather, resolve teams (docs/configuration.md §5.1), upsert, then detect deletions
+    (docs/operations.md §8)."""
     gathered = ecosystem.gather_inventory(ctx)
-    store.inventory.upsert_resources(gathered.resources, ctx.now)
-    store.inventory.upsert_identities(gathered.identities, ctx.now)
+    identities, resources = with_teams(gathered.identities, gathered.resources, ctx.tenant.teams)
+    store.inventory.upsert_resources(resources, ctx.now)
+    store.inventory.upsert_identities(identities, ctx.now)
     summary = InventorySummary(len(gathered.resources), len(gathered.identities))
     summary.handler_errors = dict(gathered.handler_errors)
     _detect_deletions(store, gathered, ctx, zero_gather_threshold, summary)
@@ -191,9 +192,8 @@ def fetch_usage_metrics(
         seen: set[tuple[str, str]] = set()
         for line in store.billing.lines(d):
             handler = by_type.get(line.product_type)
-            if handler is None:
-                continue
-            for key, promql in handler.metric_queries(line).items():
+            queries = handler.metric_queries(line) if handler is not None else {}
+            for key, promql in {**queries, **ecosystem.extra_metric_queries(line)}.items():
                 group = (line.resource_id, key)
                 if group in seen:
                     continue
@@ -480,3 +480,72 @@ def reconciliation_gaps(store: TenantStore, dates: list[date]) -> dict[date, int
     billed = store.billing.billed_units(start, end)
     gaps = {d: allocated.get(d, 0) - billed.get(d, 0) for d in dates}
     return {d: gap for d, gap in gaps.items() if gap}
+
+
+# --- topic attribution (Confluent Cloud, docs/confluent-cloud.md §9) ---------------------------------
+@dataclass
+class TopicAttributionSummary:
+    dates: list[date] = field(default_factory=list)
+    rows_written: int = 0
+    pending: dict[date, list[str]] = field(default_factory=dict)  # clusters still below the retry limit
+
+
+def attribute_topics(
+    store: TenantStore,
+    tenant: TenantConfig,
+    dates: list[date],
+    logger: logging.Logger | logging.LoggerAdapter = log,
+    check_deadline: Callable[[], None] = lambda: None,
+) -> TopicAttributionSummary:
+    """Attribute each date's Kafka cluster lines to topics and replace the date's stored rows (pending
+    clusters keep theirs). Reads the lines, the inventory topics and the per-topic metrics from the store."""
+    config = tenant.plugin_settings.topic_attribution
+    stored_topics = [
+        r
+        for r in store.inventory.resources()
+        if r.resource_type == topics.TOPIC_RESOURCE_TYPE and r.parent_id
+    ]
+    summary = TopicAttributionSummary()
+    for d in sorted(dates):
+        check_deadline()
+        start, end = day_window(d)
+        existing: dict[str, set[str]] = {}
+        for r in stored_topics:
+            if (r.created_at is None or r.created_at < end) and (
+                r.deleted_at is None or r.deleted_at > start
+            ):
+                existing.setdefault(r.parent_id or "", set()).add(r.resource_id.split(":topic:", 1)[-1])
+        failed = [key for key, (status, _, _) in store.metrics.fetch_status(d).items() if status == "failed"]
+        result = topics.attribute_date(
+            d,
+            store.billing.lines(d),
+            existing,
+            store.metrics.rows(d),
+            failed,
+            config,
+            tenant.topic_attribution_retry_limit,
+            store.topic_attribution.increment_attempts,
+            logger,
+        )
+        summary.rows_written += store.topic_attribution.replace(
+            d, result.rows, result.pending_clusters, result.succeeded_lines
+        )
+        summary.dates.append(d)
+        if result.pending_clusters:
+            summary.pending[d] = result.pending_clusters
+    return summary
+
+
+def topic_reconciliation_gaps(store: TenantStore, dates: list[date]) -> list[str]:
+    """Per date, every (env, cluster, category, product type) with topic rows whose sum differs from its
+    lines' rounded total: "<date> <cluster> <product type>: <difference> units"."""
+    gaps = []
+    for d in sorted(dates):
+        billed: dict[tuple[str, str, str, str], int] = {}
+        for line in store.billing.lines(d):
+            key = (line.env_id or "", line.resource_id, line.product_category, line.product_type)
+            billed[key] = billed.get(key, 0) + round4_units(line.total_cost)
+        for key, units in sorted(store.topic_attribution.totals(d).items()):
+            if units != billed.get(key, 0):
+                gaps.append(f"{d} {key[1]} {key[3]}: {units - billed.get(key, 0):+d} units")
+    return gaps

@@ -865,18 +865,25 @@ def test_topic_attribution_settings(tmp_path: Path) -> None:
     assert t.emitters[0].params.output_dir == tmp_path / "ta"
 
 
-def test_topic_attribution_enabled_warns_it_is_ignored(
+def test_topic_attribution_enabled_loads_without_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     ps = {"topic_attribution": {"enabled": True}, "metrics": {"url": "http://p"}}
     with caplog.at_level(logging.WARNING, logger="chargeback_dagster.config"):
         app = load(tmp_path, {"tenants": {"t1": tenant(ps=ps), "t2": tenant(tenant_id="b")}})
-    expected = (
-        f"{CC}plugin_settings.topic_attribution.enabled=True: topic attribution is not implemented yet; "
-        "the topic_attribution block is ignored"
-    )
-    assert app.warnings == [expected]
-    assert expected in caplog.text
+    assert app.tenants["t1"].plugin_settings.topic_attribution.enabled is True
+    assert app.warnings == []
+    assert "topic_attribution" not in caplog.text
+
+
+def test_topic_attribution_emitters_are_csv_only(tmp_path: Path) -> None:
+    ta = {"emitters": [{"type": "prometheus", "params": {"output_dir": "x"}}]}
+    assert tenant_problems(
+        tmp_path, tenant(ps={"metrics": {"url": "http://p"}, "topic_attribution": ta})
+    ) == [
+        f"{CC}plugin_settings.topic_attribution.emitters[0].type: topic attribution emitters must be of type "
+        "'csv', got 'prometheus'"
+    ]
 
 
 def test_topic_attribution_invalid(tmp_path: Path) -> None:

@@ -22,9 +22,8 @@ import httpx
 import pytest
 import yaml
 
-from chargeback_dagster import cli
+from chargeback_dagster import cli, tenant_ops
 from chargeback_dagster.config import load_config
-from chargeback_dagster.defs import guard
 from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.demo import demo_metrics
 from chargeback_dagster.devtools.local_run import materialize_range
@@ -136,7 +135,9 @@ def test_status_does_not_report_a_finished_run_as_running(tmp_path, monkeypatch,
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    monkeypatch.setenv(guard.HEARTBEAT_ENV, "0.2")  # the finished run's heartbeat thread frees the lock fast
+    monkeypatch.setenv(
+        tenant_ops.HEARTBEAT_ENV, "0.2"
+    )  # the finished run's heartbeat thread frees the lock fast
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     defs = build_definitions(load_config(config_path))
     with dg.DagsterInstance.get() as instance:
@@ -173,7 +174,7 @@ def test_status_judges_unclosed_runs_by_the_lock_heartbeat(tmp_path, monkeypatch
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     assert cli.main(["migrate", "--config", str(config_path)]) == 0
     store = open_shop(config_path)
-    now = guard.utc_now()
+    now = datetime.now(UTC).replace(microsecond=0)
 
     # a run killed with SIGKILL: its audit row says running, its lock heartbeat stopped 5 minutes ago
     store.state.upsert_run("killed-run", started_at=now - timedelta(minutes=6))

@@ -10,8 +10,8 @@ from datetime import date, timedelta
 import dagster as dg
 import pytest
 
+from chargeback_dagster import tenant_ops
 from chargeback_dagster.config import ConfigError, EmitterConfig, load_config
-from chargeback_dagster.defs import guard
 from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.outputs import registry
@@ -122,7 +122,7 @@ def test_a_timeout_writes_the_committed_dates_through_every_output(tmp_path, ins
     defs = build_definitions(load_config(config_path))
     # time jumps past the deadline right after the first date is committed
     offset = [0.0]
-    monkeypatch.setattr(guard, "clock", lambda: time.time() + offset[0])
+    monkeypatch.setattr(tenant_ops, "clock", lambda: time.time() + offset[0])
     original = ChargebackRepository.write
 
     def write_then_jump(self, *args, **kwargs):

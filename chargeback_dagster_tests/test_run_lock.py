@@ -24,6 +24,7 @@ import pytest
 import yaml
 from dagster._core.test_utils import create_run_for_test
 
+from chargeback_dagster import tenant_ops
 from chargeback_dagster.config import load_config
 from chargeback_dagster.defs import guard
 from chargeback_dagster.defs.build import build_definitions
@@ -194,7 +195,7 @@ def test_killed_holder_is_taken_over_within_the_takeover_time(
         refused = [at for at, ok in attempts if not ok]
         assert max(refused) < TAKEOVER_SECONDS + 2
         killed = holder.store.state.get_run(holder.run_id)
-        assert (killed["status"], killed["error_message"]) == ("failed", guard.ORPHANED)
+        assert (killed["status"], killed["error_message"]) == ("failed", tenant_ops.ORPHANED)
         totals = holder.store.chargeback.totals(FIRST, LAST + timedelta(days=1))
         rows = csv_rows(holder.store, FIRST, LAST + timedelta(days=1))
 
@@ -237,14 +238,14 @@ def test_a_run_of_another_instance_is_refused_while_the_holder_runs(
 
 
 def test_lock_time_overrides_must_be_positive_seconds(monkeypatch):
-    assert (guard.heartbeat_seconds(), guard.takeover_seconds()) == (10, 60)
+    assert (tenant_ops.heartbeat_seconds(), tenant_ops.takeover_seconds()) == (10, 60)
     monkeypatch.setenv("CHARGEBACK_LOCK_TAKEOVER_SECONDS", "2.5")
-    assert guard.takeover_seconds() == 2.5
+    assert tenant_ops.takeover_seconds() == 2.5
     for bad in ("0", "-1", "soon", "inf"):
         monkeypatch.setenv("CHARGEBACK_LOCK_HEARTBEAT_SECONDS", bad)
-        with pytest.raises(dg.Failure) as err:
-            guard.heartbeat_seconds()
-        assert err.value.description == (
+        with pytest.raises(tenant_ops.StopStep) as err:
+            tenant_ops.heartbeat_seconds()
+        assert str(err.value) == (
             f"CHARGEBACK_LOCK_HEARTBEAT_SECONDS must be a positive number of seconds, got '{bad}'"
         )
 
@@ -256,18 +257,18 @@ def test_a_run_whose_lock_was_taken_over_stops_at_its_next_check(tmp_path, monke
     store = open_store(f"sqlite:///{tmp_path / 'search.db'}")
     with dg.instance_for_test() as instance:
         run = create_run_for_test(instance, job_name="search_pipeline", status=dg.DagsterRunStatus.STARTED)
-        assert guard.take_lock(store, instance, run.run_id) is None
-        guard.check_lock_kept("search", run.run_id)  # held: nothing happens
-        at = guard.utc_now() + timedelta(seconds=120)  # as if the holder had been frozen for two minutes
+        assert tenant_ops.take_lock(store, run.run_id, guard.run_lookup(instance)) is None
+        tenant_ops.check_lock_kept("search", run.run_id)  # held: nothing happens
+        at = tenant_ops.now_utc() + timedelta(seconds=120)  # as if the holder had been frozen for two minutes
         assert store.state.try_take_run_lock(
             "taker", at, replacing=run.run_id, stale_before=at - timedelta(seconds=60)
         )
 
         def stopped() -> bool:
             try:
-                guard.check_lock_kept("search", run.run_id)
-            except dg.Failure as failure:
-                assert failure.description == (
+                tenant_ops.check_lock_kept("search", run.run_id)
+            except tenant_ops.StopStep as failure:
+                assert str(failure) == (
                     "The tenant lock of tenant search was taken over by another run after this run's "
                     "heartbeat expired"
                 )

@@ -94,8 +94,9 @@ def test_allocation_failure_reaches_retry_limit_on_third_run(tmp_path):
         ]
     ]
 
-    # the same definitions pick up the edited file: runs started after an edit read the new config
+    # runs started after an edit read the new config (a run worker loads the code location at its start)
     write_config(tmp_path, cost_type=FIXED, overrides={"nodes": f"{__name__}:boom"})
+    defs = build_definitions(load_config(config_path))
     for _run in (1, 2):
         result = materialize_range(defs, "batch", DAY, DAY)
         assert not result.success  # all_dates_calculated fails the run ...

@@ -19,8 +19,8 @@ import dagster as dg
 import pytest
 import yaml
 
+from chargeback_dagster import tenant_ops
 from chargeback_dagster.config import load_config
-from chargeback_dagster.defs import guard
 from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.ecosystems.confluent_cloud.client import ConfluentApiError, ConfluentClient
@@ -143,7 +143,7 @@ def test_confluent_request_has_a_total_time_limit(trickle):
 
 # --- the run's deadline stops a request in flight (docs/operations.md §6) ------------------------------
 def test_deadline_stops_a_confluent_request_in_flight(trickle):
-    deadline = guard.Deadline(2, guard.clock())  # 2 s left, far less than the 30 s request limit
+    deadline = tenant_ops.Deadline(2, tenant_ops.clock())  # 2 s left, far less than the 30 s request limit
     client = ConfluentClient(
         trickle.url,
         "key",
@@ -153,14 +153,14 @@ def test_deadline_stops_a_confluent_request_in_flight(trickle):
         deadline_left=deadline.seconds_left,
     )
     error, elapsed = bounded(trickle, lambda: client.get("/org/v2/environments"))
-    assert isinstance(error, guard.ExecutionTimeout)
+    assert isinstance(error, tenant_ops.ExecutionTimeout)
     assert str(error) == "Execution timed out after 2s"
     assert trickle.paths == ["/org/v2/environments"]  # stopped, not retried
     assert elapsed < 2.0 + 2.0
 
 
 def test_deadline_ends_every_query_of_a_prometheus_fetch(trickle):
-    deadline = guard.Deadline(2, guard.clock())
+    deadline = tenant_ops.Deadline(2, tenant_ops.clock())
     client = PrometheusClient(
         trickle.url,
         max_workers=2,
@@ -170,7 +170,7 @@ def test_deadline_ends_every_query_of_a_prometheus_fetch(trickle):
     queries = [RangeQuery(f"sum(q{i})", *day_window(date(2026, 2, 1)), 60) for i in range(3)]
     # the run's timeout, not three "failed" queries to store and retry in the next run
     error, elapsed = bounded(trickle, lambda: client.query_range_many(queries))
-    assert isinstance(error, guard.ExecutionTimeout)
+    assert isinstance(error, tenant_ops.ExecutionTimeout)
     assert str(error) == "Execution timed out after 2s"
     assert trickle.paths == ["/api/v1/query_range"] * 2  # the third, due after the deadline: never sent
     assert elapsed < 2.0 + 2.0

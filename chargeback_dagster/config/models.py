@@ -7,6 +7,7 @@ of :class:`PluginSettingsBase`. Validators raise ``fields.problem`` so the messa
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from datetime import UTC, date, datetime
@@ -16,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
+    PrivateAttr,
     SecretStr,
     SerializeAsAny,
     ValidationError,
@@ -379,6 +381,70 @@ class PluginSettingsBase(ConfigModel):
         return []
 
 
+# --- teams (docs/configuration.md §5.1)
+DEFAULT_DESCRIPTION_REGEX = r"(?i)\bteam\s*[:=]\s*([A-Za-z0-9_.\-]+)"
+
+
+def _compiled(regex: str) -> re.Pattern[str]:
+    try:
+        return re.compile(regex)
+    except re.error as exc:
+        raise problem(f"invalid regular expression {regex!r}: {exc}") from None
+
+
+class TeamPattern(ConfigModel):
+    """One rule of `teams.patterns` / `teams.resource_patterns`: a shell-style glob (`match`, the whole id or
+    display name) or a regular expression (`regex`, searched); exactly one of them."""
+
+    match: NonEmptyStr | None = None
+    regex: NonEmptyStr | None = None
+    team: NonEmptyStr
+    _pattern: re.Pattern[str] = PrivateAttr()
+
+    @field_validator("regex")
+    @classmethod
+    def _valid_regex(cls, regex: str | None) -> str | None:
+        if regex is not None:
+            _compiled(regex)
+        return regex
+
+    @model_validator(mode="after")
+    def _one_of_match_regex(self) -> TeamPattern:
+        if (self.match is None) == (self.regex is None):
+            raise problem("give exactly one of 'match' (a glob) or 'regex'")
+        self._pattern = re.compile(fnmatch.translate(self.match) if self.regex is None else self.regex)
+        return self
+
+    def matches(self, *texts: str | None) -> bool:
+        return any(text is not None and self._pattern.search(text) for text in texts)
+
+
+class TeamsConfig(ConfigModel):
+    """Team (cost centre) of identities and resources, for every ecosystem (docs/configuration.md §5.1)."""
+
+    identities: dict[Key, NonEmptyStr] = Field(default_factory=dict)  # exact identity_id -> team
+    patterns: list[TeamPattern] = Field(default_factory=list)  # on identity_id or display name, first wins
+    resources: dict[Key, NonEmptyStr] = Field(default_factory=dict)  # exact resource id -> team
+    resource_patterns: list[TeamPattern] = Field(default_factory=list)  # on resource id or display name
+    # an identity's `description` (Confluent Cloud service accounts) -> team: the first group of a match
+    description_regex: NonEmptyStr = DEFAULT_DESCRIPTION_REGEX
+    _description: re.Pattern[str] = PrivateAttr()
+
+    @field_validator("description_regex")
+    @classmethod
+    def _one_group(cls, regex: str) -> str:
+        if _compiled(regex).groups < 1:
+            raise problem(f"must have a capturing group (the team), got {regex!r}")
+        return regex
+
+    def model_post_init(self, context: Any) -> None:
+        self._description = re.compile(self.description_regex)
+
+    def team_in_description(self, description: str) -> str | None:
+        found = self._description.search(description)
+        return found.group(1) if found and found.group(1) else None
+
+
 # --- tenant / app
 TENANT_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 
@@ -399,6 +465,7 @@ class TenantConfig(ConfigModel):
     metrics_prefetch_workers: Int = Field(4, ge=1, le=20)
     # how negative billing lines (credits, discounts) are allocated (docs/allocation.md §12)
     credit_policy: Annotated[Literal[CREDIT_POLICIES], AS_TEXT] = DEFAULT_CREDIT_POLICY.value
+    teams: TeamsConfig = Field(default_factory=TeamsConfig)
     storage: StorageConfig = Field(default_factory=dict, validate_default=True)
     # the ecosystem's own settings model, dumped with all its fields
     plugin_settings: SerializeAsAny[PluginSettingsBase]

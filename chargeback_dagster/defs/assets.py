@@ -12,19 +12,19 @@ from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
-from chargeback_dagster import pipeline, suspension
+from chargeback_dagster import pipeline, tenant_ops
 from chargeback_dagster.config import TenantConfig
 from chargeback_dagster.defs import guard
-from chargeback_dagster.defs.resources import AppConfigResource, PrometheusResource, TenantStoreResource
+from chargeback_dagster.defs.resources import PrometheusResource, TenantStoreResource
+from chargeback_dagster.defs.tags import PIPELINE_TAG, REFETCH_METRICS_TAG, TENANT_TAG
+from chargeback_dagster.domain import now_utc
 from chargeback_dagster.ecosystems.base import GatherContext, GatherError
 from chargeback_dagster.ecosystems.registry import ecosystem_for
-from chargeback_dagster.logging_setup import apply_logging, step_logger
+from chargeback_dagster.logging_setup import step_logger
 from chargeback_dagster.outputs.base import ChargebackResult
 from chargeback_dagster.outputs.registry import write_outputs
 
 OUTPUTS_IO_MANAGER = "chargeback_outputs_io_manager"
-REFETCH_METRICS_TAG = "chargeback/refetch_metrics"
-TENANT_TAG = "chargeback/tenant"
 
 
 def run_dates(context: dg.AssetExecutionContext) -> list[date]:
@@ -38,44 +38,42 @@ def tenant_partitions(tenant: TenantConfig) -> dg.DailyPartitionsDefinition:
 
 
 class TenantStep:
-    """What every step of a tenant run starts with: config, logging, the guard (docs/operations.md §4), store,
-    ecosystem, dates, deadline (§6) and gather-failure accounting (§7)."""
+    """What every step of a tenant run starts with: the guard (docs/operations.md §4), store, ecosystem,
+    dates, deadline (§6) and gather-failure accounting (§7). `tenant` is the config the code location
+    loaded: the run's one snapshot."""
 
     def __init__(
         self,
         context: dg.AssetExecutionContext,
-        tenant_name: str,
+        tenant: TenantConfig,
         stage: str,
-        app_config: AppConfigResource,
         tenant_store: TenantStoreResource,
         prometheus: PrometheusResource | None = None,
     ):
-        config = app_config.load()
-        apply_logging(config.logging)
         self.context = context
         self.run_id = context.run_id
+        self.tenant = tenant
         self.dates = run_dates(context)
-        self.logger = step_logger(tenant_name, context.run_id, stage, self.dates)
-        guarded = guard.enter(context, tenant_name, stage, app_config, tenant_store, self.dates)
-        self.tenant = guarded.tenant
-        self.store = guarded.store
+        self.logger = step_logger(tenant.name, context.run_id, stage, self.dates)
+        self.store = tenant_store.open(tenant)  # migrations + UNALLOCATED (once per process)
+        guarded = guard.enter(context, tenant, self.store, stage, self.dates)
         self.deadline = guarded.deadline
         self.trigger = guarded.trigger
-        self.ecosystem = ecosystem_for(self.tenant)
-        self.now = pipeline.now_utc()
+        self.ecosystem = ecosystem_for(tenant)
+        self.now = now_utc()
         self._prometheus = prometheus
         self._client = None
 
     def check_deadline(self) -> None:
         self.deadline.check()
-        guard.check_lock_kept(self.tenant.name, self.run_id)
+        tenant_ops.check_lock_kept(self.tenant.name, self.run_id)
 
     def prometheus_client(self):
         if self._client is None:
             self.check_deadline()
             # retry waits and in-flight requests respect the run's deadline
             self._client = self._prometheus.client(
-                self.tenant.name, self.deadline.wrap_sleep(time.sleep), self.deadline.seconds_left
+                self.tenant, self.deadline.wrap_sleep(time.sleep), self.deadline.seconds_left
             )
         return self._client
 
@@ -94,12 +92,12 @@ class TenantStep:
         return [d for d in self.dates if d >= first_unsettled]
 
     def audit(self, **fields) -> None:
-        self.store.state.upsert_run(self.run_id, **fields)
+        tenant_ops.audit_progress(self.store, self.run_id, **fields)
 
     def gather_kinds_in_run(self) -> set[str]:
         selected = self.context.run.asset_selection or self.context.job_def.asset_layer.executable_asset_keys
         return {key.path[-1] for key in selected if key.path[0] == self.tenant.name} & set(
-            suspension.GATHER_KINDS
+            tenant_ops.GATHER_KINDS
         )
 
     @contextmanager
@@ -111,7 +109,7 @@ class TenantStep:
             kind=kind,
             run_id=self.run_id,
             trigger=self.trigger,
-            started_at=pipeline.now_utc(),
+            started_at=now_utc(),
             range_start=min(self.dates) if self.dates else None,
             range_end=max(self.dates) if self.dates else None,
             status="running",
@@ -119,20 +117,16 @@ class TenantStep:
         try:
             yield
         except GatherError as exc:
-            self.store.state.finish_gather(
-                log_id, finished_at=pipeline.now_utc(), status="failed", error=str(exc)
-            )
+            self.store.state.finish_gather(log_id, finished_at=now_utc(), status="failed", error=str(exc))
             if self.deadline.expired():  # a provider wait cut short by the deadline is a timeout
-                raise guard.ExecutionTimeout(self.deadline.message) from exc
-            suspension.record_failure(self.store, self.run_id, f"{kind}: {exc}")
+                raise tenant_ops.ExecutionTimeout(self.deadline.message) from exc
+            tenant_ops.record_failure(self.store, self.run_id, f"{kind}: {exc}")
             raise
         except BaseException as exc:
-            self.store.state.finish_gather(
-                log_id, finished_at=pipeline.now_utc(), status="failed", error=str(exc)
-            )
+            self.store.state.finish_gather(log_id, finished_at=now_utc(), status="failed", error=str(exc))
             raise
-        self.store.state.finish_gather(log_id, finished_at=pipeline.now_utc(), status="ok")
-        suspension.record_success(self.store, self.run_id, self.gather_kinds_in_run())
+        self.store.state.finish_gather(log_id, finished_at=now_utc(), status="ok")
+        tenant_ops.record_success(self.store, self.run_id, self.gather_kinds_in_run())
 
     def chargeback_result(self, dates: list[date]) -> ChargebackResult:
         return ChargebackResult(self.tenant, tuple(dates), self.store.chargeback.csv_groups, self.store)
@@ -168,13 +162,13 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
     @dg.asset(
         name="billing", description=f"Billing lines of tenant {t}, per UTC day", pool=provider_pool, **common
     )
+    @guard.stops_step
     def billing(
         context: dg.AssetExecutionContext,
-        app_config: AppConfigResource,
         tenant_store: TenantStoreResource,
         prometheus: PrometheusResource,
     ) -> dg.MaterializeResult:
-        step = TenantStep(context, t, "gathering", app_config, tenant_store, prometheus)
+        step = TenantStep(context, tenant, "gathering", tenant_store, prometheus)
         unsettled = step.inside_cutoff()
         for d in unsettled:
             step.logger.warning(
@@ -195,13 +189,13 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
     @dg.asset(
         name="inventory", description=f"Resources and identities of tenant {t}", pool=provider_pool, **common
     )
+    @guard.stops_step
     def inventory(
         context: dg.AssetExecutionContext,
-        app_config: AppConfigResource,
         tenant_store: TenantStoreResource,
         prometheus: PrometheusResource,
     ) -> dg.MaterializeResult:
-        step = TenantStep(context, t, "gathering", app_config, tenant_store, prometheus)
+        step = TenantStep(context, tenant, "gathering", tenant_store, prometheus)
         with step.gather("inventory"):
             summary = pipeline.gather_inventory(
                 step.store,
@@ -229,13 +223,13 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
         check_specs=[dg.AssetCheckSpec("all_metrics_fetched", asset=metrics_key)],
         **common,
     )
+    @guard.stops_step
     def usage_metrics(
         context: dg.AssetExecutionContext,
-        app_config: AppConfigResource,
         tenant_store: TenantStoreResource,
         prometheus: PrometheusResource,
     ):
-        step = TenantStep(context, t, "fetching_metrics", app_config, tenant_store, prometheus)
+        step = TenantStep(context, tenant, "fetching_metrics", tenant_store, prometheus)
         refetch = context.run.tags.get(REFETCH_METRICS_TAG, "").lower() == "true"
         summary = pipeline.fetch_usage_metrics(
             step.store,
@@ -275,12 +269,12 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
         ],
         **common,
     )
+    @guard.stops_step
     def chargeback(
         context: dg.AssetExecutionContext,
-        app_config: AppConfigResource,
         tenant_store: TenantStoreResource,
     ):
-        step = TenantStep(context, t, "calculating", app_config, tenant_store)
+        step = TenantStep(context, tenant, "calculating", tenant_store)
         try:
             summary = pipeline.calculate_chargeback(
                 step.store,
@@ -291,7 +285,7 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
                 step.logger,
                 check_deadline=step.check_deadline,
             )
-        except guard.ExecutionTimeout:
+        except tenant_ops.ExecutionTimeout:
             step.write_committed_outputs()
             raise
         step.audit(
@@ -336,6 +330,6 @@ def tenant_job(tenant: TenantConfig):
     return dg.define_asset_job(
         name=f"{tenant.name}_pipeline",
         selection=dg.AssetSelection.groups(tenant.name),
-        tags={TENANT_TAG: tenant.name, guard.PIPELINE_TAG: "tenant", **guard.max_runtime_tags(tenant)},
+        tags={TENANT_TAG: tenant.name, PIPELINE_TAG: "tenant", **guard.max_runtime_tags(tenant)},
         description=f"All assets and checks of tenant {tenant.name}",
     )

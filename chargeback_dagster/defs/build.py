@@ -8,24 +8,22 @@ import dagster as dg
 from chargeback_dagster.config import AppConfig
 from chargeback_dagster.defs.assets import OUTPUTS_IO_MANAGER, build_tenant_assets, tenant_job
 from chargeback_dagster.defs.io_managers import ChargebackOutputsIOManager
-from chargeback_dagster.defs.maintenance import build_retention, resume_tenant_job
-from chargeback_dagster.defs.resources import AppConfigResource, PrometheusResource, TenantStoreResource
-from chargeback_dagster.defs.sensors import (
-    build_refresh_sensor,
-    tenant_run_failure_sensor,
-    tenant_run_success_sensor,
-)
+from chargeback_dagster.defs.maintenance import build_resume_tenant_job, build_retention
+from chargeback_dagster.defs.resources import PrometheusResource, TenantStoreResource
+from chargeback_dagster.defs.sensors import build_refresh_sensor, build_run_status_sensors
+from chargeback_dagster.defs.topic_assets import build_topic_assets
 from chargeback_dagster.logging_setup import apply_logging
 
 
-def build_definitions(config: AppConfig, env_file: str | None = None) -> dg.Definitions:
+def build_definitions(config: AppConfig) -> dg.Definitions:
+    """Everything is built over `config`, the one snapshot this process loaded: steps, sensors and schedules
+    never re-read the file (a code-location reload does). Logging is configured here, once per process."""
     apply_logging(config.logging)
-    app_config = AppConfigResource(config_file=str(config.config_path), env_file=env_file)
-    tenant_store = TenantStoreResource(app_config=app_config)
-    assets, jobs, schedules = [], [resume_tenant_job], []
-    sensors = [tenant_run_failure_sensor, tenant_run_success_sensor]
+    assets, jobs, schedules = [], [build_resume_tenant_job(config)], []
+    sensors = build_run_status_sensors(config)
     for tenant in config.tenants.values():
         assets.extend(build_tenant_assets(tenant))
+        assets.extend(build_topic_assets(tenant))
         jobs.append(tenant_job(tenant))
         sensors.append(build_refresh_sensor(tenant, config.features))
         retention_job, retention_schedule = build_retention(tenant)
@@ -37,9 +35,8 @@ def build_definitions(config: AppConfig, env_file: str | None = None) -> dg.Defi
         sensors=sensors,
         schedules=schedules,
         resources={
-            "app_config": app_config,
-            "tenant_store": tenant_store,
-            "prometheus": PrometheusResource(app_config=app_config),
+            "tenant_store": TenantStoreResource(),
+            "prometheus": PrometheusResource(),
             OUTPUTS_IO_MANAGER: ChargebackOutputsIOManager(),
         },
         executor=dg.in_process_executor,

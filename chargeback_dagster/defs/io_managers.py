@@ -2,17 +2,21 @@
 
 The asset returns a `ChargebackResult` (the dates it calculated and committed, and a reader of their rows in
 the tenant store), so a re-materialization rewrites byte-identical files (decision D7) and a failed date
-keeps its files. Each emitter type is an output class of outputs/registry.py.
+keeps its files. Each emitter type is an output class of outputs/registry.py. A `topic_attribution` run
+returns a `TopicAttributionResult`, written through the tenant's topic attribution emitters.
 """
 
 import dagster as dg
 
 from chargeback_dagster.outputs.base import ChargebackResult, OutputWriteError
 from chargeback_dagster.outputs.registry import write_outputs
+from chargeback_dagster.outputs.topic_csv import TopicAttributionResult
 
 
 class ChargebackOutputsIOManager(dg.ConfigurableIOManager):
-    def handle_output(self, context: dg.OutputContext, obj: ChargebackResult) -> None:
+    def handle_output(
+        self, context: dg.OutputContext, obj: ChargebackResult | TopicAttributionResult
+    ) -> None:
         try:
             written = write_outputs(obj)
         except OutputWriteError as exc:

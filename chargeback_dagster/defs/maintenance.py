@@ -5,11 +5,12 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from chargeback_dagster import suspension
-from chargeback_dagster.config import TenantConfig
+from chargeback_dagster import tenant_ops
+from chargeback_dagster.config import AppConfig, TenantConfig
 from chargeback_dagster.defs import guard
-from chargeback_dagster.defs.resources import AppConfigResource, TenantStoreResource
-from chargeback_dagster.logging_setup import apply_logging
+from chargeback_dagster.defs.resources import TenantStoreResource
+from chargeback_dagster.defs.tags import PIPELINE_TAG, TENANT_TAG
+from chargeback_dagster.domain import now_utc
 from chargeback_dagster.store import TenantStore
 
 log = logging.getLogger("chargeback_dagster.retention")
@@ -18,12 +19,20 @@ RETENTION_CRON = "30 2 * * *"
 
 
 def purge(
-    store: TenantStore, retention_days: int, now: datetime, run_id: str | None = None
+    store: TenantStore,
+    retention_days: int,
+    now: datetime,
+    run_id: str | None = None,
+    topic_retention_days: int | None = None,
 ) -> dict[str, int]:
-    """Delete what is older than `retention_days` (docs/operations.md §9); logs the total at INFO when > 0."""
+    """Delete what is older than `retention_days` (docs/operations.md §9), and topic attribution rows older
+    than `topic_retention_days` (their own window, docs/confluent-cloud.md §9); logs the total at INFO when
+    > 0."""
     cutoff_date = now.date() - timedelta(days=retention_days)
     exact_cutoff = now - timedelta(days=retention_days)
     deleted = store.retention.purge(cutoff_date, exact_cutoff)
+    if topic_retention_days is not None:
+        deleted.update(store.topic_attribution.purge(now.date() - timedelta(days=topic_retention_days)))
     total = sum(deleted.values())
     if total:
         details = ", ".join(f"{table} {n}" for table, n in sorted(deleted.items()) if n)
@@ -38,18 +47,24 @@ def build_retention(tenant: TenantConfig) -> tuple[dg.JobDefinition, dg.Schedule
     t = tenant.name
 
     @dg.op(name=f"{t}_purge", description=f"Deletes tenant {t}'s data older than retention_days")
-    def purge_op(
-        context: dg.OpExecutionContext, app_config: AppConfigResource, tenant_store: TenantStoreResource
-    ):
-        apply_logging(app_config.load().logging)
-        guarded = guard.enter(context, t, "retention", app_config, tenant_store)
-        deleted = purge(guarded.store, guarded.tenant.retention_days, guard.utc_now(), context.run_id)
+    @guard.stops_step
+    def purge_op(context: dg.OpExecutionContext, tenant_store: TenantStoreResource):
+        store = tenant_store.open(tenant)
+        guard.enter(context, tenant, store, "retention")
+        attribution = getattr(tenant.plugin_settings, "topic_attribution", None)
+        deleted = purge(
+            store,
+            tenant.retention_days,
+            now_utc(),
+            context.run_id,
+            topic_retention_days=attribution.retention_days if attribution is not None else None,
+        )
         context.add_output_metadata({"rows_deleted": sum(deleted.values()), **deleted})
         return sum(deleted.values())
 
     @dg.job(
         name=f"{t}_retention",
-        tags={guard.TENANT_TAG: t, guard.PIPELINE_TAG: "maintenance", **guard.max_runtime_tags(tenant)},
+        tags={TENANT_TAG: t, PIPELINE_TAG: "maintenance", **guard.max_runtime_tags(tenant)},
         description=f"Retention of tenant {t} (docs/operations.md §9)",
     )
     def retention_job():
@@ -63,15 +78,10 @@ def build_retention(tenant: TenantConfig) -> tuple[dg.JobDefinition, dg.Schedule
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"Daily retention of tenant {t}; skipped while the tenant is suspended",
     )
-    def retention_schedule(
-        context: dg.ScheduleEvaluationContext,
-        app_config: AppConfigResource,
-        tenant_store: TenantStoreResource,
-    ):
-        current = app_config.tenant(t)
-        if suspension.is_suspended(tenant_store.open(t), current.gather_failure_threshold):
+    def retention_schedule(context: dg.ScheduleEvaluationContext, tenant_store: TenantStoreResource):
+        if tenant_ops.is_suspended(tenant_store.open(tenant), tenant.gather_failure_threshold):
             return dg.SkipReason(f"Tenant {t} is suspended")
-        return dg.RunRequest(tags=guard.max_runtime_tags(current))
+        return dg.RunRequest(tags=guard.max_runtime_tags(tenant))
 
     return retention_job, retention_schedule
 
@@ -80,22 +90,23 @@ class ResumeTenantConfig(dg.Config):
     tenant_name: str
 
 
-@dg.op(name="resume_tenant_op", description="Clears a tenant's suspension (docs/operations.md §7)")
-def resume_tenant_op(
-    context: dg.OpExecutionContext,
-    config: ResumeTenantConfig,
-    app_config: AppConfigResource,
-    tenant_store: TenantStoreResource,
-) -> bool:
-    apply_logging(app_config.load().logging)
-    if config.tenant_name not in app_config.load().tenants:
-        raise dg.Failure(f"Unknown tenant '{config.tenant_name}'")
-    result = suspension.resume(tenant_store.open(config.tenant_name))
-    context.add_output_metadata({"message": result.message})
-    return result.resumed
+def build_resume_tenant_job(app_config: AppConfig) -> dg.JobDefinition:
+    @dg.op(name="resume_tenant_op", description="Clears a tenant's suspension (docs/operations.md §7)")
+    def resume_tenant_op(
+        context: dg.OpExecutionContext, config: ResumeTenantConfig, tenant_store: TenantStoreResource
+    ) -> bool:
+        tenant = app_config.tenants.get(config.tenant_name)
+        if tenant is None:
+            raise dg.Failure(f"Unknown tenant '{config.tenant_name}'")
+        result = tenant_ops.resume(tenant_store.open(tenant))
+        context.add_output_metadata({"message": result.message})
+        return result.resumed
 
+    @dg.job(
+        name="resume_tenant", description="Resume a suspended tenant: ops.resume_tenant.config.tenant_name"
+    )
+    def resume_tenant_job():
+        # node name `resume_tenant` (run config ops.resume_tenant); the op definition needs its own name
+        resume_tenant_op.alias("resume_tenant")()
 
-@dg.job(name="resume_tenant", description="Resume a suspended tenant: ops.resume_tenant.config.tenant_name")
-def resume_tenant_job():
-    # node name `resume_tenant` (run config ops.resume_tenant); the op definition needs its own name
-    resume_tenant_op.alias("resume_tenant")()
+    return resume_tenant_job

@@ -4,24 +4,27 @@
   `features.refresh_interval` seconds, honouring suspension, runs in progress and `min_refresh_gap_seconds`.
 * `tenant_run_failure_sensor` closes the run's audit row, releases the tenant lock and is the suspension
   writer (ALERT lines); `tenant_run_success_sensor` closes the audit row and releases the lock.
+Both use the config the code location loaded; a code-location reload picks up config edits.
 """
 
-import logging
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
-from chargeback_dagster import suspension
-from chargeback_dagster.config import FeaturesConfig, TenantConfig
+from chargeback_dagster import tenant_ops
+from chargeback_dagster.config import AppConfig, FeaturesConfig, TenantConfig
 from chargeback_dagster.defs import guard
-from chargeback_dagster.defs.resources import AppConfigResource, TenantStoreResource
-from chargeback_dagster.logging_setup import apply_logging
+from chargeback_dagster.defs.resources import TenantStoreResource
+from chargeback_dagster.defs.tags import (
+    PIPELINE_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    TENANT_TAG,
+    TRIGGER_TAG,
+)
+from chargeback_dagster.domain import now_utc
 
-log = logging.getLogger("chargeback_dagster.sensors")
-
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 STATUS_SENSOR_INTERVAL_SECONDS = 10
 
 
@@ -37,21 +40,18 @@ def refresh_window(tenant: TenantConfig, today: date) -> tuple[date, date] | Non
 def tenant_busy(instance: dg.DagsterInstance, store, tenant_name: str) -> bool:
     """A run tagged with the tenant is queued/in progress, or a live run holds the tenant lock."""
     records = instance.get_run_records(
-        dg.RunsFilter(tags={guard.TENANT_TAG: tenant_name}, statuses=list(guard.IN_PROGRESS)), limit=1
+        dg.RunsFilter(tags={TENANT_TAG: tenant_name}, statuses=list(guard.IN_PROGRESS)), limit=1
     )
     if records:
         return True
-    holder = store.state.run_lock_holder()
-    return (
-        holder is not None and guard.lock_holder_dead(instance, tenant_name, holder, guard.utc_now()) is None
-    )
+    return tenant_ops.lock_held_by_live_run(store, guard.run_lookup(instance))
 
 
 def evaluate_refresh(
     context: dg.SensorEvaluationContext, tenant: TenantConfig, store, tick: datetime
 ) -> dg.SkipReason | dg.SensorResult:
     t = tenant.name
-    if suspension.is_suspended(store, tenant.gather_failure_threshold):
+    if tenant_ops.is_suspended(store, tenant.gather_failure_threshold):
         return dg.SkipReason(f"Tenant {t} is suspended")
     if tenant_busy(context.instance, store, t):
         return dg.SkipReason(f"Pipeline is already running for tenant {t}")
@@ -75,9 +75,9 @@ def evaluate_refresh(
     tags = {
         RANGE_START_TAG: first.isoformat(),
         RANGE_END_TAG: last_date.isoformat(),
-        guard.TENANT_TAG: t,
-        guard.PIPELINE_TAG: "tenant",
-        guard.TRIGGER_TAG: "refresh",
+        TENANT_TAG: t,
+        PIPELINE_TAG: "tenant",
+        TRIGGER_TAG: "refresh",
         **guard.max_runtime_tags(tenant),
     }
     request = dg.RunRequest(run_key=f"{t}:{tick.isoformat()}", job_name=f"{t}_pipeline", tags=tags)
@@ -85,7 +85,7 @@ def evaluate_refresh(
 
 
 def build_refresh_sensor(
-    tenant: TenantConfig, features: FeaturesConfig, clock: Callable[[], datetime] = guard.utc_now
+    tenant: TenantConfig, features: FeaturesConfig, clock: Callable[[], datetime] = now_utc
 ) -> dg.SensorDefinition:
     t = tenant.name
 
@@ -100,14 +100,8 @@ def build_refresh_sensor(
         ),
         description=f"Re-materializes the refresh window of tenant {t} as one run (docs/operations.md §3)",
     )
-    def refresh(
-        context: dg.SensorEvaluationContext,
-        app_config: AppConfigResource,
-        tenant_store: TenantStoreResource,
-    ):
-        apply_logging(app_config.load().logging)
-        current = app_config.tenant(t)  # the config file may have changed since load
-        return evaluate_refresh(context, current, tenant_store.open(t), clock().astimezone(UTC))
+    def refresh(context: dg.SensorEvaluationContext, tenant_store: TenantStoreResource):
+        return evaluate_refresh(context, tenant, tenant_store.open(tenant), clock().astimezone(UTC))
 
     return refresh
 
@@ -132,33 +126,29 @@ def close_run(
     run: dg.DagsterRun,
     status: str,
     error: str | None,
-    app_config: AppConfigResource,
+    config: AppConfig,
     tenant_store: TenantStoreResource,
 ) -> str | None:
     """Write the final audit status, release the lock; after a failure, suspend when due.
 
     Returns the tenant name when the run belonged to a configured tenant."""
-    config = app_config.load()
-    apply_logging(config.logging)
     tenant_name = guard.run_tenant(run)
     if tenant_name is None or tenant_name not in config.tenants:
         return None
     tenant = config.tenants[tenant_name]
-    store = tenant_store.open(tenant_name)
-    if store.state.get_run(run.run_id) is None:
-        started = guard.run_start(instance, run.run_id)
-        store.state.upsert_run(
-            run.run_id,
-            trigger=guard.run_trigger(dict(run.tags)),
-            started_at=datetime.fromtimestamp(started, UTC),
-            range_start=_tag_date(run.tags.get(RANGE_START_TAG)),
-            range_end=_tag_date(run.tags.get(RANGE_END_TAG)),
-        )
-    # the sensor is authoritative: it overwrites what a later run's guard wrote for an "orphan"
-    store.state.end_runs([run.run_id], status=status, at=guard.utc_now(), error=error, only_running=False)
-    store.state.release_run_lock(run.run_id)
-    if status == "failed" and suspension.suspend_if_due(store, tenant.gather_failure_threshold):
-        suspension.alert_if_all_suspended(tenant_store.open(name) for name in config.tenants)
+    store = tenant_store.open(tenant)
+    tenant_ops.audit_run(
+        store,
+        run.run_id,
+        trigger=guard.run_trigger(dict(run.tags)),
+        started_at=datetime.fromtimestamp(guard.run_start(instance, run.run_id), UTC),
+        range_start=_tag_date(run.tags.get(RANGE_START_TAG)),
+        range_end=_tag_date(run.tags.get(RANGE_END_TAG)),
+    )
+    tenant_ops.audit_run_ended(store, run.run_id, status, error)
+    tenant_ops.release_lock(store, run.run_id)
+    if status == "failed" and tenant_ops.suspend_if_due(store, tenant.gather_failure_threshold):
+        tenant_ops.alert_if_all_suspended(tenant_store.open(other) for other in config.tenants.values())
     return tenant_name
 
 
@@ -169,32 +159,27 @@ def _tag_date(value: str | None) -> date | None:
         return None
 
 
-@dg.run_failure_sensor(
-    name="tenant_run_failure_sensor",
-    minimum_interval_seconds=STATUS_SENSOR_INTERVAL_SECONDS,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Run audit and suspension writer for every failed run of the code location (§7)",
-)
-def tenant_run_failure_sensor(
-    context: dg.RunFailureSensorContext,
-    app_config: AppConfigResource,
-    tenant_store: TenantStoreResource,
-):
-    close_run(
-        context.instance, context.dagster_run, "failed", failure_text(context), app_config, tenant_store
+def build_run_status_sensors(config: AppConfig) -> list[dg.SensorDefinition]:
+    """The run audit and suspension writers for every run of the code location (§7)."""
+
+    @dg.run_failure_sensor(
+        name="tenant_run_failure_sensor",
+        minimum_interval_seconds=STATUS_SENSOR_INTERVAL_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Run audit and suspension writer for every failed run of the code location (§7)",
     )
+    def tenant_run_failure_sensor(context: dg.RunFailureSensorContext, tenant_store: TenantStoreResource):
+        error = failure_text(context)
+        close_run(context.instance, context.dagster_run, "failed", error, config, tenant_store)
 
+    @dg.run_status_sensor(
+        name="tenant_run_success_sensor",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        minimum_interval_seconds=STATUS_SENSOR_INTERVAL_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Run audit for every successful run of the code location",
+    )
+    def tenant_run_success_sensor(context: dg.RunStatusSensorContext, tenant_store: TenantStoreResource):
+        close_run(context.instance, context.dagster_run, "completed", None, config, tenant_store)
 
-@dg.run_status_sensor(
-    name="tenant_run_success_sensor",
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    minimum_interval_seconds=STATUS_SENSOR_INTERVAL_SECONDS,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Run audit for every successful run of the code location",
-)
-def tenant_run_success_sensor(
-    context: dg.RunStatusSensorContext,
-    app_config: AppConfigResource,
-    tenant_store: TenantStoreResource,
-):
-    close_run(context.instance, context.dagster_run, "completed", None, app_config, tenant_store)
+    return [tenant_run_failure_sensor, tenant_run_success_sensor]

@@ -91,6 +91,10 @@ def demo_config(prometheus_url: str, ccloud_url: str | None = None) -> dict:
                 "flink": [{"region_id": "us-east-1", "key": DEFAULT_KEY, "secret": DEFAULT_SECRET}],
                 "metrics": {"url": prometheus_url},
                 "emitters": [{"type": "csv", "params": {"output_dir": "output/confluent_org"}}],
+                "topic_attribution": {
+                    "enabled": True,
+                    "emitters": [{"type": "csv", "params": {"output_dir": "output/confluent_org_topics"}}],
+                },
             },
         }
     return {
@@ -176,7 +180,9 @@ def run_demo(
     first_day = now.date() - timedelta(days=days)
     last_day = now.date() - timedelta(days=1)
     data_start = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC) - timedelta(hours=1)
-    org = SimulatedOrg(OrgSpec(start_date=first_day, days=days))
+    # service accounts described `...; team: <t>`: the demo's rows get teams (docs/configuration.md §5.1)
+    teams = ("payments", "search", "data")
+    org = SimulatedOrg(OrgSpec(start_date=first_day, days=days, service_account_teams=teams))
     history = combined_openmetrics(demo_metrics(data_start, now), org.openmetrics())
     print(f"Loading {days} days of synthetic metrics (search + Confluent Cloud) into a local Prometheus ...")
     with LocalPrometheus(history, root / "prometheus") as prom, CCloudSimulator(org) as sim:
@@ -202,6 +208,7 @@ def run_demo(
             print(f"Confluent Cloud API requests served by the simulator: {len(sim.request_log)}")
             for tenant in DEMO_TENANTS:
                 print_summary(root / "output" / tenant, title=tenant)
+            print_topic_summary(root / "output" / "confluent_org_topics")
             print(f"\nThe runs are recorded in the Dagster instance DAGSTER_HOME={home}")
             if not ui:
                 print("To browse them in the Dagster UI: chargeback-dagster demo --ui")
@@ -307,6 +314,21 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def print_topic_summary(output_dir: Path) -> None:
+    """Cost per (cluster, topic) of the topic attribution CSVs, largest first."""
+    totals: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    files = sorted(output_dir.glob("*.csv"))
+    for path in files:
+        with path.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                totals[(row["cluster_resource_id"], row["topic_name"])] += Decimal(row["amount"])
+    print(f"\nconfluent_org topics: wrote {len(files)} CSV files to {output_dir}")
+    print(f"{'cluster':<16}{'topic':<24}{'amount (USD)':>16}")
+    for (cluster, topic), amount in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"{cluster:<16}{topic:<24}{amount:>16}")
+    print(f"{'TOTAL':<40}{sum(totals.values(), Decimal(0)):>16}")
 
 
 def print_summary(output_dir: Path, title: str | None = None) -> None:

@@ -6,8 +6,7 @@ from datetime import date
 
 import dagster as dg
 
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
+from chargeback_dagster.defs.tags import RANGE_END_TAG, RANGE_START_TAG
 
 
 def materialize_range(

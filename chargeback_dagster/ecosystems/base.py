@@ -76,6 +76,12 @@ class Ecosystem(ABC):
     def unknown_allocator(self) -> Allocator:
         """Allocator for product types no handler claims (decision D5)."""
 
+    def extra_metric_queries(self, line: BillingLine) -> dict[str, str]:
+        """Optional: queries the usage_metrics step fetches and stores for `line` beyond its handler's, for
+        steps other than the allocation (Confluent topic attribution). Their failures never fail the line's
+        allocation. Keys must not collide with the handlers' keys."""
+        return {}
+
     def batched_query(self, key: str) -> tuple[str, str | None] | None:
         """Optional: a metric query key that can be fetched for all resources at once.
 

@@ -6,17 +6,21 @@ Shared by the self-managed Kafka and generic ecosystems, which configure identit
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from chargeback_dagster.domain import Identity
 
 
-def principal_identities(principals: Iterable[str], identity_source) -> list[Identity]:
-    """One `principal` identity per discovered label value, with its team mapping."""
+def principal_identities(
+    principals: Iterable[str], identity_source, label_teams: Mapping[str, str] | None = None
+) -> list[Identity]:
+    """One `principal` identity per discovered label value; its team is `principal_to_team`'s, else the one
+    its series were labelled with (`label_teams`), else `default_team`."""
     mapping = identity_source.principal_to_team
+    label_teams = label_teams or {}
     identities = []
     for principal in sorted(set(p for p in principals if p)):
-        team = mapping.get(principal, identity_source.default_team)
+        team = mapping.get(principal) or label_teams.get(principal) or identity_source.default_team
         identities.append(
             Identity(
                 identity_id=principal,

@@ -10,7 +10,7 @@ import os
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -156,18 +156,27 @@ def write_csv(path: Path, groups: Iterable[Group], lines: CsvLines) -> int:
 
     Use one `lines` for every file of a batch so rendered parts are shared between them and each directory is
     swept of stale temporary files once."""
+    return write_rendered(path, COLUMNS, lambda: lines.render(groups), lines.swept_dirs)
+
+
+def write_rendered(
+    path: Path, header: Sequence[str], render: Callable[[], list[str]], swept_dirs: set[Path]
+) -> int:
+    """Write `header` and the lines `render()` returns (each ending in LF) atomically: a temporary file in
+    the same directory, then rename. Returns the line count. `swept_dirs`: directories already cleared of
+    stale temporary files in this batch."""
     tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.parent not in lines.swept_dirs:
+        if path.parent not in swept_dirs:
             remove_stale_temp_files(path.parent)
-            lines.swept_dirs.add(path.parent)
+            swept_dirs.add(path.parent)
         # Created like any new file (mode 0666 less the umask), not 0600 as tempfile.mkstemp would.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="", buffering=1 << 20) as fh:
-                fh.write(_render(COLUMNS) + "\n")
-                rendered = lines.render(groups)
+                fh.write(_render(header) + "\n")
+                rendered = render()
                 fh.writelines(rendered)
             os.replace(tmp, path)
         except BaseException:
@@ -176,6 +185,11 @@ def write_csv(path: Path, groups: Iterable[Group], lines: CsvLines) -> int:
     except OSError as exc:
         raise CsvWriteError(f"Cannot write CSV '{path}': {exc}") from exc
     return len(rendered)
+
+
+def render_rows(rows: Iterable[Sequence[str]]) -> list[str]:
+    """CSV lines (RFC 4180 quoting, LF) of fields already formatted and neutralised."""
+    return [_render(row) + "\n" for row in rows]
 
 
 def first_of_month(d: date) -> date:

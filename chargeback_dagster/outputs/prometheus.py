@@ -25,6 +25,7 @@ import httpx
 from chargeback_dagster.money import format_units, round4_units
 from chargeback_dagster.outputs.base import ChargebackResult, Output, OutputWriteError
 from chargeback_dagster.outputs.csv import first_of_month, first_of_next_month
+from chargeback_dagster.teams import row_team
 
 if TYPE_CHECKING:
     from chargeback_dagster.config import EmitterConfig
@@ -94,9 +95,11 @@ def _existed(
 
 @dataclass
 class _Inventory:
-    """The tenant's inventory, read once per output: teams by identity and the rows of the active families."""
+    """The tenant's inventory, read once per output: the stored teams (chargeback_dagster/teams.py) and the
+    rows of the active families."""
 
-    teams: dict[str, str]
+    identity_teams: dict[str, str | None]
+    resource_teams: dict[str, str | None]
     identities: list[tuple[datetime | None, datetime | None, tuple[str, ...]]]
     resources: list[tuple[datetime | None, datetime | None, tuple[str, ...]]]
 
@@ -146,15 +149,15 @@ class PrometheusOutput(Output):
 
     def inventory(self) -> _Inventory:
         if self._inventory is None:
-            identities = self.store.inventory.identities()
-            teams = {i.identity_id: str(i.metadata.get("team") or "") for i in identities}
+            identities, resources = self.store.inventory.identities(), self.store.inventory.resources()
             self._inventory = _Inventory(
-                teams=teams,
+                identity_teams={i.identity_id: i.team for i in identities},
+                resource_teams={r.resource_id: r.team for r in resources},
                 identities=[
                     (
                         i.created_at,
                         i.deleted_at,
-                        (*self.tenant_labels, i.identity_id, i.identity_type, teams[i.identity_id]),
+                        (*self.tenant_labels, i.identity_id, i.identity_type, i.team or ""),
                     )
                     for i in identities
                 ],
@@ -164,7 +167,7 @@ class PrometheusOutput(Output):
                         r.deleted_at,
                         (*self.tenant_labels, r.resource_id, r.resource_type, r.parent_id or ""),
                     )
-                    for r in self.store.inventory.resources()
+                    for r in resources
                 ],
             )
         return self._inventory
@@ -180,10 +183,16 @@ class PrometheusOutput(Output):
         inv = self.inventory()
         ts = midnight_ms(d)
         tenant = self.tenant_labels
-        for _, fields, units in self.result.read_groups(d, d + timedelta(days=1)):
-            resource, category, product_type, identity, cost_type, method, detail = fields
-            labels = (*tenant, resource, category, product_type, identity, inv.teams.get(identity, ""))
-            yield ("chargeback_amount", (*labels, cost_type, method, detail), ts, format_units(units))
+        # The CSV rows (summed over env_id and composition_part), each with the team of its resource, its
+        # environment or its identity: rows of one CSV row on differently mapped environments stay apart.
+        amounts: dict[tuple[str, ...], int] = {}
+        for row in self.store.chargeback.rows(d):
+            env, resource, category, product_type, identity, cost_type, method, detail, _part, units = row
+            team = row_team(resource, env, identity, inv.resource_teams, inv.identity_teams) or ""
+            labels = (*tenant, resource, category, product_type, identity, team, cost_type, method, detail)
+            amounts[labels] = amounts.get(labels, 0) + units
+        for labels, units in amounts.items():
+            yield ("chargeback_amount", labels, ts, format_units(units))
         for line in self.store.billing.lines(d):
             labels = (*tenant, line.env_id, line.resource_id, line.product_category, line.product_type)
             # rounded to 0.0001 as the total the date's chargeback adds up to (decision D1)

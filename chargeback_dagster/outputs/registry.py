@@ -8,6 +8,7 @@ from __future__ import annotations
 from chargeback_dagster.outputs.base import ChargebackResult, Output
 from chargeback_dagster.outputs.csv import CsvOutput
 from chargeback_dagster.outputs.prometheus import PrometheusOutput
+from chargeback_dagster.outputs.topic_csv import TopicAttributionResult, write_topic_csv
 
 OUTPUTS: dict[str, type[Output]] = {
     "csv": CsvOutput,
@@ -15,10 +16,16 @@ OUTPUTS: dict[str, type[Output]] = {
 }
 
 
-def write_outputs(result: ChargebackResult) -> dict[str, dict[str, int]]:
+def write_outputs(result: ChargebackResult | TopicAttributionResult) -> dict[str, dict[str, int]]:
     """Write `result` through every emitter of its tenant, in config order.
 
-    Returns, for every registered type, path -> rows written (empty for a type the tenant does not use)."""
+    Returns, for every registered type, path -> rows written (empty for a type the tenant does not use).
+    Topic attribution rows go through the tenant's `topic_attribution.emitters` (type `csv` only)."""
+    if isinstance(result, TopicAttributionResult):
+        topic_files: dict[str, int] = {}
+        for emitter in result.tenant.plugin_settings.topic_attribution.emitters:
+            topic_files.update(write_topic_csv(result, emitter))
+        return {"topic_csv": topic_files}
     written: dict[str, dict[str, int]] = {name: {} for name in OUTPUTS}
     outputs: dict[str, Output] = {}
     for emitter in result.tenant.plugin_settings.emitters:

@@ -258,6 +258,18 @@ class ChargebackRepository(Repository):
             ).all()
         return {d: int(units) for d, units in rows}
 
+    def rows(self, d: date) -> list[tuple]:
+        """The facts of `d` as (dimension key fields..., amount_units), env_id included: the Prometheus
+        emitter charges each row to its resource's or environment's team (chargeback_dagster/teams.py)."""
+        facts, dim = t.chargeback_facts, t.chargeback_dimensions
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(*(dim.c[c] for c in DIMENSION_KEY_COLUMNS), facts.c.amount_units)
+                .select_from(facts.join(dim, facts.c.dimension_id == dim.c.dimension_id))
+                .where(self._mine(facts), facts.c.date == d)
+            ).all()
+        return [(*r[:-1], int(r[-1])) for r in rows]
+
     def csv_groups(self, start: date, end: date) -> list[tuple[datetime, tuple[str, ...], int]]:
         """The CSV rows of dates start ≤ d < end (docs/operations.md §10) as (timestamp, CSV_DIMENSION_COLUMNS
         values, Σ amount_units), facts summed over env_id and composition_part, ordered by code point.

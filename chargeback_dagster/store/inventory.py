@@ -53,6 +53,7 @@ class InventoryRepository(Repository):
                 "deleted_at": r.deleted_at,
                 "last_seen_at": seen_at,
                 "metadata_json": r.metadata or {},
+                "team": r.team,
             }
             for r in {r.resource_id: r for r in resources}.values()
         ]
@@ -73,6 +74,7 @@ class InventoryRepository(Repository):
                 "deleted_at": ex.deleted_at,
                 "last_seen_at": ex.last_seen_at,
                 "metadata_json": ex.metadata_json,
+                "team": ex.team,
             },
         )
         with self.db.write() as conn:
@@ -91,6 +93,7 @@ class InventoryRepository(Repository):
                 "deleted_at": i.deleted_at,
                 "last_seen_at": seen_at,
                 "metadata_json": i.metadata or {},
+                "team": i.team,
             }
             for i in {i.identity_id: i for i in identities}.values()
         ]
@@ -106,6 +109,7 @@ class InventoryRepository(Repository):
                 "deleted_at": ex.deleted_at,
                 "last_seen_at": ex.last_seen_at,
                 "metadata_json": ex.metadata_json,
+                "team": ex.team,
             },
         )
         with self.db.write() as conn:
@@ -163,6 +167,7 @@ class InventoryRepository(Repository):
                 created_at=r.created_at,
                 deleted_at=r.deleted_at,
                 metadata=r.metadata_json or {},
+                team=r.team,
             )
             for r in rows
         ]
@@ -182,6 +187,7 @@ class InventoryRepository(Repository):
                 created_at=r.created_at,
                 deleted_at=r.deleted_at,
                 metadata=r.metadata_json or {},
+                team=r.team,
             )
             for r in rows
         ]

@@ -139,6 +139,7 @@ resources = Table(
     Column("deleted_at", UTCDateTime),
     Column("last_seen_at", UTCDateTime),
     Column("metadata_json", JSONText, nullable=False, server_default="{}"),
+    Column("team", Text),  # resolved at inventory time (chargeback_dagster/teams.py), migration 0006
     PrimaryKeyConstraint("ecosystem", "tenant_id", "resource_id", name="pk_resources"),
     Index("ix_resources_type", "ecosystem", "tenant_id", "resource_type"),
 )
@@ -154,6 +155,7 @@ identities = Table(
     Column("deleted_at", UTCDateTime),
     Column("last_seen_at", UTCDateTime),
     Column("metadata_json", JSONText, nullable=False, server_default="{}"),
+    Column("team", Text),  # resolved at inventory time (chargeback_dagster/teams.py), migration 0006
     PrimaryKeyConstraint("ecosystem", "tenant_id", "identity_id", name="pk_identities"),
 )
 
@@ -254,6 +256,43 @@ chargeback_facts = Table(
     Column("amount_units", BigInteger, nullable=False),
     PrimaryKeyConstraint("date", "dimension_id", name="pk_chargeback_facts"),
     sqlite_with_rowid=False,
+)
+
+# Topic attribution (docs/confluent-cloud.md §9, migration 0007)
+TOPIC_DIMENSION_KEY_COLUMNS = (
+    "env_id",
+    "cluster_resource_id",
+    "topic_name",
+    "product_category",
+    "product_type",
+    "attribution_method",
+)
+
+topic_attribution_dimensions = Table(
+    "topic_attribution_dimensions",
+    metadata,
+    Column(
+        "dimension_id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    *_tenant_cols(),
+    *(Column(name, Text, nullable=False) for name in TOPIC_DIMENSION_KEY_COLUMNS),
+    UniqueConstraint(
+        "ecosystem", "tenant_id", *TOPIC_DIMENSION_KEY_COLUMNS, name="uq_topic_attribution_dimensions_key"
+    ),
+    sqlite_autoincrement=True,
+)
+
+topic_attribution_facts = Table(
+    "topic_attribution_facts",
+    metadata,
+    *_tenant_cols(),
+    Column("date", Date, nullable=False),
+    Column("dimension_id", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("amount_units", BigInteger, nullable=False),
+    PrimaryKeyConstraint("date", "dimension_id", name="pk_topic_attribution_facts"),
 )
 
 pipeline_state = Table(

@@ -1,9 +1,9 @@
 """Per-tenant storage (docs/operations.md §13): one database, its rows reached through one repository per
 concern.
 
-`store.billing`, `store.inventory`, `store.metrics`, `store.chargeback`, `store.state` (per-date state,
-tenant status and suspension, gather log, run lock, run audit) and `store.retention`; they share the engine
-and transaction helpers of `store.db`.
+`store.billing`, `store.inventory`, `store.metrics`, `store.chargeback`, `store.topic_attribution`,
+`store.state` (per-date state, tenant status and suspension, gather log, run lock, run audit) and
+`store.retention`; they share the engine and transaction helpers of `store.db`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from chargeback_dagster.store.inventory import InventoryRepository
 from chargeback_dagster.store.metrics import MetricsRepository
 from chargeback_dagster.store.retention import RetentionRepository
 from chargeback_dagster.store.tenant_state import TenantStateRepository
+from chargeback_dagster.store.topic_attribution import TopicAttributionRepository
 
 
 class TenantStore:
@@ -33,6 +34,7 @@ class TenantStore:
         self.metrics = MetricsRepository(self.db, **scope)
         self.state = TenantStateRepository(self.db, **scope)
         self.chargeback = ChargebackRepository(self.db, **scope, billing=self.billing, state=self.state)
+        self.topic_attribution = TopicAttributionRepository(self.db, **scope)
         self.retention = RetentionRepository(self.db, **scope, chargeback=self.chargeback)
 
     @classmethod

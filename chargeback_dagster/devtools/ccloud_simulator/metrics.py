@@ -2,7 +2,9 @@
 
 Per active hour, ``confluent_kafka_server_request_bytes`` / ``_response_bytes`` per (``kafka_id``,
 ``principal_id``) where the principals are the cluster's API keys except the last one (idle), one service
-account directly and, on the first cluster, one identity pool; ``confluent_flink_num_cfu`` per
+account directly and, on the first cluster, one identity pool; ``confluent_kafka_server_received_bytes`` /
+``_sent_bytes`` / ``_retained_bytes`` per (``kafka_id``, ``topic``) for topic attribution (two to four
+topics per cluster plus an internal ``_confluent-`` topic); ``confluent_flink_num_cfu`` per
 (``compute_pool_id``, ``flink_statement_name``). Integer values, so sums are exact.
 """
 
@@ -13,6 +15,9 @@ from datetime import date, datetime, timedelta
 from chargeback_dagster.devtools.ccloud_simulator.common import midnight, stable_hash
 from chargeback_dagster.devtools.ccloud_simulator.model import OrgModel
 from chargeback_dagster.devtools.openmetrics import OpenMetricsWriter
+
+TOPIC_NAMES = ("orders", "payments", "clickstream", "audit-events")
+TOPIC_METRICS = ("received_bytes", "sent_bytes", "retained_bytes")
 
 
 class OrgMetrics(OrgModel):
@@ -66,6 +71,36 @@ class OrgMetrics(OrgModel):
             for p, samples in self.kafka_samples(d, kafka_id, direction, step_seconds).items()
         }
 
+    def kafka_topics(self, kafka_id: str) -> list[str]:
+        """Topic names of a cluster with per-topic metrics: 2 to 4 of TOPIC_NAMES and an internal topic."""
+        count = 2 + stable_hash(self.spec.seed, "topics", kafka_id) % 3
+        return [*TOPIC_NAMES[:count], "_confluent-command"]
+
+    def topic_samples(
+        self, d: date, kafka_id: str, metric: str, step_seconds: int = 3600
+    ) -> dict[str, list[tuple[datetime, int]]]:
+        """``topic`` → samples of ``confluent_kafka_server_<metric>`` (received_bytes, sent_bytes or
+        retained_bytes) on day ``d``; retained bytes grow through the day."""
+        if metric not in TOPIC_METRICS:
+            raise ValueError(f"metric must be one of {TOPIC_METRICS}")
+        cluster = self.cluster(kafka_id)
+        times = [t for t in self._sample_times(d, step_seconds) if cluster.exists_at(t)]
+        out = {}
+        for topic in self.kafka_topics(kafka_id):
+            scale = 1 + stable_hash(self.spec.seed, "topic-scale", kafka_id, topic, metric) % 20
+            if metric == "retained_bytes":
+                out[topic] = [(t, scale * 1_000_000 + i * scale * 1_000) for i, t in enumerate(times)]
+            else:
+                out[topic] = [
+                    (
+                        t,
+                        scale * 10_000
+                        + stable_hash(self.spec.seed, metric, kafka_id, topic, t.timestamp()) % 50_000,
+                    )
+                    for t in times
+                ]
+        return out
+
     def flink_samples(
         self, d: date, pool_id: str, step_seconds: int = 3600
     ) -> dict[str, list[tuple[datetime, int]]]:
@@ -98,6 +133,13 @@ class OrgMetrics(OrgModel):
                         writer.add(
                             f"confluent_kafka_server_{direction}_bytes",
                             {"kafka_id": cluster.id, "principal_id": principal},
+                            samples,
+                        )
+                for metric in TOPIC_METRICS:
+                    for topic, samples in self.topic_samples(d, cluster.id, metric, step_seconds).items():
+                        writer.add(
+                            f"confluent_kafka_server_{metric}",
+                            {"kafka_id": cluster.id, "topic": topic},
                             samples,
                         )
             for pool in self.flink_pools:

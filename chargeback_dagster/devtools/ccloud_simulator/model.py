@@ -14,6 +14,8 @@ Same spec and seed → same ids, inventory, cost lines and metrics. Layout (all 
   pools per environment; ``statements_per_pool`` statements per pool (phases RUNNING, STOPPED, COMPLETED,
   FAILED in turn).
 * ``service_accounts`` service accounts, ``users`` users, one identity provider with two identity pools.
+  With ``service_account_teams``, service account ``i``'s description names the team
+  ``service_account_teams[i % len]`` (``Simulated service account 3; team: payments``).
 * ``api_keys_per_cluster`` API keys per Kafka cluster (owners: service accounts and, every fourth key, a
   user) and one API key per Schema Registry cluster.
 * ``connectors_per_cluster`` connectors per Kafka cluster; auth modes rotate through ``KAFKA_API_KEY``
@@ -73,6 +75,7 @@ class OrgSpec:
     string_amounts: bool = False
     cloud: str = "AWS"
     region: str = "us-east-1"
+    service_account_teams: tuple[str, ...] = ()
 
     @property
     def end_date(self) -> date:
@@ -125,7 +128,8 @@ class OrgModel:
             {
                 "id": f"sa-{ident(s, 'sa', i, 6)}",
                 "display_name": f"svc-{i:02d}",
-                "description": f"Simulated service account {i}",
+                "description": f"Simulated service account {i}"
+                + (f"; team: {teams[i % len(teams)]}" if (teams := spec.service_account_teams) else ""),
                 "created_at": base + timedelta(hours=i),
             }
             for i in range(spec.service_accounts)

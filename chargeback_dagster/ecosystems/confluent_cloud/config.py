@@ -81,10 +81,16 @@ class TopicEmitterParams(EmitterParams):
 class TopicEmitterConfig(EmitterConfig):
     params: TopicEmitterParams
 
+    @field_validator("type")
+    @classmethod
+    def _csv_only(cls, kind: str) -> str:
+        if kind != "csv":
+            raise problem(f"topic attribution emitters must be of type 'csv', got '{kind}'")
+        return kind
+
 
 class TopicAttributionConfig(ConfigModel):
-    """Validated, but topic attribution is not implemented yet: the block is ignored (a load warning says
-    so, docs/configuration.md)."""
+    """Topic attribution of a Confluent Cloud tenant (docs/confluent-cloud.md §9)."""
 
     enabled: Bool = False
     exclude_topic_patterns: list[Str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE_TOPIC_PATTERNS))
@@ -202,14 +208,6 @@ class ConfluentCloudSettings(PluginSettingsBase):
         topic_params = emitter_params_in(topic_attribution, "emitters")
         topic = [(TopicEmitterParams, kind, params) for kind, params in topic_params]
         return [*super().emitter_params(raw), *topic]
-
-    def load_warnings(self) -> list[str]:
-        if not self.topic_attribution.enabled:
-            return []
-        return [
-            "plugin_settings.topic_attribution.enabled=True: topic attribution is not implemented yet; "
-            "the topic_attribution block is ignored"
-        ]
 
     @property
     def cku_usage_ratio(self) -> Decimal:

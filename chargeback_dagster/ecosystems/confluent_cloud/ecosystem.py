@@ -9,11 +9,11 @@ the client's exponential backoff for 5xx / transport errors. Provider-given 429 
 from __future__ import annotations
 
 import os
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 
 from chargeback_dagster.allocation.types import Allocator, Handler
-from chargeback_dagster.domain import BillingLine
+from chargeback_dagster.domain import BillingLine, Resource
 from chargeback_dagster.ecosystems.base import (
     BillingGather,
     Ecosystem,
@@ -29,7 +29,9 @@ from chargeback_dagster.ecosystems.confluent_cloud.allocators import (
 )
 from chargeback_dagster.ecosystems.confluent_cloud.billing import fetch_billing_lines
 from chargeback_dagster.ecosystems.confluent_cloud.client import ConfluentApiError, ConfluentClient
-from chargeback_dagster.ecosystems.confluent_cloud.config import ConfluentCloudSettings
+from chargeback_dagster.ecosystems.confluent_cloud.config import TOPIC_METRIC_KEYS, ConfluentCloudSettings
+from chargeback_dagster.ecosystems.confluent_cloud.topics import CLUSTER_PREFIX, discover_topics, topic_query
+from chargeback_dagster.sources.prometheus import RangeQuery
 
 BACKOFF_SCALE_ENV = "CHARGEBACK_CCLOUD_BACKOFF_SCALE"
 
@@ -171,7 +173,24 @@ class ConfluentCloudEcosystem(Ecosystem):
             return self._client(ctx, base_url=self.flink_base_url(cloud, region), key=key, secret=secret)
 
         with self._client(ctx) as client:
-            return inv.gather_inventory(client, self.settings, ctx.logger, flink_client)
+            gathered = inv.gather_inventory(client, self.settings, ctx.logger, flink_client)
+        if self.settings.topic_attribution.enabled:
+            gathered.resources.extend(self._discover_topics(gathered, ctx))
+        return gathered
+
+    def _discover_topics(self, gathered: InventoryGather, ctx: GatherContext) -> list[Resource]:
+        """docs/confluent-cloud.md §9 "Discovery": topics with samples in the last hour, per cluster.
+
+        Topics are not in OWNED_TYPES: a topic quiet for an hour is not deleted, and the per-date
+        calculation adds the topics of the day's metrics anyway."""
+        step = min(self.settings.metrics_step_seconds, 3600)
+
+        def series_labels(promql: str, start: datetime, end: datetime) -> list[dict[str, str]]:
+            ctx.check_deadline()
+            return [s.labels for s in ctx.prometheus().query_range(RangeQuery(promql, start, end, step))]
+
+        clusters = [r.resource_id for r in gathered.resources if r.resource_type == "kafka_cluster"]
+        return discover_topics(self.settings.topic_attribution, clusters, series_labels, ctx.now, ctx.logger)
 
     # -- allocation -----------------------------------------------------------------------------------
     def handlers(self) -> list[Handler]:
@@ -196,8 +215,17 @@ class ConfluentCloudEcosystem(Ecosystem):
             for service_type, product_types in ROUTING.items()
         ]
 
+    def extra_metric_queries(self, line: BillingLine) -> dict[str, str]:
+        """The per-topic metrics of a Kafka cluster's lines, with topic attribution enabled (§9)."""
+        attribution = self.settings.topic_attribution
+        if not attribution.enabled or not line.resource_id.startswith(CLUSTER_PREFIX):
+            return {}
+        return {key: topic_query(attribution, key, line.resource_id) for key in TOPIC_METRIC_KEYS}
+
     def batched_query(self, key: str) -> tuple[str, str] | None:
         """One query per key per day for every resource: (PromQL without resource filter, resource label)."""
+        if key in TOPIC_METRIC_KEYS:
+            return topic_query(self.settings.topic_attribution, key), "kafka_id"
         if key not in METRICS:
             return None
         return metric_query(key), METRICS[key][2]

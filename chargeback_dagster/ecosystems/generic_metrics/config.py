@@ -22,6 +22,8 @@ from chargeback_dagster.config.models import IdentitySourceConfig, MetricsConfig
 
 class GenericIdentitySourceConfig(IdentitySourceConfig):
     label: Str = "principal"
+    # a label of the discovery series naming the identity's team (docs/generic-metrics.md §4)
+    team_label: Str | None = None
     discovery_query: Str | None = Field(None, validate_default=True)
 
     @field_validator("discovery_query")

@@ -114,8 +114,14 @@ class GenericMetricsEcosystem(Ecosystem):
                 series = ctx.prometheus().query_range(query)
             except MetricsQueryError as exc:
                 raise GatherError(f"Identity discovery query failed: {exc}") from exc
-            principals = [s.labels.get(source.label, "") for s in series if s.samples]
-            discovered = ids.principal_identities(principals, source)
+            found = [s.labels for s in series if s.samples]
+            principals = [labels.get(source.label, "") for labels in found]
+            label_teams = {
+                labels.get(source.label, ""): labels[source.team_label]
+                for labels in found
+                if source.team_label and labels.get(source.team_label)
+            }
+            discovered = ids.principal_identities(principals, source, label_teams)
             if not discovered:
                 ctx.logger.warning(
                     "No identities found in Prometheus for cluster %s (label %r)",
