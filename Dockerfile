@@ -10,7 +10,7 @@ RUN pip install --no-cache-dir '.[kafka]'
 
 # Instance config (PostgreSQL storage, run queue, concurrency, run monitoring) and the workspace that points
 # the webserver and daemon at the `codeserver` service.
-COPY dagster.yaml ${DAGSTER_HOME}/dagster.yaml
+COPY docker/dagster.yaml ${DAGSTER_HOME}/dagster.yaml
 COPY docker/workspace.yaml ${DAGSTER_HOME}/workspace.yaml
 RUN mkdir -p /opt/chargeback/config /opt/chargeback/output /opt/chargeback/data
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -295,10 +296,29 @@ def cmd_status(args) -> int:
     opened = _open_stores(args)
     if opened is None:
         return 1
-    for store in opened[1].values():
-        print("\n".join(tenant_ops.status_lines(store)))
-        store.dispose()
+    with contextlib.ExitStack() as stack:
+        lookup = _dagster_run_lookup(stack)
+        for store in opened[1].values():
+            print("\n".join(tenant_ops.status_lines(store, tenant_ops.takeover_seconds(), lookup)))
+            store.dispose()
     return 0
+
+
+def _dagster_run_lookup(stack: contextlib.ExitStack):
+    """Runs as the Dagster instance of $DAGSTER_HOME reports them; None without one (status then judges
+    unclosed audit rows by the tenant lock alone)."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return None
+    import dagster as dg
+
+    from chargeback_dagster.defs.guard import run_lookup
+
+    try:
+        instance = stack.enter_context(dg.DagsterInstance.get())
+    except Exception as exc:  # noqa: BLE001 - status still works from the tenant databases
+        print(f"WARNING: cannot open the Dagster instance of DAGSTER_HOME: {_one_line(exc)}")
+        return None
+    return run_lookup(instance)
 
 
 def cmd_instance_config(args) -> int:
@@ -314,7 +334,7 @@ def cmd_instance_config(args) -> int:
 def cmd_demo(args) -> int:
     from chargeback_dagster.devtools.demo import run_demo
 
-    return run_demo(args.workdir, days=args.days)
+    return run_demo(args.workdir, days=args.days, ui=args.ui, host=args.host, port=args.port)
 
 
 def cmd_simulate(args) -> int:
@@ -371,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workdir", default=".demo", help="folder for the demo's config, data and CSVs")
     p.add_argument("--days", type=int, default=7, help="how many past days to materialize")
+    p.add_argument(
+        "--ui",
+        action="store_true",
+        help="then keep Prometheus and the simulator up and serve the Dagster UI on the runs until Ctrl-C",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="with --ui: the webserver's address")
+    p.add_argument("--port", type=int, default=3000, help="with --ui: the webserver's port")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(

@@ -172,7 +172,50 @@ def resume(store: TenantStore) -> ResumeResult:
     return ResumeResult(True, message)
 
 
-def status_lines(store: TenantStore) -> list[str]:
+def run_state_line(
+    store: TenantStore,
+    run: dict,
+    takeover_seconds: float,
+    lookup: RunLookup | None = None,
+    now: datetime | None = None,
+) -> str:
+    """The `last run` line. An audit row still `running` is only closed by a run-status sensor or a later
+    run's guard, so a run executed without a daemon (the CLI, the demo, a stopped daemon) keeps that status
+    after it ended: judge it by its Dagster instance when there is one and it knows the run, else by the
+    tenant lock (docs/operations.md §4) — a live run holds it with a heartbeat younger than the takeover time;
+    a finished run released it (or its killed process stopped refreshing it)."""
+    run_id = run["dagster_run_id"]
+    head = f"  last run: {run_id}"
+    if run["status"] != "running":
+        return f"{head} {run['status']} ({run['trigger']})"
+    facts = lookup(run_id) if lookup is not None else None
+    if facts is not None:
+        if facts.in_progress:
+            return f"{head} running ({run['trigger']}; per Dagster)"
+        outcome = "completed" if facts.succeeded else "failed"
+        at = f" at {facts.ended_at.replace(microsecond=0).isoformat()}" if facts.ended_at else ""
+        return f"{head} {outcome} ({run['trigger']}; ended{at} per Dagster, audit row not closed)"
+    holder = store.state.run_lock_holder()
+    if holder is not None and holder.run_id == run_id:
+        age = ((now or now_utc()) - holder.heartbeat_at).total_seconds()
+        if age <= takeover_seconds:
+            return f"{head} running ({run['trigger']}; lock heartbeat {age:.0f}s ago)"
+        return (
+            f"{head} ended ({run['trigger']}; its process stopped: lock heartbeat {age:.0f}s old, "
+            f"takeover after {takeover_seconds:g}s; outcome unknown, audit row not closed)"
+        )
+    return (
+        f"{head} ended ({run['trigger']}; it no longer holds the tenant lock; outcome unknown without its "
+        "Dagster instance (DAGSTER_HOME), audit row not closed)"
+    )
+
+
+def status_lines(
+    store: TenantStore,
+    takeover_seconds: float,
+    lookup: RunLookup | None = None,
+    now: datetime | None = None,
+) -> list[str]:
     """`chargeback-dagster status` lines of one tenant."""
     status = store.state.status() or {}
     gather = store.state.last_gather()
@@ -194,8 +237,7 @@ def status_lines(store: TenantStore) -> list[str]:
         lines.append("  last gather: never")
     lines.append(f"  last calculated date: {last_date.isoformat() if last_date else 'none'}")
     if runs:
-        run = runs[0]
-        lines.append(f"  last run: {run['dagster_run_id']} {run['status']} ({run['trigger']})")
+        lines.append(run_state_line(store, runs[0], takeover_seconds, lookup, now))
     else:
         lines.append("  last run: none")
     return lines

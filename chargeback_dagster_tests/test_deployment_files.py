@@ -36,7 +36,7 @@ def instance_env(monkeypatch, url: str | None = None) -> None:
 
 def test_dagster_yaml_is_a_valid_instance_config(tmp_path, monkeypatch):
     instance_env(monkeypatch)
-    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    shutil.copy(REPO / "docker" / "dagster.yaml", tmp_path / "dagster.yaml")
     config, _ = dagster_instance_config(str(tmp_path))
     db = config["storage"]["postgres"]["postgres_db"]
     assert db["scheme"] == "postgresql+psycopg2"
@@ -53,13 +53,32 @@ def test_dagster_yaml_is_a_valid_instance_config(tmp_path, monkeypatch):
 @pytest.mark.postgres
 def test_dagster_yaml_opens_a_postgres_instance(tmp_path, monkeypatch, make_pg_database):
     instance_env(monkeypatch, make_pg_database())
-    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    shutil.copy(REPO / "docker" / "dagster.yaml", tmp_path / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert instance.run_monitoring_enabled
         assert instance.get_concurrency_config().run_queue_config.tag_concurrency_limits[0]["limit"] == 1
+
+
+def test_top_level_dagster_yaml_is_a_local_sqlite_instance(tmp_path, monkeypatch):
+    """Dagster reads ./dagster.yaml whenever DAGSTER_HOME is unset: the top-level one needs no server and no
+    environment variables, and has the same run queue limits as the PostgreSQL one."""
+    for name in (*PG_ENV, "DAGSTER_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with dg.DagsterInstance.get() as instance:
+        assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert instance.run_monitoring_enabled
+    local = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    production = yaml.safe_load((REPO / "docker" / "dagster.yaml").read_text())
+    assert "storage" not in local and "{env:" not in (REPO / "dagster.yaml").read_text()
+    for key in ("concurrency", "python_logs", "telemetry", "run_monitoring"):
+        assert local[key] == production[key], key
+    assert local["telemetry"] == {"enabled": False}
 
 
 def test_instance_config_command_matches_the_shipped_block(tmp_path, capsys):
@@ -87,7 +106,7 @@ def test_workspace_files_point_at_the_code_location():
 
 def test_compose_sets_everything_dagster_yaml_reads():
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    needed = set(re.findall(r"\{env: (\w+)\}", (REPO / "dagster.yaml").read_text()))
+    needed = set(re.findall(r"\{env: (\w+)\}", (REPO / "docker" / "dagster.yaml").read_text()))
     assert needed == set(PG_ENV)
     for name in ("codeserver", "webserver", "daemon"):
         service = compose["services"][name]
@@ -95,7 +114,7 @@ def test_compose_sets_everything_dagster_yaml_reads():
         assert service["image"] == "chargeback-dagster:latest"
     assert {"postgres", "codeserver", "webserver", "daemon"} == set(compose["services"])
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert "COPY dagster.yaml ${DAGSTER_HOME}/dagster.yaml" in dockerfile
+    assert "COPY docker/dagster.yaml ${DAGSTER_HOME}/dagster.yaml" in dockerfile
     assert "COPY docker/workspace.yaml ${DAGSTER_HOME}/workspace.yaml" in dockerfile
 
 

@@ -5,20 +5,29 @@
 * Generic metrics: synthetic metrics for three teams of a search cluster, in the same Prometheus.
 
 Each tenant's assets are materialized for the last N days in one run, CSVs are written, and a per-identity
-summary is printed per tenant.
+summary is printed per tenant. The runs are recorded in a Dagster instance under `<workdir>/dagster_home`
+(SQLite), so the Dagster UI shows them. With `--ui` the demo then keeps Prometheus and the simulator up and
+runs `dagster dev` (webserver + daemon) on that instance and the demo config until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import yaml
 
 from chargeback_dagster.config import load_config
@@ -90,6 +99,9 @@ def demo_config(prometheus_url: str, ccloud_url: str | None = None) -> dict:
         }
     return {
         "logging": {"level": "INFO"},
+        # the demo's Prometheus and simulator hold only the demo days; the refresh sensors would recalculate
+        # the whole lookback window (turn them on in the UI to see them work)
+        "features": {"enable_periodic_refresh": False},
         "tenants": {
             **tenants,
             "search_cluster": {
@@ -144,15 +156,24 @@ def demo_config(prometheus_url: str, ccloud_url: str | None = None) -> dict:
     }
 
 
-def run_demo(workdir: str, days: int = 7) -> int:
-    import dagster as dg
+DEMO_TENANTS = ("confluent_org", "search_cluster")
+LOCATION_NAME = "chargeback_dagster"  # the same name as the repo's workspace.yaml, so GraphQL selectors match
+UI_STARTUP_SECONDS = 180
 
+
+def run_demo(
+    workdir: str, days: int = 7, *, ui: bool = False, host: str = "127.0.0.1", port: int = 3000
+) -> int:
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+
+    from chargeback_dagster.cli import instance_concurrency_block
     from chargeback_dagster.defs.build import build_definitions
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is "beta" in 1.13
 
     root = Path(workdir).resolve()
-    for leftover in ("output", "prometheus", "data"):  # a fresh demo every time
+    for leftover in ("output", "prometheus", "data", "dagster_home"):  # a fresh demo every time
         shutil.rmtree(root / leftover, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -170,17 +191,129 @@ def run_demo(workdir: str, days: int = 7) -> int:
         config_path.write_text(yaml.safe_dump(demo_config(prom.url, sim.url), sort_keys=False))
         app_config = load_config(config_path)
         defs = build_definitions(app_config)
-        for tenant in ("confluent_org", "search_cluster"):
-            print(f"Materializing {tenant} for {first_day} .. {last_day} in one run ...")
-            result = materialize_range(defs, tenant, first_day, last_day, log_level="WARNING")
-            if not result.success:
-                print(f"Run of {tenant} failed; see the log above.")
-                return 1
-        print(f"Confluent Cloud API requests served by the simulator: {len(sim.request_log)}")
-    for tenant in ("confluent_org", "search_cluster"):
-        print_summary(root / "output" / tenant, title=tenant)
-    print_topic_summary(root / "output" / "confluent_org_topics")
-    return 0
+        home = root / "dagster_home"
+        home.mkdir()
+        (home / "dagster.yaml").write_text(
+            instance_concurrency_block(app_config) + "telemetry: {enabled: false}\n"
+        )
+        with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+            for tenant in DEMO_TENANTS:
+                print(f"Materializing {tenant} for {first_day} .. {last_day} in one run ...")
+                result = materialize_range(
+                    defs, tenant, first_day, last_day, instance=instance, log_level="WARNING"
+                )
+                if not result.success:
+                    print(f"Run of {tenant} failed; see the log above.")
+                    return 1
+            print(f"Confluent Cloud API requests served by the simulator: {len(sim.request_log)}")
+            for tenant in DEMO_TENANTS:
+                print_summary(root / "output" / tenant, title=tenant)
+            print_topic_summary(root / "output" / "confluent_org_topics")
+            print(f"\nThe runs are recorded in the Dagster instance DAGSTER_HOME={home}")
+            if not ui:
+                print("To browse them in the Dagster UI: chargeback-dagster demo --ui")
+                return 0
+            print(
+                f"\nPrometheus with the demo metrics: {prom.url} (PROMETHEUS_URL for examples/generic.yaml)"
+            )
+            return serve_ui(root, home, config_path, host, port)
+
+
+def serve_ui(root: Path, home: Path, config_path: Path, host: str, port: int) -> int:
+    """`dagster dev` (webserver + daemon) on the demo's instance and config until Ctrl-C or SIGTERM."""
+    workspace = root / "workspace.yaml"
+    workspace.write_text(
+        yaml.safe_dump(
+            {
+                "load_from": [
+                    {
+                        "python_module": {
+                            "module_name": "chargeback_dagster.definitions",
+                            "location_name": LOCATION_NAME,
+                        }
+                    }
+                ]
+            }
+        )
+    )
+    env = {**os.environ, "DAGSTER_HOME": str(home), "CHARGEBACK_CONFIG_FILE": str(config_path)}
+    log_path = root / "dagster-dev.log"
+    url = f"http://{host}:{port}"
+    # terminal signals go to this process only; it stops dagster dev (and its children) itself
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", host, "-p", str(port)],
+            cwd=root,  # no dagster.yaml there: the instance is DAGSTER_HOME's
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        print(f"Starting the Dagster UI (webserver + daemon; log: {log_path}) ...")
+        if not _wait_for_location(proc, url):
+            print(f"dagster dev did not come up; last lines of {log_path}:\n{_tail(log_path)}")
+            return 1
+        print(
+            f"\nDagster UI: {url}  (Assets → a tenant's chargeback → Partitions shows the demo days;"
+            " Runs lists the demo's runs)\nPress Ctrl-C to stop the UI, Prometheus and the simulator."
+        )
+        while proc.poll() is None:
+            time.sleep(1)
+        print(f"dagster dev exited with {proc.returncode}; last lines of {log_path}:\n{_tail(log_path)}")
+        return 1
+    except KeyboardInterrupt:
+        print("\nStopping ...")
+        return 0
+    finally:
+        _stop(proc)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait_for_location(proc: subprocess.Popen, url: str) -> bool:
+    """Until the webserver answers and the code location has loaded; False when dagster dev exited or
+    the location failed to load."""
+    query = (
+        "{ workspaceOrError { ... on Workspace { locationEntries { locationOrLoadError { __typename } } } } }"
+    )
+    deadline = time.monotonic() + UI_STARTUP_SECONDS
+    with httpx.Client(timeout=5) as http:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                body = http.post(f"{url}/graphql", json={"query": query}).json()
+                entries = body["data"]["workspaceOrError"]["locationEntries"]
+                kinds = {e["locationOrLoadError"]["__typename"] for e in entries if e["locationOrLoadError"]}
+                if kinds == {"RepositoryLocation"}:
+                    return True
+                if "PythonError" in kinds:
+                    return False
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                pass
+            time.sleep(0.5)
+    return False
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C for dagster dev (it stops its webserver and daemon), then its whole process group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)  # leftover webserver/daemon/code-server children
+        except ProcessLookupError:
+            return
+        time.sleep(2)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def print_topic_summary(output_dir: Path) -> None:
