@@ -876,13 +876,28 @@ def test_topic_attribution_enabled_loads_without_warning(
     assert "topic_attribution" not in caplog.text
 
 
-def test_topic_attribution_emitters_are_csv_only(tmp_path: Path) -> None:
-    ta = {"emitters": [{"type": "prometheus", "params": {"output_dir": "x"}}]}
+def test_topic_attribution_emitters_are_csv_or_prometheus(tmp_path: Path) -> None:
+    ta = {"emitters": [{"type": "json", "params": {"output_dir": "x"}}]}
     assert tenant_problems(
         tmp_path, tenant(ps={"metrics": {"url": "http://p"}, "topic_attribution": ta})
     ) == [
-        f"{CC}plugin_settings.topic_attribution.emitters[0].type: topic attribution emitters must be of type "
-        "'csv', got 'prometheus'"
+        f"{CC}plugin_settings.topic_attribution.emitters[0].type: Unknown emitter type 'json'. "
+        "Available: csv, prometheus"
+    ]
+    # each type's own default file name
+    ta = {
+        "emitters": [
+            {"type": "csv", "params": {"output_dir": "x"}},
+            {"type": "prometheus", "params": {"output_dir": "x"}},
+        ]
+    }
+    loaded = load(
+        tmp_path, {"tenants": {"t1": tenant(ps={"metrics": {"url": "http://p"}, "topic_attribution": ta})}}
+    )
+    emitters = loaded.tenants["t1"].plugin_settings.topic_attribution.emitters
+    assert [e.params.filename_template for e in emitters] == [
+        "topic_attr_{tenant_id}_{date}.csv",
+        "topic_attr_{tenant_id}_{date}.om",
     ]
 
 

@@ -24,8 +24,10 @@ from chargeback_dagster.devtools.ccloud_simulator import (
     OrgSpec,
     SimulatedOrg,
 )
+from chargeback_dagster.devtools.local_prometheus import LocalPrometheus
 from chargeback_dagster.devtools.local_run import materialize_range
 from chargeback_dagster.money import round4_units, to_units
+from chargeback_dagster.outputs.prometheus import midnight_ms
 from chargeback_dagster.store import TenantStore
 
 START = date(2026, 1, 1)
@@ -68,7 +70,10 @@ def write_config(root: Path, sim_url: str, prometheus_url: str, attribution: boo
     if attribution:
         settings["topic_attribution"] = {
             "enabled": True,
-            "emitters": [{"type": "csv", "params": {"output_dir": "topics"}}],
+            "emitters": [
+                {"type": "csv", "params": {"output_dir": "topics"}},
+                {"type": "prometheus", "params": {"output_dir": "topics_om"}},  # topic_attr_acme_<d>.om
+            ],
         }
     tenant = {
         "ecosystem": "confluent_cloud",
@@ -162,6 +167,26 @@ def test_topic_csv_sums_to_the_billing_lines_and_the_view_agrees(tmp_path, org, 
                 exact = Fraction(billed[key]) * weights[topic] / sum(weights.values())
                 assert abs(units - exact) < 1
     assert checked >= 4
+
+    # the prometheus topic emitter: promtool loads its files into a real Prometheus, and the topic series
+    # add up per cluster and product type to the same billed amounts
+    files = [on / "topics_om" / f"topic_attr_acme_{d}.om" for d in DATES]
+    with LocalPrometheus(None, tmp_path / "om_tsdb", openmetrics_files=files) as loaded:
+        for d in DATES:
+            answer = httpx.post(
+                f"{loaded.url}/api/v1/query",
+                data={
+                    "query": "sum by (resource, product_type) (chargeback_topic_attribution_amount)",
+                    "time": midnight_ms(d) / 1000,
+                },
+            ).json()["data"]["result"]
+            series = {
+                (str(d), x["metric"]["resource"], x["metric"]["product_type"]): to_units(
+                    Decimal(x["value"][1]).quantize(Decimal("0.0001"))
+                )
+                for x in answer
+            }
+            assert series == {k: v for k, v in view_sums.items() if k[0] == str(d)}
 
     # retention: topic rows have their own window (90 days) beside the tenant's (250 days)
     deleted = maintenance.purge(store, 250, datetime(2026, 4, 2, 12, tzinfo=UTC), topic_retention_days=90)

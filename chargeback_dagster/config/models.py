@@ -193,6 +193,11 @@ class EmitterParams(ConfigModel):
     remote_write_url: HttpUrl | None = None
     timeout: Number = Field(Decimal(30), gt=0)
 
+    @classmethod
+    def default_template(cls, kind: str) -> str:
+        """`filename_template` of an emitter of type `kind` that gives none: the output type's own."""
+        return OUTPUTS[kind].default_template
+
     @field_validator("output_dir", mode="before")
     @classmethod
     def _resolve(cls, value: Any, info: ValidationInfo) -> Path:
@@ -242,7 +247,7 @@ class EmitterConfig(ConfigModel):
                     f"'{key}' is not a parameter of emitters of type '{self.type}'", at=("params", key)
                 )
         if self.params.filename_template is None:
-            self.params.filename_template = output.default_template
+            self.params.filename_template = self.params.default_template(self.type)
         return self
 
     @classmethod

@@ -207,7 +207,7 @@ def _claims(
         fields = {key: params[key] for key in ("output_dir", "filename_template") if key in params}
         with contextlib.suppress(ValidationError):
             valid = params_model.model_validate(fields, context=context)
-            template = valid.filename_template or OUTPUTS[kind].default_template
+            template = valid.filename_template or params_model.default_template(kind)
             filled = template.replace("{tenant_id}", tenant_id).replace("{tenant_name}", name)
             patterns.add(os.path.join(str(valid.output_dir), filled))
     return _Claims(tenant=name, database=database, csv_patterns=sorted(patterns))

@@ -53,9 +53,12 @@ class Output(ABC):
         """Write `emitter`'s files for the result's dates; path -> rows written. Raises OutputWriteError."""
 
     def path_for(self, emitter: EmitterConfig, file_date: date) -> Path:
-        """`<output_dir>/<filename_template>` for the file of `file_date` (docs/outputs.md §1)."""
-        tenant = self.result.tenant
-        name = emitter.params.filename_template.format(
-            tenant_id=tenant.tenant_id, tenant_name=tenant.name, date=file_date.isoformat()
-        )
-        return emitter.params.output_dir / name
+        return emitter_path(self.result.tenant, emitter, file_date)
+
+
+def emitter_path(tenant: TenantConfig, emitter: EmitterConfig, file_date: date) -> Path:
+    """`<output_dir>/<filename_template>` for the file of `file_date` (docs/outputs.md §1)."""
+    name = emitter.params.filename_template.format(
+        tenant_id=tenant.tenant_id, tenant_name=tenant.name, date=file_date.isoformat()
+    )
+    return emitter.params.output_dir / name

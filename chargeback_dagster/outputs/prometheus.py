@@ -13,7 +13,7 @@ import logging
 import os
 import secrets
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -23,12 +23,13 @@ import cramjam
 import httpx
 
 from chargeback_dagster.money import format_units, round4_units
-from chargeback_dagster.outputs.base import ChargebackResult, Output, OutputWriteError
+from chargeback_dagster.outputs.base import ChargebackResult, Output, OutputWriteError, emitter_path
 from chargeback_dagster.outputs.csv import first_of_month, first_of_next_month
 from chargeback_dagster.teams import row_team
 
 if TYPE_CHECKING:
-    from chargeback_dagster.config import EmitterConfig
+    from chargeback_dagster.config import EmitterConfig, TenantConfig
+    from chargeback_dagster.outputs.topic_csv import TopicAttributionResult
     from chargeback_dagster.store import TenantStore
 
 DEFAULT_TEMPLATE = "chargeback_{tenant_id}_{date}.om"
@@ -67,8 +68,10 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "1 for an identity that existed during the day.",
         ("tenant", "ecosystem", "identity", "identity_type", "team"),
     ),
-    # chargeback_topic_attribution_amount: add its family here and its samples in `date_samples` once the
-    # topic attribution table exists (tenant, ecosystem, resource, topic, product_type, method labels).
+    "chargeback_topic_attribution_amount": (
+        "Amount of a Kafka cluster's billing line attributed to a topic for the day (currency units).",
+        ("tenant", "ecosystem", "env", "resource", "topic", "product_category", "product_type", "method"),
+    ),
 }
 
 # One sample: family name, label values in FAMILIES order, timestamp in ms, value as exact decimal text.
@@ -77,6 +80,73 @@ Sample = tuple[str, tuple[str, ...], int, str]
 
 class PrometheusWriteError(OutputWriteError):
     pass
+
+
+SamplesOf = Callable[[list[date]], list["Sample"]]  # the samples of some dates
+
+
+def push(emitter: EmitterConfig, dates: Iterable[date], samples_of: SamplesOf) -> None:
+    """Remote-write each date's samples when the emitter names a `remote_write_url` (docs/outputs.md §4)."""
+    url = emitter.params.remote_write_url
+    if not url:
+        return
+    for d in sorted(dates):
+        samples = samples_of([d])
+        kept = remote_write(url, samples, float(emitter.params.timeout))
+        if kept:
+            log.warning(
+                "Prometheus remote write '%s': %d of %d samples of %s kept their earlier value "
+                "(Prometheus cannot overwrite a sample; docs/outputs.md §4)",
+                url,
+                kept,
+                len(samples),
+                d,
+            )
+
+
+def write_topic_openmetrics(result: TopicAttributionResult, emitter: EmitterConfig) -> dict[str, int]:
+    """A `prometheus` topic attribution emitter: `chargeback_topic_attribution_amount` per topic row, in
+    files per date (or per month, with each day's samples) and optionally remote-written."""
+    tenant = (result.tenant.tenant_id, result.tenant.ecosystem)
+
+    def samples_of(dates: list[date]) -> list[Sample]:
+        out: list[Sample] = []
+        for d in dates:
+            ts = midnight_ms(d)
+            for _, env, cluster, topic, category, product_type, method, units in result.read_rows(
+                d, d + timedelta(days=1)
+            ):
+                labels = (*tenant, env, cluster, topic, category, product_type, method)
+                out.append(("chargeback_topic_attribution_amount", labels, ts, format_units(units)))
+        return out
+
+    def month_dates(start: date) -> list[date]:  # every day of the month; days without rows add nothing
+        return [start + timedelta(days=n) for n in range((first_of_next_month(start) - start).days)]
+
+    written = write_files(result.tenant, emitter, result.dates, samples_of, month_dates)
+    push(emitter, result.dates, samples_of)
+    return written
+
+
+def write_files(
+    tenant: TenantConfig,
+    emitter: EmitterConfig,
+    dates: Iterable[date],
+    samples_of: SamplesOf,
+    month_dates: Callable[[date], list[date]],
+) -> dict[str, int]:
+    """One OpenMetrics file per date, or with `aggregation: monthly` one per month holding `month_dates`'
+    daily samples; path -> samples written."""
+    written: dict[str, int] = {}
+    if emitter.aggregation == "monthly":
+        for start in sorted({first_of_month(d) for d in dates}):
+            path = emitter_path(tenant, emitter, start)
+            written[str(path)] = write_openmetrics(path, samples_of(month_dates(start)))
+    else:
+        for d in sorted(dates):
+            path = emitter_path(tenant, emitter, d)
+            written[str(path)] = write_openmetrics(path, samples_of([d]))
+    return written
 
 
 def midnight_ms(d: date) -> int:
@@ -121,30 +191,11 @@ class PrometheusOutput(Output):
         self._inventory: _Inventory | None = None
 
     def write(self, emitter: EmitterConfig) -> dict[str, int]:
-        params = emitter.params
-        written: dict[str, int] = {}
-        if emitter.aggregation == "monthly":
-            for start in sorted({first_of_month(d) for d in self.result.dates}):
-                dates = self.store.state.calculated_dates(start, first_of_next_month(start))
-                path = self.path_for(emitter, start)
-                written[str(path)] = write_openmetrics(path, self.samples(dates))
-        else:
-            for d in sorted(self.result.dates):
-                path = self.path_for(emitter, d)
-                written[str(path)] = write_openmetrics(path, self.samples([d]))
-        if params.remote_write_url:
-            for d in sorted(self.result.dates):
-                samples = self.samples([d])
-                kept = remote_write(params.remote_write_url, samples, float(params.timeout))
-                if kept:
-                    log.warning(
-                        "Prometheus remote write '%s': %d of %d samples of %s kept their earlier value "
-                        "(Prometheus cannot overwrite a sample; docs/outputs.md §4)",
-                        params.remote_write_url,
-                        kept,
-                        len(samples),
-                        d,
-                    )
+        def month_dates(start: date) -> list[date]:
+            return self.store.state.calculated_dates(start, first_of_next_month(start))
+
+        written = write_files(self.result.tenant, emitter, self.result.dates, self.samples, month_dates)
+        push(emitter, self.result.dates, self.samples)
         return written
 
     def inventory(self) -> _Inventory:

@@ -47,7 +47,11 @@ CKU_RATIOS = {
     "kafka_cku_usage_ratio": DEFAULT_CKU_USAGE_RATIO,
     "kafka_cku_shared_ratio": DEFAULT_CKU_SHARED_RATIO,
 }
-DEFAULT_TOPIC_ATTRIBUTION_TEMPLATE = "topic_attr_{tenant_id}_{date}.csv"
+# file names of topic attribution emitters that give none, by emitter type (docs/confluent-cloud.md §9)
+TOPIC_ATTRIBUTION_TEMPLATES = {
+    "csv": "topic_attr_{tenant_id}_{date}.csv",
+    "prometheus": "topic_attr_{tenant_id}_{date}.om",
+}
 DEFAULT_EXCLUDE_TOPIC_PATTERNS = ["__consumer_offsets", "_schemas", "_confluent-*"]
 TOPIC_METRIC_KEYS = ("topic_bytes_in", "topic_bytes_out", "topic_retained_bytes")
 
@@ -75,7 +79,9 @@ class FlinkCredential(ConfigModel):
 
 
 class TopicEmitterParams(EmitterParams):
-    filename_template: Str = DEFAULT_TOPIC_ATTRIBUTION_TEMPLATE
+    @classmethod
+    def default_template(cls, kind: str) -> str:
+        return TOPIC_ATTRIBUTION_TEMPLATES[kind]
 
 
 class TopicEmitterConfig(EmitterConfig):
@@ -83,9 +89,10 @@ class TopicEmitterConfig(EmitterConfig):
 
     @field_validator("type")
     @classmethod
-    def _csv_only(cls, kind: str) -> str:
-        if kind != "csv":
-            raise problem(f"topic attribution emitters must be of type 'csv', got '{kind}'")
+    def _topic_types(cls, kind: str) -> str:
+        if kind not in TOPIC_ATTRIBUTION_TEMPLATES:
+            allowed = "' or '".join(TOPIC_ATTRIBUTION_TEMPLATES)
+            raise problem(f"topic attribution emitters must be of type '{allowed}', got '{kind}'")
         return kind
 
 
