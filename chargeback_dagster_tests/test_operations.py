@@ -574,3 +574,38 @@ def test_cli_instance_config_and_concurrency_warning(tmp_path, capsys, monkeypat
     assert "WARNING" not in capsys.readouterr().out
     assert cli.main(["resume", "nope", "--config", str(config_path)]) == 1
     assert capsys.readouterr().out.strip() == "Unknown tenant 'nope'; configured tenants: shop"
+
+
+def test_suspension_alert_reaches_the_sensor_tick_log_and_the_chargeback_asset(
+    tmp_path, instance, monkeypatch, capfd
+):
+    """docs/operations.md §7: the ALERT is in the failure sensor's own log (its tick history) and an
+    observation on the tenant's `chargeback` asset, not only a line in the daemon's output."""
+    monkeypatch.setattr("chargeback_dagster.sources.prometheus.random.uniform", lambda a, b: 0.01)
+    config_path = write_config(
+        tmp_path / "chargeback.yaml", {"shop": tenant_config(closed_port_url(), discovery=True)}
+    )
+    defs = build_definitions(load_config(config_path))
+    for _ in (1, 2):
+        result = materialize_range(defs, "shop", *DATES, instance=instance)
+        assert not result.success
+        run_failure_sensor(defs, instance, result)
+    expected = (
+        "ALERT: Tenant shop has been permanently suspended after 2 consecutive gather failures "
+        "(threshold: 2). Last error: inventory: Identity discovery query failed: Exhausted 4 attempts"
+    )
+    # the sensor's `context.log` (an InstigationLogger: in the daemon it writes the tick's log) also prints
+    # to stderr as "... - dagster - CRITICAL - <sensor> - <message>"
+    stderr = capfd.readouterr().err
+    sensor_lines = [
+        line for line in stderr.splitlines() if "dagster - CRITICAL" in line and "ALERT: Tenant" in line
+    ]
+    assert len(sensor_lines) == 1 and expected in sensor_lines[0]
+    observations = instance.fetch_observations(dg.AssetKey(["shop", "chargeback"]), limit=10).records
+    alerts = [o.asset_observation.metadata["alert"].value for o in observations]
+    assert len(alerts) == 2
+    assert alerts[1].startswith(expected) and alerts[1].endswith(
+        "Resume with: chargeback-dagster resume shop"
+    )
+    assert alerts[0] == "ALERT: All 1 tenants are suspended; no chargeback is being calculated"
+    assert observations[0].asset_observation.description == alerts[0]

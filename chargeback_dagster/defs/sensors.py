@@ -128,13 +128,13 @@ def close_run(
     error: str | None,
     config: AppConfig,
     tenant_store: TenantStoreResource,
-) -> str | None:
+) -> list[str]:
     """Write the final audit status, release the lock; after a failure, suspend when due.
 
-    Returns the tenant name when the run belonged to a configured tenant."""
+    Returns the ALERT lines of a suspension this call made (none otherwise)."""
     tenant_name = guard.run_tenant(run)
     if tenant_name is None or tenant_name not in config.tenants:
-        return None
+        return []
     tenant = config.tenants[tenant_name]
     store = tenant_store.open(tenant)
     tenant_ops.audit_run(
@@ -147,9 +147,28 @@ def close_run(
     )
     tenant_ops.audit_run_ended(store, run.run_id, status, error)
     tenant_ops.release_lock(store, run.run_id)
-    if status == "failed" and tenant_ops.suspend_if_due(store, tenant.gather_failure_threshold):
-        tenant_ops.alert_if_all_suspended(tenant_store.open(other) for other in config.tenants.values())
-    return tenant_name
+    if status != "failed":
+        return []
+    row = tenant_ops.suspend_if_due(store, tenant.gather_failure_threshold)
+    if row is None:
+        return []
+    alerts = [tenant_ops.suspension_alert(tenant_name, tenant.gather_failure_threshold, row)]
+    everyone = tenant_ops.alert_if_all_suspended(tenant_store.open(o) for o in config.tenants.values())
+    return alerts + ([everyone] if everyone else [])
+
+
+def publish_alerts(context: dg.RunFailureSensorContext, alerts: list[str]) -> None:
+    """Put ALERT lines where an operator looks (docs/operations.md §7): the sensor's tick log and an
+    observation on the tenant's `chargeback` asset (its Events tab in the UI)."""
+    for line in alerts:
+        context.log.critical(line)
+        context.instance.report_runless_asset_event(
+            dg.AssetObservation(
+                asset_key=dg.AssetKey([str(guard.run_tenant(context.dagster_run)), "chargeback"]),
+                description=line,
+                metadata={"alert": line, "run_id": context.dagster_run.run_id},
+            )
+        )
 
 
 def _tag_date(value: str | None) -> date | None:
@@ -170,7 +189,8 @@ def build_run_status_sensors(config: AppConfig) -> list[dg.SensorDefinition]:
     )
     def tenant_run_failure_sensor(context: dg.RunFailureSensorContext, tenant_store: TenantStoreResource):
         error = failure_text(context)
-        close_run(context.instance, context.dagster_run, "failed", error, config, tenant_store)
+        alerts = close_run(context.instance, context.dagster_run, "failed", error, config, tenant_store)
+        publish_alerts(context, alerts)
 
     @dg.run_status_sensor(
         name="tenant_run_success_sensor",
