@@ -9,6 +9,7 @@ and a closed port for the outage.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -609,3 +610,32 @@ def test_suspension_alert_reaches_the_sensor_tick_log_and_the_chargeback_asset(
     )
     assert alerts[0] == "ALERT: All 1 tenants are suspended; no chargeback is being calculated"
     assert observations[0].asset_observation.description == alerts[0]
+
+
+# --- progress in the run's event log (docs/operations.md §11) --------------------------------------
+def test_steps_log_progress_to_the_run_event_log(tmp_path, local_prometheus_factory):
+    """Each step logs counts and elapsed time per date or window, and the lines reach the run's event log
+    (the `chargeback_dagster` loggers are Dagster-managed), not only stderr."""
+    prom = local_prometheus_factory(discovery_metrics())
+    config_path = write_config(
+        tmp_path / "chargeback.yaml", {"shop": tenant_config(prom.url, discovery=True)}
+    )
+    defs = build_definitions(load_config(config_path))
+    overrides = {"python_logs": {"managed_python_loggers": ["chargeback_dagster"]}}
+    with dg.instance_for_test(overrides=overrides) as managed:
+        result = materialize_range(defs, "shop", *DATES, instance=managed)
+        assert result.success
+        logs = [e for e in managed.all_logs(result.run_id) if " | " in e.user_message]
+    progress = [(e.step_key, e.level, e.user_message.split(" | ", 1)[1]) for e in logs]
+    seconds = r"\d+\.\d s"
+    expected = [
+        ("shop__billing", rf"billing: 2 dates gathered, 2 lines, {seconds}"),
+        ("shop__inventory", rf"inventory: 1 resources, 3 identities, {seconds}"),
+        ("shop__usage_metrics", rf"metrics 2026-02-01\.\.2026-02-02: 2 queries, {seconds} \(2/2 dates\)"),
+        ("shop__chargeback", r"calculated 2026-02-01 \(1/2\): 1 rows, \d+\.\d\d s"),
+        ("shop__chargeback", r"calculated 2026-02-02 \(2/2\): 1 rows, \d+\.\d\d s"),
+    ]
+    assert len(progress) == len(expected)
+    for (step, level, message), (want_step, pattern) in zip(progress, expected, strict=True):
+        assert (step, level) == (want_step, logging.INFO)
+        assert re.fullmatch(pattern, message), message

@@ -239,6 +239,7 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
             tenant.plugin_settings.metrics_step_seconds,
             step.now,
             refetch=refetch,
+            logger=step.logger,
         )
         step.check_deadline()  # Prometheus errors never fail this step, but the deadline does
         for failure in summary.failures:
