@@ -639,3 +639,26 @@ def test_steps_log_progress_to_the_run_event_log(tmp_path, local_prometheus_fact
     for (step, level, message), (want_step, pattern) in zip(progress, expected, strict=True):
         assert (step, level) == (want_step, logging.INFO)
         assert re.fullmatch(pattern, message), message
+
+
+def test_a_prometheus_outage_fails_the_step_with_a_one_line_failure(tmp_path, instance, monkeypatch):
+    """An expected error (a gather failure) is a `dg.Failure`: one-line description and metadata, raised
+    without the chained traceback of the underlying error."""
+    monkeypatch.setattr("chargeback_dagster.sources.prometheus.random.uniform", lambda a, b: 0.01)
+    url = closed_port_url()
+    config_path = write_config(tmp_path / "chargeback.yaml", {"shop": tenant_config(url, discovery=True)})
+    result = materialize_range(build_definitions(load_config(config_path)), "shop", *DATES, instance=instance)
+    assert not result.success
+    [event] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert event.step_key == "shop__inventory"
+    data = event.step_failure_data
+    assert data.user_failure_data.description == (
+        f"Identity discovery query failed: Exhausted 4 attempts for {url}/api/v1/query_range: "
+        "ConnectError: [Errno 111] Connection refused"
+    )
+    assert data.user_failure_data.metadata["error_type"].value == "GatherError"
+    assert data.error.cls_name == "Failure"
+    assert data.error.message.strip() == (
+        f"dagster._core.definitions.events.Failure: {data.user_failure_data.description}"
+    )
+    assert data.error.cause is None and data.error.context is None  # no traceback of the GatherError
