@@ -8,6 +8,8 @@ and a closed port for the outage.
 
 from __future__ import annotations
 
+import http.server
+import json
 import logging
 import re
 import socket
@@ -662,3 +664,52 @@ def test_a_prometheus_outage_fails_the_step_with_a_one_line_failure(tmp_path, in
         f"dagster._core.definitions.events.Failure: {data.user_failure_data.description}"
     )
     assert data.error.cause is None and data.error.context is None  # no traceback of the GatherError
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    bodies: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        length = int(self.headers["Content-Length"])
+        _Receiver.bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("receiver_up", [True, False])
+def test_suspension_alert_is_posted_to_the_webhook(tmp_path, instance, monkeypatch, capfd, receiver_up):
+    """`features.alert_webhook_url`: each ALERT is POSTed as {tenant, reason, time}; a receiver that is down
+    is a warning in the sensor's log, and the sensor still suspends the tenant."""
+    monkeypatch.setattr("chargeback_dagster.sources.prometheus.random.uniform", lambda a, b: 0.01)
+    _Receiver.bodies = []
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook" if receiver_up else closed_port_url() + "/hook"
+    config_path = write_config(
+        tmp_path / "chargeback.yaml",
+        {"shop": tenant_config(closed_port_url(), discovery=True)},
+        alert_webhook_url=url,
+    )
+    defs = build_definitions(load_config(config_path))
+    before = datetime.now(UTC)
+    try:
+        for _ in (1, 2):
+            result = materialize_range(defs, "shop", *DATES, instance=instance)
+            run_failure_sensor(defs, instance, result)
+    finally:
+        server.shutdown()
+    assert open_store(config_path).state.status()["suspended"]
+    stderr = capfd.readouterr().err
+    if not receiver_up:
+        assert _Receiver.bodies == []
+        assert f"Alert webhook POST to {url} failed: ConnectError" in stderr
+        return
+    assert [(b["tenant"], b["reason"][:62]) for b in _Receiver.bodies] == [
+        ("shop", "ALERT: Tenant shop has been permanently suspended after 2 cons"),
+        ("shop", "ALERT: All 1 tenants are suspended; no chargeback is being cal"),
+    ]
+    assert all(before <= datetime.fromisoformat(b["time"]) <= datetime.now(UTC) for b in _Receiver.bodies)
+    assert "Alert webhook POST" not in stderr

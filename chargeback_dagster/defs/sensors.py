@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
+import httpx
 
 from chargeback_dagster import tenant_ops
 from chargeback_dagster.config import AppConfig, FeaturesConfig, TenantConfig
@@ -26,6 +27,7 @@ from chargeback_dagster.defs.tags import (
 from chargeback_dagster.domain import now_utc
 
 STATUS_SENSOR_INTERVAL_SECONDS = 10
+WEBHOOK_TIMEOUT_SECONDS = 5  # the sensor tick must not hang on a slow receiver
 
 
 # --- refresh ---------------------------------------------------------------------------------------
@@ -157,18 +159,31 @@ def close_run(
     return alerts + ([everyone] if everyone else [])
 
 
-def publish_alerts(context: dg.RunFailureSensorContext, alerts: list[str]) -> None:
-    """Put ALERT lines where an operator looks (docs/operations.md §7): the sensor's tick log and an
-    observation on the tenant's `chargeback` asset (its Events tab in the UI)."""
+def publish_alerts(context: dg.RunFailureSensorContext, alerts: list[str], webhook_url: str | None) -> None:
+    """Put ALERT lines where an operator looks (docs/operations.md §7): the sensor's tick log, an
+    observation on the tenant's `chargeback` asset (its Events tab in the UI) and, when configured, a POST
+    to `features.alert_webhook_url`."""
+    tenant_name = str(guard.run_tenant(context.dagster_run))
     for line in alerts:
         context.log.critical(line)
+        if webhook_url:
+            post_alert(context, webhook_url, tenant_name, line)
         context.instance.report_runless_asset_event(
             dg.AssetObservation(
-                asset_key=dg.AssetKey([str(guard.run_tenant(context.dagster_run)), "chargeback"]),
+                asset_key=dg.AssetKey([tenant_name, "chargeback"]),
                 description=line,
                 metadata={"alert": line, "run_id": context.dagster_run.run_id},
             )
         )
+
+
+def post_alert(context: dg.RunFailureSensorContext, url: str, tenant_name: str, line: str) -> None:
+    """POST `{tenant, reason, time}` as JSON; a failed POST is logged and never fails the sensor."""
+    body = {"tenant": tenant_name, "reason": line, "time": now_utc().isoformat()}
+    try:
+        httpx.post(url, json=body, timeout=WEBHOOK_TIMEOUT_SECONDS).raise_for_status()
+    except httpx.HTTPError as exc:
+        context.log.warning(f"Alert webhook POST to {url} failed: {type(exc).__name__}: {exc}")
 
 
 def _tag_date(value: str | None) -> date | None:
@@ -190,7 +205,7 @@ def build_run_status_sensors(config: AppConfig) -> list[dg.SensorDefinition]:
     def tenant_run_failure_sensor(context: dg.RunFailureSensorContext, tenant_store: TenantStoreResource):
         error = failure_text(context)
         alerts = close_run(context.instance, context.dagster_run, "failed", error, config, tenant_store)
-        publish_alerts(context, alerts)
+        publish_alerts(context, alerts, config.features.alert_webhook_url)
 
     @dg.run_status_sensor(
         name="tenant_run_success_sensor",
