@@ -713,3 +713,18 @@ def test_suspension_alert_is_posted_to_the_webhook(tmp_path, instance, monkeypat
     ]
     assert all(before <= datetime.fromisoformat(b["time"]) <= datetime.now(UTC) for b in _Receiver.bodies)
     assert "Alert webhook POST" not in stderr
+
+
+def test_a_csv_write_error_fails_the_step_with_a_one_line_failure(shop, instance):
+    (shop.parent / "out").write_text("a file where the output directory should be")
+    result = materialize_range(build_definitions(load_config(shop)), "shop", *DATES, instance=instance)
+    assert not result.success
+    [event] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert event.step_key == "shop__chargeback"
+    user = event.step_failure_data.user_failure_data
+    assert user.description.startswith(
+        f"Cannot write CSV '{shop.parent / 'out' / 'shop-prod_2026-02-01.csv'}': "
+    )
+    assert "\n" not in user.description
+    assert user.metadata["error_type"].value == "CsvWriteError"
+    assert event.step_failure_data.error.cause is None
