@@ -206,7 +206,11 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
             )
         if summary.handler_errors:
             errors = "; ".join(f"Handler {s} gather failed: {e}" for s, e in summary.handler_errors.items())
-            raise dg.Failure(f"Inventory incomplete: {errors}")
+            handlers = ", ".join(summary.handler_errors)
+            raise dg.Failure(
+                f"Inventory incomplete: {errors}",
+                metadata={"error_type": "InventoryIncomplete", "failed_handlers": handlers},
+            )
         return dg.MaterializeResult(
             metadata={
                 "resources": summary.resources,
