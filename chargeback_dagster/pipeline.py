@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import uuid
 from bisect import bisect_left
 from collections.abc import Callable
@@ -53,6 +54,7 @@ def gather_billing(
     store: TenantStore, ecosystem: Ecosystem, dates: list[date], ctx: GatherContext
 ) -> BillingSummary:
     """Fetch or construct the lines of `dates` and store them with per-date replacement."""
+    started = time.monotonic()
     gathered = ecosystem.gather_billing(dates, ctx)
     report = store.billing.replace(gathered.lines, dates, ctx.now)
     for d, resource_id, product_type, old, new in report.get("revised", []):
@@ -66,6 +68,10 @@ def gather_billing(
         ctx.logger.warning(f"Billing for {d} not gathered: {error}")
     with_lines = sorted({line.date for line in gathered.lines})
     store.state.set_dates(with_lines, billing_gathered_at=ctx.now)
+    ctx.logger.info(
+        f"billing: {len(with_lines)} dates gathered, {len(gathered.lines):,} lines, "
+        f"{time.monotonic() - started:.1f} s"
+    )
     return BillingSummary(len(gathered.lines), with_lines, gathered.failed_dates)
 
 
@@ -88,6 +94,7 @@ def gather_inventory(
 ) -> InventorySummary:
     """Gather, resolve teams (docs/configuration.md §5.1), upsert, then detect deletions
     (docs/operations.md §8)."""
+    started = time.monotonic()
     gathered = ecosystem.gather_inventory(ctx)
     identities, resources = with_teams(gathered.identities, gathered.resources, ctx.tenant.teams)
     store.inventory.upsert_resources(resources, ctx.now)
@@ -96,6 +103,10 @@ def gather_inventory(
     summary.handler_errors = dict(gathered.handler_errors)
     _detect_deletions(store, gathered, ctx, zero_gather_threshold, summary)
     store.state.set_dates(dates, inventory_gathered_at=ctx.now)
+    ctx.logger.info(
+        f"inventory: {summary.resources:,} resources, {summary.identities:,} identities, "
+        f"{time.monotonic() - started:.1f} s"
+    )
     return summary
 
 
@@ -171,6 +182,7 @@ def fetch_usage_metrics(
     step_seconds: int,
     now: datetime,
     refetch: bool = False,
+    logger: logging.Logger | logging.LoggerAdapter = log,
 ) -> MetricsSummary:
     """Fetch every metric query the lines of `dates` need, once per (date, resource, query key).
 
@@ -178,7 +190,8 @@ def fetch_usage_metrics(
     up to BATCH_DAYS consecutive dates (when the step divides a day, the long query evaluates exactly the
     per-day grids), split by sample timestamp into days and by the resource label into groups. A failed
     multi-day query is retried per day; a failed query fails every group it serves. Dates are processed
-    in chunks: the next chunk's queries run while the current chunk is reduced and stored.
+    in chunks: the next chunk's queries run while the current chunk is reduced and stored. Each chunk logs
+    one progress line.
     """
     by_type = route(ecosystem.handlers())
     summary = MetricsSummary()
@@ -209,11 +222,14 @@ def fetch_usage_metrics(
                 groups[group] = promql
     todo = sorted(d for d, groups in plan.items() if groups)
     if not todo:
+        logger.info(f"metrics: nothing to fetch for {len(plan)} dates ({summary.skipped_settled} settled)")
         return summary
 
     client = client_factory()
     span = BATCH_DAYS if step_seconds > 0 and 86400 % step_seconds == 0 else 1
     chunks = _date_chunks(todo, span)
+    done = 0
+    started = time.monotonic()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-prefetch") as prefetch:
         pending = prefetch.submit(_run_chunk_queries, client, plan, batch_specs, chunks[0], step_seconds)
         for i, chunk in enumerate(chunks):
@@ -228,6 +244,13 @@ def fetch_usage_metrics(
             store.metrics.save_fetches(fetches, now)
             summary.fetched += len(fetches)
             store.state.set_dates(sorted({f[0] for f in fetches}), metrics_fetched_at=now)
+            done += len(chunk)
+            span_text = str(chunk[0]) if len(chunk) == 1 else f"{chunk[0]}..{chunk[-1]}"
+            logger.info(
+                f"metrics {span_text}: {len(fetches)} queries, {time.monotonic() - started:.1f} s "
+                f"({done}/{len(todo)} dates)"
+            )
+            started = time.monotonic()
     return summary
 
 
@@ -428,8 +451,10 @@ def calculate_chargeback(
     identities = {i.identity_id: i for i in store.inventory.identities() if i.identity_id != UNALLOCATED}
     warned: set[str] = set()
     summary = CalculationSummary()
-    for d in sorted(dates):
+    ordered = sorted(dates)
+    for i, d in enumerate(ordered, start=1):
         check_deadline()
+        started = time.monotonic()
         statuses = store.metrics.fetch_status(d)
         inputs = DateInputs(
             date=d,
@@ -460,7 +485,7 @@ def calculate_chargeback(
             store.state.set_dates([d], last_error=str(exc))
             logger.error(str(exc))
             continue
-        summary.rows_written += store.chargeback.write(
+        rows = store.chargeback.write(
             d,
             result.blocks,
             calculation_id=str(uuid.uuid4()),
@@ -468,7 +493,9 @@ def calculate_chargeback(
             succeeded_lines=result.succeeded_lines,
             calculated_at=now_utc(),
         )
+        summary.rows_written += rows
         summary.calculated.append(d)
+        logger.info(f"calculated {d} ({i}/{len(ordered)}): {rows:,} rows, {time.monotonic() - started:.2f} s")
     return summary
 
 

@@ -137,19 +137,23 @@ def suspend_if_due(store: TenantStore, threshold: int, at: datetime | None = Non
 
     row = store.state.suspend_if_due(threshold, at or now_utc(), reason)
     if row is not None:
-        log.critical(
-            alert_line(tenant, row["consecutive_gather_failures"], threshold, row["last_gather_error"] or "")
-        )
+        log.critical(suspension_alert(tenant, threshold, row))
     return row
 
 
-def alert_if_all_suspended(stores: Iterable[TenantStore]) -> bool:
-    """Log the all-suspended ALERT when no unsuspended tenant remains."""
+def suspension_alert(tenant: str, threshold: int, row: dict) -> str:
+    """The ALERT line for the status row `suspend_if_due` returned."""
+    return alert_line(tenant, row["consecutive_gather_failures"], threshold, row["last_gather_error"] or "")
+
+
+def alert_if_all_suspended(stores: Iterable[TenantStore]) -> str | None:
+    """Log the all-suspended ALERT when no unsuspended tenant remains; returns it (None when not due)."""
     stores = list(stores)
     if stores and all(is_suspended(s) for s in stores):
-        log.critical(f"ALERT: All {len(stores)} tenants are suspended; no chargeback is being calculated")
-        return True
-    return False
+        line = f"ALERT: All {len(stores)} tenants are suspended; no chargeback is being calculated"
+        log.critical(line)
+        return line
+    return None
 
 
 @dataclass

@@ -281,6 +281,12 @@ def test_pipeline_inventory_from_admin_api_then_incomplete(
         assert len(failures) == 1 and failures[0].step_key.endswith("inventory")
         message = failures[0].event_specific_data.error.to_string()
         assert "Inventory incomplete: Handler kafka gather failed: " + PREFIX in message
+        user = failures[0].step_failure_data.user_failure_data  # a dg.Failure with metadata
+        assert user.description.startswith("Inventory incomplete: Handler kafka gather failed: " + PREFIX)
+        assert {k: v.value for k, v in user.metadata.items()} == {
+            "error_type": "InventoryIncomplete",
+            "failed_handlers": "kafka",
+        }
         assert {r.resource_id: r.status for r in store.inventory.resources()} == stored
     finally:
         store.dispose()

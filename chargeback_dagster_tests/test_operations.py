@@ -8,7 +8,10 @@ and a closed port for the outage.
 
 from __future__ import annotations
 
+import http.server
+import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -574,3 +577,154 @@ def test_cli_instance_config_and_concurrency_warning(tmp_path, capsys, monkeypat
     assert "WARNING" not in capsys.readouterr().out
     assert cli.main(["resume", "nope", "--config", str(config_path)]) == 1
     assert capsys.readouterr().out.strip() == "Unknown tenant 'nope'; configured tenants: shop"
+
+
+def test_suspension_alert_reaches_the_sensor_tick_log_and_the_chargeback_asset(
+    tmp_path, instance, monkeypatch, capfd
+):
+    """docs/operations.md §7: the ALERT is in the failure sensor's own log (its tick history) and an
+    observation on the tenant's `chargeback` asset, not only a line in the daemon's output."""
+    monkeypatch.setattr("chargeback_dagster.sources.prometheus.random.uniform", lambda a, b: 0.01)
+    config_path = write_config(
+        tmp_path / "chargeback.yaml", {"shop": tenant_config(closed_port_url(), discovery=True)}
+    )
+    defs = build_definitions(load_config(config_path))
+    for _ in (1, 2):
+        result = materialize_range(defs, "shop", *DATES, instance=instance)
+        assert not result.success
+        run_failure_sensor(defs, instance, result)
+    expected = (
+        "ALERT: Tenant shop has been permanently suspended after 2 consecutive gather failures "
+        "(threshold: 2). Last error: inventory: Identity discovery query failed: Exhausted 4 attempts"
+    )
+    # the sensor's `context.log` (an InstigationLogger: in the daemon it writes the tick's log) also prints
+    # to stderr as "... - dagster - CRITICAL - <sensor> - <message>"
+    stderr = capfd.readouterr().err
+    sensor_lines = [
+        line for line in stderr.splitlines() if "dagster - CRITICAL" in line and "ALERT: Tenant" in line
+    ]
+    assert len(sensor_lines) == 1 and expected in sensor_lines[0]
+    observations = instance.fetch_observations(dg.AssetKey(["shop", "chargeback"]), limit=10).records
+    alerts = [o.asset_observation.metadata["alert"].value for o in observations]
+    assert len(alerts) == 2
+    assert alerts[1].startswith(expected) and alerts[1].endswith(
+        "Resume with: chargeback-dagster resume shop"
+    )
+    assert alerts[0] == "ALERT: All 1 tenants are suspended; no chargeback is being calculated"
+    assert observations[0].asset_observation.description == alerts[0]
+
+
+# --- progress in the run's event log (docs/operations.md §11) --------------------------------------
+def test_steps_log_progress_to_the_run_event_log(tmp_path, local_prometheus_factory):
+    """Each step logs counts and elapsed time per date or window, and the lines reach the run's event log
+    (the `chargeback_dagster` loggers are Dagster-managed), not only stderr."""
+    prom = local_prometheus_factory(discovery_metrics())
+    config_path = write_config(
+        tmp_path / "chargeback.yaml", {"shop": tenant_config(prom.url, discovery=True)}
+    )
+    defs = build_definitions(load_config(config_path))
+    overrides = {"python_logs": {"managed_python_loggers": ["chargeback_dagster"]}}
+    with dg.instance_for_test(overrides=overrides) as managed:
+        result = materialize_range(defs, "shop", *DATES, instance=managed)
+        assert result.success
+        logs = [e for e in managed.all_logs(result.run_id) if " | " in e.user_message]
+    progress = [(e.step_key, e.level, e.user_message.split(" | ", 1)[1]) for e in logs]
+    seconds = r"\d+\.\d s"
+    expected = [
+        ("shop__billing", rf"billing: 2 dates gathered, 2 lines, {seconds}"),
+        ("shop__inventory", rf"inventory: 1 resources, 3 identities, {seconds}"),
+        ("shop__usage_metrics", rf"metrics 2026-02-01\.\.2026-02-02: 2 queries, {seconds} \(2/2 dates\)"),
+        ("shop__chargeback", r"calculated 2026-02-01 \(1/2\): 1 rows, \d+\.\d\d s"),
+        ("shop__chargeback", r"calculated 2026-02-02 \(2/2\): 1 rows, \d+\.\d\d s"),
+    ]
+    assert len(progress) == len(expected)
+    for (step, level, message), (want_step, pattern) in zip(progress, expected, strict=True):
+        assert (step, level) == (want_step, logging.INFO)
+        assert re.fullmatch(pattern, message), message
+
+
+def test_a_prometheus_outage_fails_the_step_with_a_one_line_failure(tmp_path, instance, monkeypatch):
+    """An expected error (a gather failure) is a `dg.Failure`: one-line description and metadata, raised
+    without the chained traceback of the underlying error."""
+    monkeypatch.setattr("chargeback_dagster.sources.prometheus.random.uniform", lambda a, b: 0.01)
+    url = closed_port_url()
+    config_path = write_config(tmp_path / "chargeback.yaml", {"shop": tenant_config(url, discovery=True)})
+    result = materialize_range(build_definitions(load_config(config_path)), "shop", *DATES, instance=instance)
+    assert not result.success
+    [event] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert event.step_key == "shop__inventory"
+    data = event.step_failure_data
+    assert data.user_failure_data.description == (
+        f"Identity discovery query failed: Exhausted 4 attempts for {url}/api/v1/query_range: "
+        "ConnectError: [Errno 111] Connection refused"
+    )
+    assert data.user_failure_data.metadata["error_type"].value == "GatherError"
+    assert data.error.cls_name == "Failure"
+    assert data.error.message.strip() == (
+        f"dagster._core.definitions.events.Failure: {data.user_failure_data.description}"
+    )
+    assert data.error.cause is None and data.error.context is None  # no traceback of the GatherError
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    bodies: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        length = int(self.headers["Content-Length"])
+        _Receiver.bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("receiver_up", [True, False])
+def test_suspension_alert_is_posted_to_the_webhook(tmp_path, instance, monkeypatch, capfd, receiver_up):
+    """`features.alert_webhook_url`: each ALERT is POSTed as {tenant, reason, time}; a receiver that is down
+    is a warning in the sensor's log, and the sensor still suspends the tenant."""
+    monkeypatch.setattr("chargeback_dagster.sources.prometheus.random.uniform", lambda a, b: 0.01)
+    _Receiver.bodies = []
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook" if receiver_up else closed_port_url() + "/hook"
+    config_path = write_config(
+        tmp_path / "chargeback.yaml",
+        {"shop": tenant_config(closed_port_url(), discovery=True)},
+        alert_webhook_url=url,
+    )
+    defs = build_definitions(load_config(config_path))
+    before = datetime.now(UTC)
+    try:
+        for _ in (1, 2):
+            result = materialize_range(defs, "shop", *DATES, instance=instance)
+            run_failure_sensor(defs, instance, result)
+    finally:
+        server.shutdown()
+    assert open_store(config_path).state.status()["suspended"]
+    stderr = capfd.readouterr().err
+    if not receiver_up:
+        assert _Receiver.bodies == []
+        assert f"Alert webhook POST to {url} failed: ConnectError" in stderr
+        return
+    assert [(b["tenant"], b["reason"][:62]) for b in _Receiver.bodies] == [
+        ("shop", "ALERT: Tenant shop has been permanently suspended after 2 cons"),
+        ("shop", "ALERT: All 1 tenants are suspended; no chargeback is being cal"),
+    ]
+    assert all(before <= datetime.fromisoformat(b["time"]) <= datetime.now(UTC) for b in _Receiver.bodies)
+    assert "Alert webhook POST" not in stderr
+
+
+def test_a_csv_write_error_fails_the_step_with_a_one_line_failure(shop, instance):
+    (shop.parent / "out").write_text("a file where the output directory should be")
+    result = materialize_range(build_definitions(load_config(shop)), "shop", *DATES, instance=instance)
+    assert not result.success
+    [event] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert event.step_key == "shop__chargeback"
+    user = event.step_failure_data.user_failure_data
+    assert user.description.startswith(
+        f"Cannot write CSV '{shop.parent / 'out' / 'shop-prod_2026-02-01.csv'}': "
+    )
+    assert "\n" not in user.description
+    assert user.metadata["error_type"].value == "CsvWriteError"
+    assert event.step_failure_data.error.cause is None

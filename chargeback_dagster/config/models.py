@@ -75,6 +75,7 @@ class FeaturesConfig(ConfigModel):
     enable_periodic_refresh: Bool = True
     refresh_interval: Int = Field(1800, ge=30)
     max_parallel_tenants: Int = Field(4, ge=1, le=64)
+    alert_webhook_url: HttpUrl | None = None  # suspension ALERTs are POSTed here (docs/operations.md §7)
 
 
 # --- storage

@@ -206,7 +206,11 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
             )
         if summary.handler_errors:
             errors = "; ".join(f"Handler {s} gather failed: {e}" for s, e in summary.handler_errors.items())
-            raise dg.Failure(f"Inventory incomplete: {errors}")
+            handlers = ", ".join(summary.handler_errors)
+            raise dg.Failure(
+                f"Inventory incomplete: {errors}",
+                metadata={"error_type": "InventoryIncomplete", "failed_handlers": handlers},
+            )
         return dg.MaterializeResult(
             metadata={
                 "resources": summary.resources,
@@ -239,6 +243,7 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
             tenant.plugin_settings.metrics_step_seconds,
             step.now,
             refetch=refetch,
+            logger=step.logger,
         )
         step.check_deadline()  # Prometheus errors never fail this step, but the deadline does
         for failure in summary.failures:

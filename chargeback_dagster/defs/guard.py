@@ -24,6 +24,7 @@ import dagster as dg
 from chargeback_dagster import tenant_ops
 from chargeback_dagster.config import TenantConfig
 from chargeback_dagster.defs.tags import MAX_RUNTIME_TAG, TENANT_TAG, TRIGGER_TAG
+from chargeback_dagster.ecosystems.base import GatherError
 from chargeback_dagster.store import TenantStore
 
 RUN_MONITORING_GRACE_SECONDS = 300
@@ -118,10 +119,17 @@ def enter(
 
 
 def stops_step(fn: Callable) -> Callable:
-    """Fail the step with a tenant_ops refusal (suspended, busy, timed out, …) as its failure description."""
+    """Fail the step with an expected error — a tenant_ops refusal (suspended, busy, timed out, …) or a
+    gather failure — as a `dg.Failure` whose description is the error's one line. Raised `from None`: the
+    run's event log shows the description and metadata, not the traceback of an anticipated error."""
 
-    def failure(exc: tenant_ops.StopStep) -> dg.Failure:
-        return dg.Failure(str(exc), metadata=exc.metadata or None)
+    def failure(exc: tenant_ops.StopStep | GatherError) -> dg.Failure:
+        metadata = {"error_type": type(exc).__name__}
+        if isinstance(exc, tenant_ops.StopStep):
+            metadata.update(exc.metadata)
+        return dg.Failure(" ".join(str(exc).split()), metadata=metadata)
+
+    expected = (tenant_ops.StopStep, GatherError)
 
     if inspect.isgeneratorfunction(fn):
 
@@ -129,8 +137,8 @@ def stops_step(fn: Callable) -> Callable:
         def generator(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except tenant_ops.StopStep as exc:
-                raise failure(exc) from exc
+            except expected as exc:
+                raise failure(exc) from None
 
         return generator
 
@@ -138,7 +146,7 @@ def stops_step(fn: Callable) -> Callable:
     def plain(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except tenant_ops.StopStep as exc:
-            raise failure(exc) from exc
+        except expected as exc:
+            raise failure(exc) from None
 
     return plain

@@ -19,8 +19,8 @@ class ChargebackOutputsIOManager(dg.ConfigurableIOManager):
     ) -> None:
         try:
             written = write_outputs(obj)
-        except OutputWriteError as exc:
-            raise dg.Failure(str(exc)) from exc
+        except OutputWriteError as exc:  # expected: one line naming the file, no traceback
+            raise dg.Failure(str(exc), metadata={"error_type": type(exc).__name__}) from None
         metadata: dict[str, int | str] = {}
         for kind, files in written.items():  # e.g. csv_files, csv_rows, csv_paths
             metadata[f"{kind}_files"] = len(files)

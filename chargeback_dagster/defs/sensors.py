@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
+import httpx
 
 from chargeback_dagster import tenant_ops
 from chargeback_dagster.config import AppConfig, FeaturesConfig, TenantConfig
@@ -26,6 +27,7 @@ from chargeback_dagster.defs.tags import (
 from chargeback_dagster.domain import now_utc
 
 STATUS_SENSOR_INTERVAL_SECONDS = 10
+WEBHOOK_TIMEOUT_SECONDS = 5  # the sensor tick must not hang on a slow receiver
 
 
 # --- refresh ---------------------------------------------------------------------------------------
@@ -128,13 +130,13 @@ def close_run(
     error: str | None,
     config: AppConfig,
     tenant_store: TenantStoreResource,
-) -> str | None:
+) -> list[str]:
     """Write the final audit status, release the lock; after a failure, suspend when due.
 
-    Returns the tenant name when the run belonged to a configured tenant."""
+    Returns the ALERT lines of a suspension this call made (none otherwise)."""
     tenant_name = guard.run_tenant(run)
     if tenant_name is None or tenant_name not in config.tenants:
-        return None
+        return []
     tenant = config.tenants[tenant_name]
     store = tenant_store.open(tenant)
     tenant_ops.audit_run(
@@ -147,9 +149,41 @@ def close_run(
     )
     tenant_ops.audit_run_ended(store, run.run_id, status, error)
     tenant_ops.release_lock(store, run.run_id)
-    if status == "failed" and tenant_ops.suspend_if_due(store, tenant.gather_failure_threshold):
-        tenant_ops.alert_if_all_suspended(tenant_store.open(other) for other in config.tenants.values())
-    return tenant_name
+    if status != "failed":
+        return []
+    row = tenant_ops.suspend_if_due(store, tenant.gather_failure_threshold)
+    if row is None:
+        return []
+    alerts = [tenant_ops.suspension_alert(tenant_name, tenant.gather_failure_threshold, row)]
+    everyone = tenant_ops.alert_if_all_suspended(tenant_store.open(o) for o in config.tenants.values())
+    return alerts + ([everyone] if everyone else [])
+
+
+def publish_alerts(context: dg.RunFailureSensorContext, alerts: list[str], webhook_url: str | None) -> None:
+    """Put ALERT lines where an operator looks (docs/operations.md §7): the sensor's tick log, an
+    observation on the tenant's `chargeback` asset (its Events tab in the UI) and, when configured, a POST
+    to `features.alert_webhook_url`."""
+    tenant_name = str(guard.run_tenant(context.dagster_run))
+    for line in alerts:
+        context.log.critical(line)
+        if webhook_url:
+            post_alert(context, webhook_url, tenant_name, line)
+        context.instance.report_runless_asset_event(
+            dg.AssetObservation(
+                asset_key=dg.AssetKey([tenant_name, "chargeback"]),
+                description=line,
+                metadata={"alert": line, "run_id": context.dagster_run.run_id},
+            )
+        )
+
+
+def post_alert(context: dg.RunFailureSensorContext, url: str, tenant_name: str, line: str) -> None:
+    """POST `{tenant, reason, time}` as JSON; a failed POST is logged and never fails the sensor."""
+    body = {"tenant": tenant_name, "reason": line, "time": now_utc().isoformat()}
+    try:
+        httpx.post(url, json=body, timeout=WEBHOOK_TIMEOUT_SECONDS).raise_for_status()
+    except httpx.HTTPError as exc:
+        context.log.warning(f"Alert webhook POST to {url} failed: {type(exc).__name__}: {exc}")
 
 
 def _tag_date(value: str | None) -> date | None:
@@ -170,7 +204,8 @@ def build_run_status_sensors(config: AppConfig) -> list[dg.SensorDefinition]:
     )
     def tenant_run_failure_sensor(context: dg.RunFailureSensorContext, tenant_store: TenantStoreResource):
         error = failure_text(context)
-        close_run(context.instance, context.dagster_run, "failed", error, config, tenant_store)
+        alerts = close_run(context.instance, context.dagster_run, "failed", error, config, tenant_store)
+        publish_alerts(context, alerts, config.features.alert_webhook_url)
 
     @dg.run_status_sensor(
         name="tenant_run_success_sensor",
