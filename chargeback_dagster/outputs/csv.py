@@ -6,17 +6,15 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
-import secrets
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from chargeback_dagster.money import format_units
 from chargeback_dagster.outputs.base import ChargebackResult, Group, Output, OutputWriteError
+from chargeback_dagster.outputs.files import write_atomically
 
 if TYPE_CHECKING:
     from chargeback_dagster.config import EmitterConfig
@@ -42,8 +40,6 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 # Temporary files are `.<file name>.<16 hex digits>.chargeback-tmp` beside the file they replace. One whose
 # last change is older than this belongs to a write that died (a live write changes its file at least
 # every 1 MiB it writes, within seconds), so the next batch writing to that directory removes it.
-TEMP_SUFFIX = ".chargeback-tmp"
-STALE_TEMP_SECONDS = 3600
 
 log = logging.getLogger(__name__)
 
@@ -130,27 +126,6 @@ def month_groups(groups: Iterable[Group], month_start: date) -> list[Group]:
     return [(stamp, fields, totals[fields]) for fields in sorted(totals)]
 
 
-def remove_stale_temp_files(directory: Path) -> None:
-    """Remove the temporary files of writes that died: ours (TEMP_SUFFIX), unchanged for STALE_TEMP_SECONDS.
-
-    Best effort: a file that cannot be removed is logged and left; it never fails a write."""
-    cutoff = time.time() - STALE_TEMP_SECONDS
-    try:
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if not (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)):
-                    continue
-                try:
-                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-                        os.unlink(entry.path)
-                except FileNotFoundError:
-                    pass  # renamed by its writer or removed by another sweep meanwhile
-                except OSError as exc:
-                    log.warning("Cannot remove stale temporary CSV file '%s': %s", entry.path, exc)
-    except OSError as exc:  # a directory we may write but not list
-        log.warning("Cannot look for stale temporary CSV files in '%s': %s", directory, exc)
-
-
 def write_csv(path: Path, groups: Iterable[Group], lines: CsvLines) -> int:
     """Write atomically: a temporary file in the same directory, then rename. Returns the row count.
 
@@ -162,26 +137,18 @@ def write_csv(path: Path, groups: Iterable[Group], lines: CsvLines) -> int:
 def write_rendered(
     path: Path, header: Sequence[str], render: Callable[[], list[str]], swept_dirs: set[Path]
 ) -> int:
-    """Write `header` and the lines `render()` returns (each ending in LF) atomically: a temporary file in
-    the same directory, then rename. Returns the line count. `swept_dirs`: directories already cleared of
-    stale temporary files in this batch."""
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    """Write `header` and the lines `render()` returns (each ending in LF) atomically; returns the line
+    count. `swept_dirs`: directories already cleared of stale temporary files in this batch."""
+    rendered: list[str] = []
+
+    def write(fh: TextIO) -> None:
+        nonlocal rendered
+        fh.write(_render(header) + "\n")
+        rendered = render()
+        fh.writelines(rendered)
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.parent not in swept_dirs:
-            remove_stale_temp_files(path.parent)
-            swept_dirs.add(path.parent)
-        # Created like any new file (mode 0666 less the umask), not 0600 as tempfile.mkstemp would.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="", buffering=1 << 20) as fh:
-                fh.write(_render(header) + "\n")
-                rendered = render()
-                fh.writelines(rendered)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_atomically(path, write, swept_dirs)
     except OSError as exc:
         raise CsvWriteError(f"Cannot write CSV '{path}': {exc}") from exc
     return len(rendered)

@@ -10,8 +10,6 @@ what Prometheus does with a changed value).
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ import httpx
 from chargeback_dagster.money import format_units, round4_units
 from chargeback_dagster.outputs.base import ChargebackResult, Output, OutputWriteError, emitter_path
 from chargeback_dagster.outputs.csv import first_of_month, first_of_next_month
+from chargeback_dagster.outputs.files import write_atomically
 from chargeback_dagster.teams import row_team
 
 if TYPE_CHECKING:
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from chargeback_dagster.store import TenantStore
 
 DEFAULT_TEMPLATE = "chargeback_{tenant_id}_{date}.om"
-TEMP_SUFFIX = ".chargeback-tmp"
 # Series per remote-write request: ~100 bytes each, so a request stays well below Prometheus' body limits.
 SERIES_PER_REQUEST = 5000
 
@@ -138,14 +136,15 @@ def write_files(
     """One OpenMetrics file per date, or with `aggregation: monthly` one per month holding `month_dates`'
     daily samples; path -> samples written."""
     written: dict[str, int] = {}
+    swept: set[Path] = set()
     if emitter.aggregation == "monthly":
         for start in sorted({first_of_month(d) for d in dates}):
             path = emitter_path(tenant, emitter, start)
-            written[str(path)] = write_openmetrics(path, samples_of(month_dates(start)))
+            written[str(path)] = write_openmetrics(path, samples_of(month_dates(start)), swept)
     else:
         for d in sorted(dates):
             path = emitter_path(tenant, emitter, d)
-            written[str(path)] = write_openmetrics(path, samples_of([d]))
+            written[str(path)] = write_openmetrics(path, samples_of([d]), swept)
     return written
 
 
@@ -290,19 +289,11 @@ def render_openmetrics(samples: Iterable[Sample]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_openmetrics(path: Path, samples: list[Sample]) -> int:
-    """Write atomically (temporary file beside it, then rename); returns the sample count."""
+def write_openmetrics(path: Path, samples: list[Sample], swept_dirs: set[Path]) -> int:
+    """Write atomically (docs/outputs.md §1); returns the sample count."""
     text = render_openmetrics(samples)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(tmp, "w", encoding="utf-8", newline="") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_atomically(path, lambda fh: fh.write(text), swept_dirs)
     except OSError as exc:
         raise PrometheusWriteError(f"Cannot write OpenMetrics file '{path}': {exc}") from exc
     return len(samples)
