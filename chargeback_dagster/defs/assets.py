@@ -21,8 +21,10 @@ from chargeback_dagster.domain import now_utc
 from chargeback_dagster.ecosystems.base import GatherContext, GatherError
 from chargeback_dagster.ecosystems.registry import ecosystem_for
 from chargeback_dagster.logging_setup import step_logger
+from chargeback_dagster.money_metadata import per_date_metadata
 from chargeback_dagster.outputs.base import ChargebackResult
 from chargeback_dagster.outputs.registry import write_outputs
+from chargeback_dagster.store.tenant_store import TenantStore
 
 OUTPUTS_IO_MANAGER = "chargeback_outputs_io_manager"
 
@@ -266,6 +268,11 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
         check_specs=[
             dg.AssetCheckSpec("reconciles_to_billing", asset=chargeback_key, blocking=True),
             dg.AssetCheckSpec("all_dates_calculated", asset=chargeback_key, blocking=True),
+            dg.AssetCheckSpec(
+                "inputs_gathered_and_non_empty",
+                asset=chargeback_key,
+                description="Every date's billing and inventory were gathered and its billing has a line",
+            ),
         ],
         **common,
     )
@@ -294,6 +301,9 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
             rows_written=summary.rows_written,
             current_date=max(summary.calculated) if summary.calculated else None,
         )
+        # Each date's own money metadata on its own partition (the Plots tab draws the daily trend).
+        for d, metadata in per_date_metadata(step.store, step.dates, csv_paths(tenant, step.dates)).items():
+            context.add_asset_metadata(metadata, partition_key=d.isoformat())
         yield dg.Output(
             step.chargeback_result(summary.calculated),
             metadata={
@@ -315,6 +325,7 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
             if not gaps
             else f"Allocated total differs from billed total on {len(gaps)} date(s)",
         )
+        yield inputs_check(step.store, step.dates)
         failed = "; ".join(summary.errors.values())[:2000]
         yield dg.AssetCheckResult(
             check_name="all_dates_calculated",
@@ -324,6 +335,60 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
         )
 
     return [billing, inventory, usage_metrics, chargeback]
+
+
+def csv_paths(tenant: TenantConfig, dates: list[date]) -> dict[date, list[str]]:
+    """The daily CSV files of each date, one per daily `csv` emitter."""
+    daily = [e for e in tenant.plugin_settings.emitters if e.type == "csv" and e.aggregation != "monthly"]
+    return {
+        d: [
+            str(
+                e.params.output_dir
+                / e.params.filename_template.format(
+                    tenant_id=tenant.tenant_id, tenant_name=tenant.name, date=d.isoformat()
+                )
+            )
+            for e in daily
+        ]
+        for d in dates
+    }
+
+
+def inputs_check(store: TenantStore, dates: list[date]) -> dg.AssetCheckResult:
+    """Fails for a date whose billing or inventory was never gathered, or whose billing came back without a
+    line: its chargeback would be an empty file that looks like a zero-cost day. The check reports once per
+    run; the per-date results are its `dates` table (Dagster 1.13 has no per-partition check result in a
+    single-run backfill)."""
+    billed = store.billing.billed_units(min(dates), max(dates) + timedelta(days=1)) if dates else {}
+    rows, bad = [], []
+    for d in dates:
+        # billing_gathered_at is only set on dates that got lines, so "never gathered" and "the provider
+        # returned none" look alike here: both leave the date without a billed line.
+        row = store.state.date_row(d) or {}
+        problem = "; ".join(
+            p
+            for p, missing in (
+                ("no billing lines (never gathered, or the provider returned none)", d not in billed),
+                ("inventory not gathered", row.get("inventory_gathered_at") is None),
+            )
+            if missing
+        )
+        if problem:
+            bad.append(f"{d}: {problem}")
+        rows.append(dg.TableRecord({"date": d.isoformat(), "passed": not problem, "problem": problem}))
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn("date", "string"),
+            dg.TableColumn("passed", "bool"),
+            dg.TableColumn("problem", "string"),
+        ]
+    )
+    return dg.AssetCheckResult(
+        check_name="inputs_gathered_and_non_empty",
+        passed=not bad,
+        metadata={"dates": dg.MetadataValue.table(rows, schema=schema), "failed_dates": len(bad)},
+        description="; ".join(bad)[:2000] or None,
+    )
 
 
 def tenant_job(tenant: TenantConfig):
