@@ -7,9 +7,12 @@ from datetime import date
 
 import dagster as dg
 import pytest
+import yaml
 
+from chargeback_dagster.config import load_config
+from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_run import materialize_range
-from chargeback_dagster_tests.test_generic_e2e import make_defs, worked_example_metrics
+from chargeback_dagster_tests.test_generic_e2e import make_defs, tenant_yaml, worked_example_metrics
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,11 @@ def partition_metadata(instance: dg.DagsterInstance, partition: str) -> dict:
 
 @pytest.mark.slow
 def test_each_date_carries_its_own_money_and_the_empty_date_fails_inputs_check(tmp_path, prometheus):
-    defs = make_defs(tmp_path, prometheus.url, "sqlite:///data/search.db")
+    config = tenant_yaml(prometheus.url, "sqlite:///data/search.db", "out")
+    # team-a and team-b are one cost centre; team-c stays on the ecosystem's default team
+    config["tenants"]["search"]["teams"] = {"identities": {"team-a": "search-core", "team-b": "search-core"}}
+    (tmp_path / "chargeback.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    defs = build_definitions(load_config(tmp_path / "chargeback.yaml"))
     instance = dg.DagsterInstance.ephemeral()
     result = materialize_range(defs, "search", date(2026, 2, 2), date(2026, 2, 4), instance=instance)
     assert result.success
@@ -46,7 +53,10 @@ def test_each_date_carries_its_own_money_and_the_empty_date_fails_inputs_check(t
         # 60 + 0.1667 + 0.18; 60 + 0.1667 + 0.06; 60 + 0.1666
         assert top == [("team-a", "60.3467"), ("team-b", "60.2267"), ("team-c", "60.1666")]
         teams = md["top_teams"].value.records
-        assert [r.data["amount"] for r in teams] == ["180.7400"]
+        assert [(r.data["name"], r.data["amount"]) for r in teams] == [
+            ("search-core", "120.5734"),
+            ("UNASSIGNED", "60.1666"),
+        ]
         assert md["csv_path_0"].value.endswith(f"out/search-prod_{day}.csv")
         assert [c.name for c in md["dagster/column_schema"].schema.columns][8] == "amount"
 
@@ -67,3 +77,39 @@ def test_each_date_carries_its_own_money_and_the_empty_date_fails_inputs_check(t
     rows = [(r.data["date"], r.data["passed"]) for r in inputs.metadata["dates"].value.records]
     assert rows == [("2026-02-02", True), ("2026-02-03", False), ("2026-02-04", True)]
     assert checks["reconciles_to_billing"].passed
+
+
+@pytest.mark.slow
+def test_chargeback_of_a_never_gathered_date_fails_the_inputs_check(tmp_path, prometheus):
+    defs = make_defs(tmp_path, prometheus.url, "sqlite:///data/search.db")
+    job = defs.resolve_job_def("search_pipeline")
+    result = job.execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(),
+        asset_selection=[dg.AssetKey(["search", "chargeback"])],
+        partition_key="2026-02-01",
+    )
+    assert result.success  # the check does not block: the date is visible as a failed check, not green
+    evaluation = next(
+        e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        and e.asset_check_evaluation_data.check_name == "inputs_gathered_and_non_empty"
+    )
+    assert not evaluation.passed
+    assert evaluation.description == (
+        "2026-02-01: no billing lines (never gathered, or the provider returned none); inventory not gathered"
+    )
+
+
+def test_assets_and_checks_say_what_they_are(tmp_path):
+    defs = make_defs(tmp_path, "http://127.0.0.1:1", "sqlite:///data/search.db")
+    graph = defs.resolve_asset_graph()
+    chargeback = graph.get(dg.AssetKey(["search", "chargeback"]))
+    assert chargeback.kinds == {"python", "csv", "sqlite"}
+    assert chargeback.tags["tenant"] == "search"
+    assert graph.get(dg.AssetKey(["search", "billing"])).kinds == {"python", "prometheus", "sqlite"}
+    checks = {k.name: graph.get(k).description for k in graph.asset_check_keys}
+    assert checks["inputs_gathered_and_non_empty"] == (
+        "Every date's billing and inventory were gathered and its billing has a line"
+    )
+    assert all(checks.values())

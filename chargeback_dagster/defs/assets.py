@@ -145,15 +145,31 @@ class TenantStep:
             self.logger.warning(f"Timed out after calculating {len(done)} date(s); their files were written")
 
 
+# The UI's kind badge of each ecosystem's source.
+SOURCE_KINDS = {
+    "confluent_cloud": "confluent",
+    "self_managed_kafka": "kafka",
+    "generic_metrics_only": "prometheus",
+}
+
+
+def store_kind(tenant: TenantConfig) -> str:
+    return (
+        "postgres" if tenant.storage.connection_string.get_secret_value().startswith("postgres") else "sqlite"
+    )
+
+
 def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
     t = tenant.name
+    store = store_kind(tenant)
     common = {
         "key_prefix": [t],
         "group_name": t,
         "partitions_def": tenant_partitions(tenant),
         "backfill_policy": dg.BackfillPolicy.single_run(),
-        "kinds": {"python"},
+        "tags": {"tenant": t, "ecosystem": tenant.ecosystem},
     }
+    source = {"kinds": {"python", SOURCE_KINDS.get(tenant.ecosystem, "python"), store}}
     billing_key = dg.AssetKey([t, "billing"])
     inventory_key = dg.AssetKey([t, "inventory"])
     metrics_key = dg.AssetKey([t, "usage_metrics"])
@@ -162,7 +178,11 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
     provider_pool = ecosystem_for(tenant).api_pool
 
     @dg.asset(
-        name="billing", description=f"Billing lines of tenant {t}, per UTC day", pool=provider_pool, **common
+        name="billing",
+        description=f"Billing lines of tenant {t}, per UTC day",
+        pool=provider_pool,
+        **source,
+        **common,
     )
     @guard.stops_step
     def billing(
@@ -189,7 +209,11 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
-        name="inventory", description=f"Resources and identities of tenant {t}", pool=provider_pool, **common
+        name="inventory",
+        description=f"Resources and identities of tenant {t}",
+        pool=provider_pool,
+        **source,
+        **common,
     )
     @guard.stops_step
     def inventory(
@@ -222,7 +246,14 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
         name="usage_metrics",
         description=f"Per-identity usage from Prometheus for tenant {t}",
         deps=[billing_key, inventory_key],
-        check_specs=[dg.AssetCheckSpec("all_metrics_fetched", asset=metrics_key)],
+        check_specs=[
+            dg.AssetCheckSpec(
+                "all_metrics_fetched",
+                asset=metrics_key,
+                description="Every usage query of the run's dates was answered by Prometheus",
+            )
+        ],
+        kinds={"python", "prometheus", store},
         **common,
     )
     @guard.stops_step
@@ -265,9 +296,20 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
         description=f"Allocated chargeback rows of tenant {t}; its emitters' files written by the IO manager",
         deps=[billing_key, inventory_key, metrics_key],
         io_manager_key=OUTPUTS_IO_MANAGER,
+        kinds={"python", "csv", store},
         check_specs=[
-            dg.AssetCheckSpec("reconciles_to_billing", asset=chargeback_key, blocking=True),
-            dg.AssetCheckSpec("all_dates_calculated", asset=chargeback_key, blocking=True),
+            dg.AssetCheckSpec(
+                "reconciles_to_billing",
+                asset=chargeback_key,
+                blocking=True,
+                description="Each date's allocated total equals its billed total to the unit of 0.0001",
+            ),
+            dg.AssetCheckSpec(
+                "all_dates_calculated",
+                asset=chargeback_key,
+                blocking=True,
+                description="Every date of the run was allocated without error",
+            ),
             dg.AssetCheckSpec(
                 "inputs_gathered_and_non_empty",
                 asset=chargeback_key,
@@ -304,14 +346,8 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
         # Each date's own money metadata on its own partition (the Plots tab draws the daily trend).
         for d, metadata in per_date_metadata(step.store, step.dates, csv_paths(tenant, step.dates)).items():
             context.add_asset_metadata(metadata, partition_key=d.isoformat())
-        yield dg.Output(
-            step.chargeback_result(summary.calculated),
-            metadata={
-                "dates_calculated": len(summary.calculated),
-                "dates_failed": len(summary.errors),
-                "rows_written": summary.rows_written,
-            },
-        )
+        # No range-wide counts on the output: Dagster would copy them onto every date of the range.
+        yield dg.Output(step.chargeback_result(summary.calculated))
         gaps = pipeline.reconciliation_gaps(step.store, summary.calculated)
         yield dg.AssetCheckResult(
             check_name="reconciles_to_billing",
