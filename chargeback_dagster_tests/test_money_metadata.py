@@ -76,7 +76,16 @@ def test_each_date_carries_its_own_money_and_the_empty_date_fails_inputs_check(t
     )
     rows = [(r.data["date"], r.data["passed"]) for r in inputs.metadata["dates"].value.records]
     assert rows == [("2026-02-02", True), ("2026-02-03", False), ("2026-02-04", True)]
-    assert checks["reconciles_to_billing"].passed
+    reconciliation = checks["reconciles_to_billing"]
+    assert reconciliation.passed
+    assert [
+        (r.data["date"], r.data["billed"], r.data["allocated"], r.data["difference_units"])
+        for r in reconciliation.metadata["dates"].value.records
+    ] == [
+        ("2026-02-02", "180.7400", "180.7400", 0),
+        ("2026-02-03", "0.0000", "0.0000", 0),
+        ("2026-02-04", "180.7400", "180.7400", 0),
+    ]
 
 
 @pytest.mark.slow
