@@ -21,8 +21,10 @@ from chargeback_dagster.domain import now_utc
 from chargeback_dagster.ecosystems.base import GatherContext, GatherError
 from chargeback_dagster.ecosystems.registry import ecosystem_for
 from chargeback_dagster.logging_setup import step_logger
+from chargeback_dagster.money_metadata import per_date_metadata
 from chargeback_dagster.outputs.base import ChargebackResult
 from chargeback_dagster.outputs.registry import write_outputs
+from chargeback_dagster.store.tenant_store import TenantStore
 
 OUTPUTS_IO_MANAGER = "chargeback_outputs_io_manager"
 
@@ -143,15 +145,31 @@ class TenantStep:
             self.logger.warning(f"Timed out after calculating {len(done)} date(s); their files were written")
 
 
+# The UI's kind badge of each ecosystem's source.
+SOURCE_KINDS = {
+    "confluent_cloud": "confluent",
+    "self_managed_kafka": "kafka",
+    "generic_metrics_only": "prometheus",
+}
+
+
+def store_kind(tenant: TenantConfig) -> str:
+    return (
+        "postgres" if tenant.storage.connection_string.get_secret_value().startswith("postgres") else "sqlite"
+    )
+
+
 def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
     t = tenant.name
+    store = store_kind(tenant)
     common = {
         "key_prefix": [t],
         "group_name": t,
         "partitions_def": tenant_partitions(tenant),
         "backfill_policy": dg.BackfillPolicy.single_run(),
-        "kinds": {"python"},
+        "tags": {"tenant": t, "ecosystem": tenant.ecosystem},
     }
+    source = {"kinds": {"python", SOURCE_KINDS.get(tenant.ecosystem, "python"), store}}
     billing_key = dg.AssetKey([t, "billing"])
     inventory_key = dg.AssetKey([t, "inventory"])
     metrics_key = dg.AssetKey([t, "usage_metrics"])
@@ -160,7 +178,11 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
     provider_pool = ecosystem_for(tenant).api_pool
 
     @dg.asset(
-        name="billing", description=f"Billing lines of tenant {t}, per UTC day", pool=provider_pool, **common
+        name="billing",
+        description=f"Billing lines of tenant {t}, per UTC day",
+        pool=provider_pool,
+        **source,
+        **common,
     )
     @guard.stops_step
     def billing(
@@ -187,7 +209,11 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
-        name="inventory", description=f"Resources and identities of tenant {t}", pool=provider_pool, **common
+        name="inventory",
+        description=f"Resources and identities of tenant {t}",
+        pool=provider_pool,
+        **source,
+        **common,
     )
     @guard.stops_step
     def inventory(
@@ -224,7 +250,14 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
         name="usage_metrics",
         description=f"Per-identity usage from Prometheus for tenant {t}",
         deps=[billing_key, inventory_key],
-        check_specs=[dg.AssetCheckSpec("all_metrics_fetched", asset=metrics_key)],
+        check_specs=[
+            dg.AssetCheckSpec(
+                "all_metrics_fetched",
+                asset=metrics_key,
+                description="Every usage query of the run's dates was answered by Prometheus",
+            )
+        ],
+        kinds={"python", "prometheus", store},
         **common,
     )
     @guard.stops_step
@@ -268,9 +301,25 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
         description=f"Allocated chargeback rows of tenant {t}; its emitters' files written by the IO manager",
         deps=[billing_key, inventory_key, metrics_key],
         io_manager_key=OUTPUTS_IO_MANAGER,
+        kinds={"python", "csv", store},
         check_specs=[
-            dg.AssetCheckSpec("reconciles_to_billing", asset=chargeback_key, blocking=True),
-            dg.AssetCheckSpec("all_dates_calculated", asset=chargeback_key, blocking=True),
+            dg.AssetCheckSpec(
+                "reconciles_to_billing",
+                asset=chargeback_key,
+                blocking=True,
+                description="Each date's allocated total equals its billed total to the unit of 0.0001",
+            ),
+            dg.AssetCheckSpec(
+                "all_dates_calculated",
+                asset=chargeback_key,
+                blocking=True,
+                description="Every date of the run was allocated without error",
+            ),
+            dg.AssetCheckSpec(
+                "inputs_gathered_and_non_empty",
+                asset=chargeback_key,
+                description="Every date's billing and inventory were gathered and its billing has a line",
+            ),
         ],
         **common,
     )
@@ -299,20 +348,19 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
             rows_written=summary.rows_written,
             current_date=max(summary.calculated) if summary.calculated else None,
         )
-        yield dg.Output(
-            step.chargeback_result(summary.calculated),
-            metadata={
-                "dates_calculated": len(summary.calculated),
-                "dates_failed": len(summary.errors),
-                "rows_written": summary.rows_written,
-            },
-        )
+        # Each date's own money metadata on its own partition (the Plots tab draws the daily trend).
+        money = per_date_metadata(step.store, step.dates, csv_paths(tenant, step.dates))
+        for d, metadata in money.items():
+            context.add_asset_metadata(metadata, partition_key=d.isoformat())
+        # No range-wide counts on the output: Dagster would copy them onto every date of the range.
+        yield dg.Output(step.chargeback_result(summary.calculated))
         gaps = pipeline.reconciliation_gaps(step.store, summary.calculated)
         yield dg.AssetCheckResult(
             check_name="reconciles_to_billing",
             passed=not gaps,
             metadata={
                 "dates_checked": len(summary.calculated),
+                "dates": reconciliation_table(money, gaps, summary.calculated),
                 "differences": "; ".join(f"{d}: {units:+d} units of 0.0001" for d, units in gaps.items())
                 or "none",
             },
@@ -320,6 +368,7 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
             if not gaps
             else f"Allocated total differs from billed total on {len(gaps)} date(s)",
         )
+        yield inputs_check(step.store, step.dates)
         failed = "; ".join(summary.errors.values())[:2000]
         yield dg.AssetCheckResult(
             check_name="all_dates_calculated",
@@ -329,6 +378,86 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
         )
 
     return [billing, inventory, usage_metrics, chargeback]
+
+
+def csv_paths(tenant: TenantConfig, dates: list[date]) -> dict[date, list[str]]:
+    """The daily CSV files of each date, one per daily `csv` emitter."""
+    daily = [e for e in tenant.plugin_settings.emitters if e.type == "csv" and e.aggregation != "monthly"]
+    return {
+        d: [
+            str(
+                e.params.output_dir
+                / e.params.filename_template.format(
+                    tenant_id=tenant.tenant_id, tenant_name=tenant.name, date=d.isoformat()
+                )
+            )
+            for e in daily
+        ]
+        for d in dates
+    }
+
+
+def reconciliation_table(
+    money: dict[date, dict], gaps: dict[date, int], dates: list[date]
+) -> dg.MetadataValue:
+    """The reconciliation check's per-date results (it reports once per run in a single-run backfill)."""
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn("date", "string"),
+            dg.TableColumn("billed", "string"),
+            dg.TableColumn("allocated", "string"),
+            dg.TableColumn("difference_units", "int"),
+        ]
+    )
+    rows = [
+        dg.TableRecord(
+            {
+                "date": d.isoformat(),
+                "billed": money[d]["billed_total_exact"],
+                "allocated": money[d]["allocated_total_exact"],
+                "difference_units": gaps.get(d, 0),
+            }
+        )
+        for d in dates
+    ]
+    return dg.MetadataValue.table(rows, schema=schema)
+
+
+def inputs_check(store: TenantStore, dates: list[date]) -> dg.AssetCheckResult:
+    """Fails for a date whose billing or inventory was never gathered, or whose billing came back without a
+    line: its chargeback would be an empty file that looks like a zero-cost day. The check reports once per
+    run; the per-date results are its `dates` table (Dagster 1.13 has no per-partition check result in a
+    single-run backfill)."""
+    billed = store.billing.billed_units(min(dates), max(dates) + timedelta(days=1)) if dates else {}
+    rows, bad = [], []
+    for d in dates:
+        # billing_gathered_at is only set on dates that got lines, so "never gathered" and "the provider
+        # returned none" look alike here: both leave the date without a billed line.
+        row = store.state.date_row(d) or {}
+        problem = "; ".join(
+            p
+            for p, missing in (
+                ("no billing lines (never gathered, or the provider returned none)", d not in billed),
+                ("inventory not gathered", row.get("inventory_gathered_at") is None),
+            )
+            if missing
+        )
+        if problem:
+            bad.append(f"{d}: {problem}")
+        rows.append(dg.TableRecord({"date": d.isoformat(), "passed": not problem, "problem": problem}))
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn("date", "string"),
+            dg.TableColumn("passed", "bool"),
+            dg.TableColumn("problem", "string"),
+        ]
+    )
+    return dg.AssetCheckResult(
+        check_name="inputs_gathered_and_non_empty",
+        passed=not bad,
+        metadata={"dates": dg.MetadataValue.table(rows, schema=schema), "failed_dates": len(bad)},
+        description="; ".join(bad)[:2000] or None,
+    )
 
 
 def tenant_job(tenant: TenantConfig):

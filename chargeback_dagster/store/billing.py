@@ -297,6 +297,20 @@ class BillingRepository(Repository):
             totals[d] = totals.get(d, 0) + round4_units(Decimal(total_cost))
         return totals
 
+    def credit_units(self, start: date, end: date) -> dict[date, int]:
+        """Σ T in units of the negative lines (credits, discounts) per date with start ≤ d < end."""
+        b = t.billing
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(b.c.date, type_coerce(b.c.total_cost, NullType())).where(
+                    self._mine(b), b.c.date >= start, b.c.date < end, b.c.total_cost < 0
+                )
+            ).all()
+        totals: dict[date, int] = {}
+        for d, total_cost in rows:
+            totals[d] = totals.get(d, 0) + round4_units(Decimal(total_cost))
+        return totals
+
 
 def _raise_duplicate_key(keys: list[tuple]) -> None:
     seen: set[tuple] = set()

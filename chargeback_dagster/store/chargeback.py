@@ -352,3 +352,34 @@ class ChargebackRepository(Repository):
             ranking = {i: rank[fields] for i, fields in self._csv_fields_by_id.items()}, distinct
             self._csv_rank = ranking
         return ranking
+
+    def money_groups(self, start: date, end: date) -> dict[date, list[tuple[str, str, str, str, int]]]:
+        """Per date start ≤ d < end: (env_id, resource_id, identity_id, allocation_detail, Σ amount_units),
+        one grouped query; what the per-date totals in Dagster's metadata are built from."""
+        facts, dim = t.chargeback_facts, t.chargeback_dimensions
+        cols = [dim.c.env_id, dim.c.resource_id, dim.c.identity_id, dim.c.allocation_detail]
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(facts.c.date, *cols, func.sum(facts.c.amount_units))
+                .select_from(facts.join(dim, facts.c.dimension_id == dim.c.dimension_id))
+                .where(self._mine(facts), facts.c.date >= start, facts.c.date < end)
+                .group_by(facts.c.date, *cols)
+            ).all()
+        out: dict[date, list[tuple[str, str, str, str, int]]] = {}
+        for d, env, resource, identity, detail, units in rows:
+            out.setdefault(d, []).append((env, resource, identity, detail, int(units)))
+        return out
+
+    def csv_row_counts(self, start: date, end: date) -> dict[date, int]:
+        """Number of CSV rows per date start ≤ d < end (facts summed over env_id and composition_part)."""
+        facts, dim = t.chargeback_facts, t.chargeback_dimensions
+        grouped = (
+            select(facts.c.date)
+            .select_from(facts.join(dim, facts.c.dimension_id == dim.c.dimension_id))
+            .where(self._mine(facts), facts.c.date >= start, facts.c.date < end)
+            .group_by(facts.c.date, *(dim.c[c] for c in CSV_DIMENSION_COLUMNS))
+            .subquery()
+        )
+        with self.db.read() as conn:
+            rows = conn.execute(select(grouped.c.date, func.count()).group_by(grouped.c.date)).all()
+        return {d: int(n) for d, n in rows}
