@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -20,7 +20,7 @@ from chargeback_dagster.allocation.engine import DateCalculationError, allocate_
 from chargeback_dagster.allocation.types import DateInputs, Handler
 from chargeback_dagster.config import TenantConfig
 from chargeback_dagster.config.overrides import load_callable
-from chargeback_dagster.domain import UNALLOCATED, MetricRow, now_utc
+from chargeback_dagster.domain import UNALLOCATED, BlockKey, MetricRow, now_utc
 from chargeback_dagster.ecosystems.base import Ecosystem, GatherContext, InventoryGather
 from chargeback_dagster.ecosystems.confluent_cloud import topics
 from chargeback_dagster.money import round4_units
@@ -441,8 +441,10 @@ def calculate_chargeback(
     run_id: str | None,
     logger: logging.Logger | logging.LoggerAdapter = log,
     check_deadline: Callable[[], None] = lambda: None,
+    on_calculated: Callable[[date, Mapping[BlockKey, Mapping[str, int]]], None] | None = None,
 ) -> CalculationSummary:
-    """Allocate each date in its own transaction; a failing date keeps its previous rows."""
+    """Allocate each date in its own transaction; a failing date keeps its previous rows. `on_calculated`
+    sees each committed date's allocation while it is in memory (the per-date money metadata)."""
     settings = tenant.plugin_settings
     handlers = ecosystem.handlers()
     allocator_overrides = {pt: load_callable(p) for pt, p in settings.allocator_overrides.items()}
@@ -495,6 +497,8 @@ def calculate_chargeback(
         )
         summary.rows_written += rows
         summary.calculated.append(d)
+        if on_calculated is not None:
+            on_calculated(d, result.blocks)
         logger.info(f"calculated {d} ({i}/{len(ordered)}): {rows:,} rows, {time.monotonic() - started:.2f} s")
     return summary
 

@@ -12,6 +12,8 @@ import yaml
 from chargeback_dagster.config import load_config
 from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.devtools.local_run import materialize_range
+from chargeback_dagster.money_metadata import MoneyMetadata
+from chargeback_dagster.store import TenantStore
 from chargeback_dagster_tests.test_generic_e2e import make_defs, tenant_yaml, worked_example_metrics
 
 
@@ -63,6 +65,26 @@ def test_each_date_carries_its_own_money_and_the_empty_date_fails_inputs_check(t
     empty = partition_metadata(instance, "2026-02-03")
     assert empty["billed_total_exact"].value == "0.0000"
     assert empty["dagster/row_count"].value == 0
+
+    # the run sums its own allocation in memory; the store's grouped reads (used for dates a run did not
+    # calculate) give the same groups and CSV row counts
+    tenant = load_config(tmp_path / "chargeback.yaml").tenants["search"]
+    store = TenantStore.open(
+        tenant.database_url, tenant_name="search", ecosystem=tenant.ecosystem, tenant_id=tenant.tenant_id
+    )
+    try:
+        stored = store.chargeback.money_groups(date(2026, 2, 2), date(2026, 2, 5))
+        counts = store.chargeback.csv_row_counts(date(2026, 2, 2), date(2026, 2, 5))
+        for day in (date(2026, 2, 2), date(2026, 2, 4)):
+            from_store = MoneyMetadata(store, [day], {}).finish()[day]  # no `add`: read back
+            assert from_store["dagster/row_count"] == counts[day] == 8
+            assert from_store["allocated_total_exact"] == "180.7400"
+            assert sum(stored[day].values()) == 1_807_400
+            assert partition_metadata(instance, day.isoformat())["top_teams"].value.records == (
+                from_store["top_teams"].value.records
+            )
+    finally:
+        store.dispose()
 
     checks = {
         e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data

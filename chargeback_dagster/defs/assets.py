@@ -21,7 +21,7 @@ from chargeback_dagster.domain import now_utc
 from chargeback_dagster.ecosystems.base import GatherContext, GatherError
 from chargeback_dagster.ecosystems.registry import ecosystem_for
 from chargeback_dagster.logging_setup import step_logger
-from chargeback_dagster.money_metadata import per_date_metadata
+from chargeback_dagster.money_metadata import MoneyMetadata
 from chargeback_dagster.outputs.base import ChargebackResult
 from chargeback_dagster.outputs.registry import write_outputs
 from chargeback_dagster.store.tenant_store import TenantStore
@@ -330,6 +330,8 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
     ):
         step = TenantStep(context, tenant, "calculating", tenant_store)
         try:
+            # each date's money metadata is built while its allocation is in memory
+            money = MoneyMetadata(step.store, step.dates, csv_paths(tenant, step.dates))
             summary = pipeline.calculate_chargeback(
                 step.store,
                 step.tenant,
@@ -338,6 +340,7 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
                 context.run_id,
                 step.logger,
                 check_deadline=step.check_deadline,
+                on_calculated=money.add,
             )
         except tenant_ops.ExecutionTimeout:
             step.write_committed_outputs()
@@ -349,8 +352,8 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
             current_date=max(summary.calculated) if summary.calculated else None,
         )
         # Each date's own money metadata on its own partition (the Plots tab draws the daily trend).
-        money = per_date_metadata(step.store, step.dates, csv_paths(tenant, step.dates))
-        for d, metadata in money.items():
+        per_date = money.finish()
+        for d, metadata in per_date.items():
             context.add_asset_metadata(metadata, partition_key=d.isoformat())
         # No range-wide counts on the output: Dagster would copy them onto every date of the range.
         yield dg.Output(step.chargeback_result(summary.calculated))
@@ -360,7 +363,7 @@ def build_tenant_assets(tenant: TenantConfig) -> list[dg.AssetsDefinition]:
             passed=not gaps,
             metadata={
                 "dates_checked": len(summary.calculated),
-                "dates": reconciliation_table(money, gaps, summary.calculated),
+                "dates": reconciliation_table(per_date, gaps, summary.calculated),
                 "differences": "; ".join(f"{d}: {units:+d} units of 0.0001" for d, units in gaps.items())
                 or "none",
             },

@@ -353,9 +353,9 @@ class ChargebackRepository(Repository):
             self._csv_rank = ranking
         return ranking
 
-    def money_groups(self, start: date, end: date) -> dict[date, list[tuple[str, str, str, str, int]]]:
-        """Per date start ≤ d < end: (env_id, resource_id, identity_id, allocation_detail, Σ amount_units),
-        one grouped query; what the per-date totals in Dagster's metadata are built from."""
+    def money_groups(self, start: date, end: date) -> dict[date, dict[tuple[str, str, str, str], int]]:
+        """Per date start ≤ d < end: (env_id, resource_id, identity_id, allocation_detail) → Σ amount_units,
+        one grouped query (the per-date money metadata of dates a run did not calculate itself)."""
         facts, dim = t.chargeback_facts, t.chargeback_dimensions
         cols = [dim.c.env_id, dim.c.resource_id, dim.c.identity_id, dim.c.allocation_detail]
         with self.db.read() as conn:
@@ -365,9 +365,9 @@ class ChargebackRepository(Repository):
                 .where(self._mine(facts), facts.c.date >= start, facts.c.date < end)
                 .group_by(facts.c.date, *cols)
             ).all()
-        out: dict[date, list[tuple[str, str, str, str, int]]] = {}
+        out: dict[date, dict[tuple[str, str, str, str], int]] = {}
         for d, env, resource, identity, detail, units in rows:
-            out.setdefault(d, []).append((env, resource, identity, detail, int(units)))
+            out.setdefault(d, {})[(env, resource, identity, detail)] = int(units)
         return out
 
     def csv_row_counts(self, start: date, end: date) -> dict[date, int]:
