@@ -13,6 +13,7 @@ import dagster as dg
 
 from chargeback_dagster.domain import UNALLOCATED, BlockKey
 from chargeback_dagster.money import format_units
+from chargeback_dagster.outputs.csv import COLUMNS as CSV_COLUMNS
 from chargeback_dagster.store.tenant_store import TenantStore
 from chargeback_dagster.teams import row_team
 
@@ -20,19 +21,6 @@ from chargeback_dagster.teams import row_team
 FALLBACK_DETAILS = frozenset({"no_metrics_located"})
 TOP_N = 10
 Group = tuple[str, str, str, str]  # (env_id, resource_id, identity_id, allocation_detail)
-CSV_COLUMNS = (
-    "ecosystem",
-    "tenant_id",
-    "timestamp",
-    "resource_id",
-    "product_category",
-    "product_type",
-    "identity_id",
-    "cost_type",
-    "amount",
-    "allocation_method",
-    "allocation_detail",
-)
 TOP_SCHEMA = dg.TableSchema(
     columns=[
         dg.TableColumn("name", "string"),
