@@ -69,7 +69,7 @@ class _LimitError(yaml.MarkedYAMLError):
 class _LimitsComposer(yaml.composer.Composer):
     """Composer with the limits above, for either event source (libyaml or pure Python).
 
-    Composing counts nodes with aliases expanded (``_sizes``: expanded size of each composed node) and
+    Composing counts nodes with aliases expanded (``_sizes``: expanded size of each anchored node) and
     tracks depth, so a "billion laughs" document or 5,000 nested brackets stop at the limits above. Python
     composes from the events: libyaml's own composer recurses in C and crashes the process on deep nesting.
     """
@@ -81,25 +81,21 @@ class _LimitsComposer(yaml.composer.Composer):
         self._sizes: dict[int, int] = {}
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        mark = self.peek_event().start_mark
-        if self.check_event(yaml.AliasEvent):
+        event = self.peek_event()
+        mark = event.start_mark
+        if isinstance(event, yaml.AliasEvent):
             node = super().compose_node(parent, index)
             self._count(self._sizes.get(id(node), 1), mark)
             return node
         self._depth += 1
         if self._depth > MAX_DEPTH:
             raise _LimitError(problem=f"nesting deeper than {MAX_DEPTH} levels", problem_mark=mark)
+        before = self._expanded
         node = super().compose_node(parent, index)
         self._depth -= 1
-        if isinstance(node, yaml.SequenceNode):
-            children = node.value
-        elif isinstance(node, yaml.MappingNode):
-            children = [child for pair in node.value for child in pair]
-        else:
-            children = []
-        size = 1 + sum(self._sizes.get(id(child), 1) for child in children)
-        self._sizes[id(node)] = size
         self._count(1, mark)
+        if event.anchor is not None:  # depth first: what was counted meanwhile is this node, expanded
+            self._sizes[id(node)] = self._expanded - before
         return node
 
     def _count(self, nodes: int, mark: yaml.Mark) -> None:
