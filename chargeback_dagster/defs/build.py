@@ -22,13 +22,19 @@ from chargeback_dagster.logging_setup import apply_logging
 
 @contextmanager
 def collector_paused() -> Iterator[None]:
-    """Python's cycle collector off while the code location loads. Loading creates ≈ 350,000 long-lived
-    container objects at 500 tenants and almost no garbage, yet each collection of the older generations
-    walks all of them: ≈ 25 % of the load. Restored afterwards (also on a config error)."""
+    """Python's cycle collector off while the code location loads, its objects frozen afterwards.
+
+    Loading creates ≈ 390,000 long-lived container objects at 500 tenants and no cyclic garbage, yet each
+    collection of the older generations walks all of them: ≈ 25 % of the load. Once loaded they live as
+    long as the process, so they go to the collector's permanent generation (`gc.freeze`): later
+    collections — during a run's steps, the code server's snapshot and sensor ticks — skip them (the
+    500-tenant snapshot: ≈ 25 % less). The collector is restored also on a config error, without a freeze.
+    """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
+        gc.freeze()
     finally:
         if was_enabled:
             gc.enable()
