@@ -2,7 +2,7 @@
 
     python benchmarks/fleet.py [load] [ticks] [refresh] [--tenants 1,50,500] [--tick-tenants 50,500]
         [--refresh-tenants 50] [--parallel 2,4] [--repeats 3] [--code-root DIR] [--small] [--output DIR]
-        [--profile] [--pg-url URL]
+        [--profile] [--pg-url URL] [--label L] [--before-root DIR [--before-label L]]
 
 Parts (all by default; each writes ``<output>/<part>.json``, default ``benchmarks/results/fleet/``):
 
@@ -14,7 +14,8 @@ Parts (all by default; each writes ``<output>/<part>.json``, default ``benchmark
    shape built bare, without project code (``bare``: N×4 daily-partitioned assets, N asset jobs, N sensors;
    ``bare_full``: also the asset checks, a retention op job and schedule per tenant and two run-status
    sensors, i.e. every definition the project builds). Tenants are copies of examples/ (generic,
-   self-managed, Confluent in turn) with distinct names, tenant_ids and SQLite files.
+   self-managed, Confluent in turn) with distinct names, tenant_ids and SQLite files. ``--before-root``
+   measures a second copy of the code side by side: each child right after the same child of the other.
 2. ``ticks`` — every sensor of the code location evaluated in one process, the way the code server does for
    the daemon (``dagster._grpc.impl.get_external_sensor_execution``: resources built, a sensor context on
    the instance ref, ``evaluate_tick``; no gRPC) on a Dagster instance with the project's dagster.yaml
