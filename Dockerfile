@@ -13,7 +13,7 @@ RUN pip install --no-cache-dir '.[kafka,docker,k8s]'
 
 # Instance config for docker-compose.yml (PostgreSQL storage, run queue, concurrency, run monitoring,
 # DockerRunLauncher) and the workspace that points the webserver and daemon at the `codeserver` service.
-# On Kubernetes the chart mounts its own instance ConfigMap over $DAGSTER_HOME.
+# On Kubernetes the chart points DAGSTER_HOME at its own instance ConfigMap instead.
 COPY docker/dagster.yaml ${DAGSTER_HOME}/dagster.yaml
 COPY docker/workspace.yaml ${DAGSTER_HOME}/workspace.yaml
 RUN mkdir -p /opt/chargeback/config /opt/chargeback/output /opt/chargeback/data ${DAGSTER_HOME}/storage
