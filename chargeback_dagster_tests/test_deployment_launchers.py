@@ -37,6 +37,7 @@ from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
 
 from chargeback_dagster import cli
+from chargeback_dagster.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ENV = ("DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_DB")
@@ -525,6 +526,39 @@ def test_helm_run_pods_get_the_code_servers_config_and_secrets():
     assert Path(config_file).parent == Path(mount["mountPath"]) and mount["readOnly"] is True
     # the user-code image carries both launchers and the Dockerfile installs them
     assert "'.[kafka,docker,k8s]'" in (REPO / "Dockerfile").read_text()
+
+
+def test_instance_config_helm_prints_the_values_limits(tmp_path, capsys, monkeypatch):
+    """`instance-config --helm` prints the shipped values' run queue for max_parallel_tenants 4, the cap for
+    another, and `validate`'s check reads the instance the chart renders from them."""
+    values = read_yaml("deploy/helm/values.yaml")
+    shipped = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    config_path = tmp_path / "c.yaml"
+    for cap in (4, 7):
+        config_path.write_text(yaml.safe_dump({"features": {"max_parallel_tenants": cap}, "tenants": {}}))
+        assert cli.main(["instance-config", "--helm", "--config", str(config_path)]) == 0
+        printed = yaml.safe_load(capsys.readouterr().out)
+        queued = printed["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+        assert queued["tagConcurrencyLimits"][1] == {
+            "key": "chargeback/pipeline",
+            "value": "tenant",
+            "limit": cap,
+        }
+        if cap == 4:
+            assert queued == {k: shipped[k] for k in ("maxConcurrentRuns", "tagConcurrencyLimits")}
+
+    # values with the printed cap 7 → the chart's instance config → no warning for a config asking for 7,
+    # a warning for the shipped values' 4
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    config = load_config(config_path)
+    for values_queued, expected in ((queued, []), (shipped, ["is 4, features.max_parallel_tenants is 7"])):
+        edited = copy.deepcopy(values)
+        edited["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"].update(values_queued)
+        (home / "dagster.yaml").write_text(yaml.safe_dump(render_instance(edited)))
+        warnings = cli.concurrency_warnings(config)
+        assert len(warnings) == len(expected) and all(e in w for e, w in zip(expected, warnings, strict=True))
 
 
 def _set(path: str, value: Any):
