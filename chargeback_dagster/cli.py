@@ -55,6 +55,23 @@ def instance_concurrency_block(config) -> str:
     )
 
 
+def helm_run_queue_values(config) -> str:
+    """The same run limits as values for Dagster's Helm chart (deploy/helm/values.yaml; docs/deployment.md §4)
+    — the chart renders them into the instance's run_coordinator config."""
+    cap = config.features.max_parallel_tenants
+    return (
+        "# Helm values: per-tenant serialisation and the tenant-run cap (features.max_parallel_tenants)\n"
+        "dagsterDaemon:\n"
+        "  runCoordinator:\n"
+        "    config:\n"
+        "      queuedRunCoordinator:\n"
+        "        maxConcurrentRuns: 20\n"
+        "        tagConcurrencyLimits:\n"
+        f"          - {{key: {TENANT_TAG}, value: {{applyLimitPerUniqueValue: true}}, limit: 1}}\n"
+        f"          - {{key: {PIPELINE_TAG}, value: tenant, limit: {cap}}}\n"
+    )
+
+
 def concurrency_warnings(config) -> list[str]:
     """§5: warn when $DAGSTER_HOME/dagster.yaml caps tenant runs differently from max_parallel_tenants."""
     import yaml
@@ -327,7 +344,7 @@ def cmd_instance_config(args) -> int:
     except ConfigError as exc:
         print(str(exc))
         return 1
-    print(instance_concurrency_block(config), end="")
+    print((helm_run_queue_values if args.helm else instance_concurrency_block)(config), end="")
     return 0
 
 
@@ -384,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("instance-config", help="print the dagster.yaml concurrency block for this config")
     _config_args(p)
+    p.add_argument("--helm", action="store_true", help="the same limits as values for Dagster's Helm chart")
     p.set_defaults(func=cmd_instance_config)
 
     p = sub.add_parser(
