@@ -10,6 +10,7 @@ entries are on the page. The browser is Debian's Chromium driven by selenium thr
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -210,7 +211,7 @@ def capture(url: str, asset: str, partition: str, out: Path, dom: Path | None, t
     return 0
 
 
-def main(args) -> int:
+def main(args: argparse.Namespace) -> int:
     out, dom = Path(args.out), Path(args.dom) if args.dom else None
     try:
         browser_paths()  # before a two-minute demo: fail at once when there is no browser
