@@ -2,7 +2,7 @@
 
     python benchmarks/fleet.py [load] [ticks] [refresh] [--tenants 1,50,500] [--tick-tenants 50,500]
         [--refresh-tenants 50] [--parallel 2,4] [--repeats 3] [--code-root DIR] [--small] [--output DIR]
-        [--profile] [--pg-url URL]
+        [--profile] [--pg-url URL] [--label L] [--before-root DIR [--before-label L]]
 
 Parts (all by default; each writes ``<output>/<part>.json``, default ``benchmarks/results/fleet/``):
 
@@ -14,7 +14,8 @@ Parts (all by default; each writes ``<output>/<part>.json``, default ``benchmark
    shape built bare, without project code (``bare``: N×4 daily-partitioned assets, N asset jobs, N sensors;
    ``bare_full``: also the asset checks, a retention op job and schedule per tenant and two run-status
    sensors, i.e. every definition the project builds). Tenants are copies of examples/ (generic,
-   self-managed, Confluent in turn) with distinct names, tenant_ids and SQLite files.
+   self-managed, Confluent in turn) with distinct names, tenant_ids and SQLite files. ``--before-root``
+   measures a second copy of the code side by side: each child right after the same child of the other.
 2. ``ticks`` — every sensor of the code location evaluated in one process, the way the code server does for
    the daemon (``dagster._grpc.impl.get_external_sensor_execution``: resources built, a sensor context on
    the instance ref, ``evaluate_tick``; no gRPC) on a Dagster instance with the project's dagster.yaml
@@ -141,6 +142,8 @@ def child_import(spec: dict) -> dict:
     t3 = time.perf_counter()
     return {
         "import_seconds": round(t1 - t0, 3),
+        # what a process pays before it can use the location (the code may resolve inside its import)
+        "import_resolve_seconds": round(t2 - t0, 3),
         "peak_rss_mib_after_import": rss_import,
         "resolve_seconds": round(t2 - t1, 3),
         "snapshot_seconds": round(t3 - t2, 3),
@@ -157,12 +160,16 @@ def child_breakdown(spec: dict) -> dict:
 
     t1 = time.perf_counter()
     from chargeback_dagster.config import load_config
-    from chargeback_dagster.defs.build import build_definitions
+    from chargeback_dagster.defs import build
 
+    # code that loads its location with the cycle collector paused gets each part measured the same way
+    paused = getattr(build, "collector_paused", contextlib.nullcontext)
     t2 = time.perf_counter()
-    config = load_config(os.environ["CHARGEBACK_CONFIG_FILE"])
+    with paused():
+        config = load_config(os.environ["CHARGEBACK_CONFIG_FILE"])
     t3 = time.perf_counter()
-    build_definitions(config)
+    with paused():
+        build.build_definitions(config)
     t4 = time.perf_counter()
     return {
         "import_dagster_seconds": round(t1 - t0, 3),
@@ -287,8 +294,17 @@ def child_ticks(spec: dict) -> dict:
     from dagster._grpc.impl import get_external_sensor_execution
 
     import chargeback_dagster.definitions as location
-    from chargeback_dagster.defs.resources import _open_store
+    from chargeback_dagster.store import TenantStore
 
+    # every real open of a tenant store (engine, migrations, UNALLOCATED upsert), whatever caches it
+    opened: list[str] = []
+    real_open = TenantStore.open
+
+    def counting_open(url: str, **kwargs):
+        opened.append(kwargs["tenant_name"])
+        return real_open(url, **kwargs)
+
+    TenantStore.open = staticmethod(counting_open)
     repo = location.defs.get_repository_def()
     instance = dg.DagsterInstance.get()
 
@@ -326,7 +342,6 @@ def child_ticks(spec: dict) -> dict:
             outcome["run_requests"] += len(data.run_requests or [])
             outcome["skips"] += 1 if data.skip_message else 0
         total = time.perf_counter() - t_round
-        stores = _open_store.cache_info()  # the process's cache of open tenant stores (maxsize 64)
         bare = []
         for _ in range(5):
             t0 = time.perf_counter()
@@ -344,7 +359,7 @@ def child_ticks(spec: dict) -> dict:
                 "refresh_max_ms": round(max(refresh) * 1000, 2),
                 "run_status_sensors_seconds": status,
                 "bare_sensor_median_ms": round(statistics.median(bare) * 1000, 2),
-                "store_opens_so_far": {"hits": stores.hits, "misses": stores.misses},
+                "store_opens_so_far": len(opened),
                 **outcome,
                 "load_average": load,
             }
@@ -408,31 +423,59 @@ def summarise(samples: list[dict]) -> dict:
     }
 
 
-def part_load(args, workdir: Path, out: Path) -> dict:
-    base_env = {**os.environ, "PYTHONPATH": code_path(args.code_root)}
-    results = []
+def part_load(args, workdir: Path, out: Path) -> dict[str, dict]:
+    """The load report of the code (`--code-root` or this checkout); with `--before-root`, also the report
+    of that code, every child of one run next to the same child of the other (before, after, before, …)
+    so both see the same machine load. Returns the reports by label."""
+    roots = {"after": args.code_root}
+    if args.before_root:
+        roots = {"before": args.before_root, **roots}
+    results: dict[str, list[dict]] = {label: [] for label in roots}
     for n in args.tenants:
         config = mixed_config(n, workdir)
-        env = {**base_env, "CHARGEBACK_CONFIG_FILE": str(config)}
-        row: dict = {"tenants": n}
+        envs = {
+            label: {**os.environ, "PYTHONPATH": code_path(root), "CHARGEBACK_CONFIG_FILE": str(config)}
+            for label, root in roots.items()
+        }
+        rows: dict[str, dict] = {label: {"tenants": n} for label in roots}
         for mode, spec in (
             ("import", {}),
             ("breakdown", {}),
             ("bare", {"tenants": n, "full": False}),
             ("bare_full", {"tenants": n, "full": True}),
         ):
-            samples = []
+            # the bare builds run no project code: measured once, reported with each
+            labels = list(roots) if mode in ("import", "breakdown") else ["after"]
+            samples: dict[str, list[dict]] = {label: [] for label in labels}
             for r in range(args.repeats):
-                log(f"load: {n} tenants, {mode} {r + 1}/{args.repeats}")
-                samples.append(run_child(mode.removesuffix("_full"), spec, workdir, env))
-            row[mode] = summarise(samples)
+                for label in labels:
+                    log(f"load: {n} tenants, {mode} {r + 1}/{args.repeats} {label}")
+                    samples[label].append(run_child(mode.removesuffix("_full"), spec, workdir, envs[label]))
+            for label in roots:
+                rows[label][mode] = summarise(samples.get(label, samples["after"]))
         if args.profile and n == max(args.tenants):
-            profile = out / f"load-profile-{n}.txt"
-            run_child("import", {"profile": str(profile)}, workdir, env)
-            row["profile"] = str(profile.relative_to(ROOT) if profile.is_relative_to(ROOT) else profile)
-        results.append(row)
+            for label in roots:
+                name = f"load-profile-{n}{args.label_suffix}"
+                if label == "before":
+                    name = f"load-profile-{n}-before-{args.before_label}" + ("-small" if args.small else "")
+                profile = out / f"{name}.txt"
+                run_child("import", {"profile": str(profile)}, workdir, envs[label])
+                rows[label]["profile"] = str(
+                    profile.relative_to(ROOT) if profile.is_relative_to(ROOT) else profile
+                )
+        for label in roots:
+            results[label].append(rows[label])
         shutil.rmtree(workdir / "stores", ignore_errors=True)
-    return {"part": "load", "repeats": args.repeats, "sizes": results}
+    return {
+        label: {
+            "part": "load",
+            "repeats": args.repeats,
+            "code_root": str(roots[label]) if roots[label] else None,
+            "interleaved_with": [str(r) if r else str(ROOT) for lb, r in roots.items() if lb != label],
+            "sizes": results[label],
+        }
+        for label in roots
+    }
 
 
 def dagster_home(workdir: Path, pg_url: str, cap: int, config: Path) -> tuple[Path, dict[str, str], object]:
@@ -903,6 +946,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="seconds-long smoke run")
     parser.add_argument("--profile", action="store_true", help="cProfile the load of the largest size")
     parser.add_argument("--code-root", type=Path, help="run the children on another copy of the code")
+    parser.add_argument(
+        "--before-root",
+        type=Path,
+        help="load: also measure this copy of the code, each child interleaved with the same child of "
+        "--code-root (or this checkout); writes load-before-<--before-label>.json next to the other",
+    )
+    parser.add_argument("--before-label", help="names the --before-root report (default: its folder name)")
+    parser.add_argument("--label", help="report names get -LABEL (load-LABEL.json, ticks-LABEL.json)")
     parser.add_argument("--output", type=Path, help="folder for the JSON reports")
     parser.add_argument("--pg-url", default=os.environ.get("CHARGEBACK_TEST_PG_URL", DEFAULT_PG_URL))
     args = parser.parse_args(argv)
@@ -914,9 +965,12 @@ def main(argv: list[str] | None = None) -> int:
         args.parallel, args.dates, args.repeats = [2], 2, 1
     if args.code_root:
         args.code_root = args.code_root.resolve()
+    if args.before_root:
+        args.before_root = args.before_root.resolve()
+        args.before_label = args.before_label or args.before_root.name
+    args.label_suffix = (f"-{args.label}" if args.label else "") + ("-small" if args.small else "")
     out = args.output or HERE / "results" / "fleet"
     out.mkdir(parents=True, exist_ok=True)
-    suffix = "-small" if args.small else ""
     from run import machine
 
     common = {
@@ -926,15 +980,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     workdir = Path(tempfile.mkdtemp(prefix="cbfleet-"))
 
-    def write(name: str, report: dict) -> None:
-        report = {**report, **common, "measured_at": datetime.now(UTC).replace(microsecond=0).isoformat()}
+    def write(name: str, report: dict, suffix: str = args.label_suffix) -> None:
+        report = {**common, **report, "measured_at": datetime.now(UTC).replace(microsecond=0).isoformat()}
         path = out / f"{name}{suffix}.json"
         path.write_text(json.dumps(report, indent=2) + "\n")
         log(f"{name}: written to {path}")
 
     try:
         if "load" in parts:
-            write("load", part_load(args, workdir, out))
+            reports = part_load(args, workdir, out)
+            if "before" in reports:
+                write(f"load-before-{args.before_label}", reports["before"], "-small" if args.small else "")
+            write("load", reports["after"])
         if "ticks" in parts:
             write("ticks", part_ticks(args, workdir))
         if "refresh" in parts:

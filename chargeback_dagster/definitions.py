@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 
 from chargeback_dagster.config import load_config
-from chargeback_dagster.defs.build import build_definitions
+from chargeback_dagster.defs.build import build_definitions, collector_paused
 
-defs = build_definitions(load_config(None, os.environ.get("CHARGEBACK_ENV_FILE")))
+with collector_paused():
+    defs = build_definitions(load_config(None, os.environ.get("CHARGEBACK_ENV_FILE")))
+    # Every Dagster process resolves the location before using it (the result is cached on `defs`):
+    # resolved here, while the collector is paused, it takes half the time.
+    defs.get_repository_def()

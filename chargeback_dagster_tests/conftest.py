@@ -9,6 +9,7 @@ from __future__ import annotations
 #   every database it created is dropped at session end.
 # store_url: parametrized ["sqlite", "postgresql"]; a fresh SQLite file or PostgreSQL database per test.
 import os as _os
+import sys as _sys
 import uuid as _uuid
 
 import pytest as _pytest
@@ -97,3 +98,13 @@ def local_prometheus_factory(tmp_path_factory):
 
 
 # --- end prometheus fixtures ---
+
+
+@_pytest.fixture(autouse=True)
+def _close_tenant_stores():
+    """The code location keeps every tenant store it opened for the life of the process; a test's stores
+    are disposed after it, so a session does not hold a connection to each PostgreSQL test database."""
+    yield
+    resources = _sys.modules.get("chargeback_dagster.defs.resources")
+    if resources is not None:
+        resources.close_stores()

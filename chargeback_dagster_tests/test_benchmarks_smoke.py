@@ -79,8 +79,15 @@ def run_fleet(tmp_path: Path, *parts: str, timeout: float) -> None:
 @pytest.mark.postgres
 def test_small_fleet_load_and_ticks(tmp_path, pg_base_url, monkeypatch):
     monkeypatch.setenv("CHARGEBACK_TEST_PG_URL", pg_base_url)
-    run_fleet(tmp_path, "load", "ticks", timeout=300)
+    # the "before" code of the side-by-side comparison is this checkout too (its interleaving is tested)
+    run_fleet(tmp_path, "load", "ticks", "--before-root", str(ROOT), "--before-label", "same", timeout=400)
     load = json.loads((tmp_path / "load-small.json").read_text())
+    before = json.loads((tmp_path / "load-before-same-small.json").read_text())
+    assert before["code_root"] == str(ROOT) and before["interleaved_with"] == [str(ROOT)]
+    assert [s["tenants"] for s in before["sizes"]] == [1, 3]
+    assert before["sizes"][1]["import"]["best"]["assets"] == 12
+    # the bare builds run no project code: measured once, the same samples in both reports
+    assert before["sizes"][1]["bare_full"] == load["sizes"][1]["bare_full"]
     assert [s["tenants"] for s in load["sizes"]] == [1, 3]
     three = load["sizes"][1]
     # generic, self-managed, Confluent: 4 assets, a pipeline and a retention job, a refresh sensor and a
@@ -91,6 +98,7 @@ def test_small_fleet_load_and_ticks(tmp_path, pg_base_url, monkeypatch):
         assert three[mode]["best"]["process_wall_seconds"] > 0 and three[mode]["best"]["peak_rss_mib"] > 0
         assert len(three[mode]["samples"][0]["load_average"]) == 3
     assert three["breakdown"]["best"]["config_load_validate_seconds"] > 0
+    assert imported["import_resolve_seconds"] >= imported["import_seconds"]
 
     ticks = json.loads((tmp_path / "ticks-small.json").read_text())
     (size,) = ticks["sizes"]
@@ -99,6 +107,8 @@ def test_small_fleet_load_and_ticks(tmp_path, pg_base_url, monkeypatch):
     assert cold["refresh_sensors"] == 3
     # without a cursor every refresh sensor requests its run; with the cursor each one skips (min gap)
     assert (warm["run_requests"], cursor["run_requests"]) == (3, 0)
+    # each tenant store is opened once per process: by the cold round, never again
+    assert (cold["store_opens_so_far"], warm["store_opens_so_far"], cursor["store_opens_so_far"]) == (3, 3, 3)
     status_sensors = {"tenant_run_failure_sensor", "tenant_run_success_sensor"}
     assert set(cold["run_status_sensors_seconds"]) == status_sensors
 

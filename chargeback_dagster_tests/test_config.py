@@ -24,12 +24,14 @@ from chargeback_dagster.config import (
     get_config,
     load_callable,
     load_config,
+    loader,
 )
 from chargeback_dagster.ecosystems.confluent_cloud.config import ConfluentCloudSettings
 from chargeback_dagster.ecosystems.generic_metrics.config import GenericMetricsSettings
 from chargeback_dagster.ecosystems.self_managed_kafka import config as self_managed_kafka_config
 from chargeback_dagster.ecosystems.self_managed_kafka.config import SelfManagedKafkaSettings
 
+ROOT = Path(__file__).resolve().parents[1]
 FIX = "chargeback_dagster_tests.config_overrides_fixtures"
 CC = "tenant 't1' (confluent_cloud): "
 SMK = "tenant 't1' (self_managed_kafka): "
@@ -1337,6 +1339,38 @@ def test_hostile_yaml_fails_fast_with_one_line(tmp_path: Path, case: str) -> Non
         load_config(path)
     assert time.monotonic() - started < 1.0
     assert str(info.value) == expected.format(path=path)
+
+
+def _tree(value: Any) -> Any:
+    """A parsed document with the source lines the loader recorded, for comparing two loaders."""
+    if isinstance(value, dict):
+        return ("map", value.line, value.key_lines, {k: _tree(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return ("seq", value.line, value.item_lines, [_tree(v) for v in value])
+    return (type(value).__name__, value)
+
+
+@pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML without libyaml: only the pure loader")
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
+def test_libyaml_loader_reads_what_the_pure_loader_reads(example: str) -> None:
+    """The fast loader (libyaml events) gives the same values, types (Decimal, str dates) and line numbers."""
+    text = (ROOT / "examples" / example).read_text()
+    assert _tree(yaml.load(text, Loader=loader._FastLoader)) == _tree(yaml.load(text, Loader=loader._Loader))
+
+
+@pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML without libyaml: only the pure loader")
+@pytest.mark.parametrize("case", sorted(set(HOSTILE) - {"not_utf8"}) + ["deep_million"])
+def test_libyaml_loader_stops_hostile_yaml_itself(case: str) -> None:
+    """Hostile input stops in the libyaml pass with the pure loader's message; a million nested brackets
+    would crash libyaml's own (recursive, C) composer, which is never used."""
+    text = "x: " + "[" * 1_000_000 + "]" * 1_000_000 if case == "deep_million" else HOSTILE[case][0].decode()
+    messages = []
+    for cls in (loader._FastLoader, loader._Loader):
+        with pytest.raises(yaml.MarkedYAMLError) as info:
+            yaml.load(text, Loader=cls)
+        assert type(info.value).__name__ == "_LimitError"
+        messages.append(loader._yaml_problem(info.value))
+    assert messages[0] == messages[1]
 
 
 def test_quoted_long_integer_is_a_type_error(tmp_path: Path) -> None:

@@ -74,10 +74,12 @@ def test_top_level_dagster_yaml_is_a_local_sqlite_instance(tmp_path, monkeypatch
         assert type(instance.run_storage).__name__ == "SqliteRunStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert instance.run_monitoring_enabled
+        # many tenants' refresh sensors tick in parallel (docs/operations.md §3)
+        assert instance.get_settings("sensors") == {"use_threads": True, "num_workers": 4}
     local = yaml.safe_load((REPO / "dagster.yaml").read_text())
     production = yaml.safe_load((REPO / "deploy" / "dagster-postgres.yaml").read_text())
     assert "storage" not in local and "{env:" not in (REPO / "dagster.yaml").read_text()
-    for key in ("concurrency", "python_logs", "telemetry", "run_monitoring"):
+    for key in ("concurrency", "python_logs", "telemetry", "run_monitoring", "sensors"):
         assert local[key] == production[key], key
     assert local["telemetry"] == {"enabled": False}
 

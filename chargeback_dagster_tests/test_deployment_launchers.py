@@ -288,6 +288,7 @@ CHART_QUEUED_RUN_COORDINATOR_FIELDS = {
     "dequeueUseThreads", "blockOpConcurrencyLimitedRuns",
 }  # fmt: skip
 CHART_TAG_CONCURRENCY_LIMIT_FIELDS = {"key", "value", "limit"}
+CHART_SENSORS_FIELDS = {"useThreads", "numWorkers", "numSubmitWorkers"}
 CHART_RUN_MONITORING_FIELDS = {
     "enabled",
     "startTimeoutSeconds",
@@ -363,6 +364,11 @@ def render_instance(values: dict[str, Any]) -> dict[str, Any]:
         if queued.get(key):
             coordinator_config[rendered] = queued[key]
     monitoring = values["dagsterDaemon"]["runMonitoring"]
+    sensors = values["dagsterDaemon"].get("sensors") or {}
+    threads = {"use_threads": True} if sensors.get("useThreads") else {}
+    for key, rendered in (("numWorkers", "num_workers"), ("numSubmitWorkers", "num_submit_workers")):
+        if threads and sensors.get(key):
+            threads[rendered] = sensors[key]
     return {
         "scheduler": {"module": "dagster.core.scheduler", "class": "DagsterDaemonScheduler"},
         "schedule_storage": {
@@ -393,6 +399,7 @@ def render_instance(values: dict[str, Any]) -> dict[str, Any]:
             "poll_interval_seconds": monitoring["pollIntervalSeconds"],
         },
         "telemetry": {"enabled": values["telemetry"]["enabled"]},
+        **({"sensors": threads} if threads else {}),
     }
 
 
@@ -436,6 +443,7 @@ def helm_values_problems(values: dict[str, Any], folder: Path) -> list[str]:
             values["dagsterDaemon"]["runMonitoring"],
             CHART_RUN_MONITORING_FIELDS,
         ),
+        ("dagsterDaemon.sensors", values["dagsterDaemon"].get("sensors") or {}, CHART_SENSORS_FIELDS),
         *(
             (f"tagConcurrencyLimits[{i}]", limit, CHART_TAG_CONCURRENCY_LIMIT_FIELDS)
             for i, limit in enumerate(queued.get("tagConcurrencyLimits") or [])
@@ -507,6 +515,7 @@ def test_helm_values_carry_the_docker_instance_limits():
     assert instance["run_monitoring"]["enabled"] is True
     assert instance["python_logs"] == docker_yaml["python_logs"]
     assert instance["telemetry"] == docker_yaml["telemetry"] == {"enabled": False}
+    assert instance["sensors"] == docker_yaml["sensors"] == {"use_threads": True, "num_workers": 4}
 
 
 def test_helm_run_pods_get_the_code_servers_config_and_secrets():

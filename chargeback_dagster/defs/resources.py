@@ -5,7 +5,7 @@ config snapshot — the one its process loaded with the code location. Config ed
 a code-location reload, and every run worker loads the location (and so the file) when its run starts.
 """
 
-import functools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,10 +17,38 @@ from chargeback_dagster.config import TenantConfig
 from chargeback_dagster.sources.prometheus import PrometheusClient
 from chargeback_dagster.store import TenantStore
 
+# The process's open tenant stores, one per configured tenant, never evicted: a long-lived process (the code
+# server evaluating every tenant's sensor each tick) must not re-open, re-migrate and re-upsert a store per
+# tick, which a cache smaller than the fleet did. A process serves one config, so this holds at most one
+# store per tenant (docs/operations.md §13).
+_StoreKey = tuple[str, str, str, str]
+_stores: dict[_StoreKey, TenantStore] = {}
+_opening: dict[_StoreKey, threading.Lock] = {}
+_opening_guard = threading.Lock()
 
-@functools.lru_cache(maxsize=64)
+
 def _open_store(url: str, tenant_name: str, ecosystem: str, tenant_id: str) -> TenantStore:
-    return TenantStore.open(url, tenant_name=tenant_name, ecosystem=ecosystem, tenant_id=tenant_id)
+    key = (url, tenant_name, ecosystem, tenant_id)
+    store = _stores.get(key)
+    if store is not None:
+        return store
+    with _opening_guard:
+        lock = _opening.setdefault(key, threading.Lock())
+    with lock:  # sensors may tick in threads: one migration per store, other tenants open in parallel
+        store = _stores.get(key)
+        if store is None:
+            store = TenantStore.open(url, tenant_name=tenant_name, ecosystem=ecosystem, tenant_id=tenant_id)
+            _stores[key] = store
+    return store
+
+
+def close_stores() -> None:
+    """Dispose of every open tenant store's engine (its connections); the next use opens it again."""
+    with _opening_guard:
+        stores = list(_stores.values())
+        _stores.clear()
+    for store in stores:
+        store.dispose()
 
 
 class TenantStoreResource(dg.ConfigurableResource):
