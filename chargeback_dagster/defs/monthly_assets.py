@@ -11,6 +11,7 @@ from datetime import date
 import dagster as dg
 
 from chargeback_dagster.config import AppConfig, TenantConfig
+from chargeback_dagster.config.models import MONTHLY_REPORT_KEY_PREFIX
 from chargeback_dagster.defs.assets import store_kind
 from chargeback_dagster.defs.resources import TenantStoreResource
 from chargeback_dagster.money import format_units
@@ -19,7 +20,6 @@ from chargeback_dagster.outputs.monthly_report_csv import COLUMNS, report_rows, 
 
 MONTH_FORMAT = "%Y-%m"
 AUTOMATION_SENSOR = "monthly_report_automation"
-KEY_PREFIX = "monthly_report"
 GROUP = "monthly_reports"
 TABLE_IDENTITIES = 100  # identity lines shown in the UI table; the CSV has all of them
 
@@ -52,7 +52,7 @@ def monthly_partitions(tenant: TenantConfig) -> dg.MonthlyPartitionsDefinition:
 
 
 def report_key(tenant_name: str) -> dg.AssetKey:
-    return dg.AssetKey([KEY_PREFIX, tenant_name])
+    return dg.AssetKey([MONTHLY_REPORT_KEY_PREFIX, tenant_name])
 
 
 def build_monthly_report_asset(tenant: TenantConfig) -> dg.AssetsDefinition:
