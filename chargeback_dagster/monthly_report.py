@@ -103,8 +103,8 @@ class _Month:
 
 
 def build_report(store: TenantStore, tenant: TenantConfig, month: date) -> MonthReport:
-    """The report of the month starting `month`, against the month before it (one grouped read of the
-    facts, the billing and the calculation state over both months)."""
+    """The report of the month of `month`, against the month before it: grouped reads of the facts, the
+    billing and the calculation state over both months, and the inventory's teams and display names."""
     month = first_of_month(month)
     previous = first_of_month(month - timedelta(days=1))
     end = first_of_next_month(month)
@@ -141,18 +141,12 @@ def build_report(store: TenantStore, tenant: TenantConfig, month: date) -> Month
     ):
         keys = set(now) | (set(then) if known else set())  # a team gone this month shows as 0
         for key in sorted(keys, key=lambda k: (-now.get(k, 0), k)):
-            identity = identities.get(key) if kind == "identity" else None
-            name = (identity.display_name or key) if identity else ""
-            lines.append(
-                Line(
-                    kind,
-                    key,
-                    name,
-                    (identity.team or "") if identity else "",
-                    now.get(key, 0),
-                    prev(then, key),
-                )
-            )
+            name = team = ""
+            if kind == "identity":  # one no longer in the inventory shows its id
+                identity = identities.get(key)
+                name = (identity.display_name if identity else None) or key
+                team = (identity.team if identity else None) or ""
+            lines.append(Line(kind, key, name, team, now.get(key, 0), prev(then, key)))
     first_day = max(month, tenant.partitions_start_date)
     return MonthReport(
         tenant_id=tenant.tenant_id,
