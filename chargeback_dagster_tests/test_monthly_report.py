@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from chargeback_dagster.config import load_config
+from chargeback_dagster.defs import guard
 from chargeback_dagster.defs.build import build_definitions
 from chargeback_dagster.defs.monthly_assets import AUTOMATION_SENSOR, MONTHLY_REPORT_CONDITION
 from chargeback_dagster.devtools.local_run import materialize_monthly_reports, materialize_range
@@ -175,6 +176,12 @@ def test_the_report_hangs_off_the_days_of_its_month_and_its_sensor_runs(tmp_path
     assert (days[0], days[-1], len(days)) == ("2026-02-01", "2026-02-28", 28)
     # the daily job and selections of the tenant stay one daily partitions definition
     assert REPORT not in defs.resolve_job_def("toys_pipeline").asset_layer.executable_asset_keys
+    assert dg.AssetSelection.from_string('key:"toys/*"').resolve(graph) == {
+        dg.AssetKey(["toys", name]) for name in ("billing", "inventory", "usage_metrics", "chargeback")
+    }
+    # a report run is no tenant run: the run-status sensors neither audit it nor count its failure
+    report_run = dg.DagsterRun(job_name="__ASSET_JOB", asset_selection=frozenset({REPORT}))
+    assert guard.run_tenant(report_run) == "monthly_report"  # a reserved tenant name (test_config.py)
     sensors = {s.name: s for s in defs.get_repository_def().sensor_defs}
     assert "default_automation_condition_sensor" not in sensors
     assert sensors[AUTOMATION_SENSOR].default_status == dg.DefaultSensorStatus.RUNNING
