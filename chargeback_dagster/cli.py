@@ -55,6 +55,23 @@ def instance_concurrency_block(config) -> str:
     )
 
 
+def helm_run_queue_values(config) -> str:
+    """The same run limits as values for Dagster's Helm chart (deploy/helm/values.yaml; docs/deployment.md §4)
+    — the chart renders them into the instance's run_coordinator config."""
+    cap = config.features.max_parallel_tenants
+    return (
+        "# Helm values: per-tenant serialisation and the tenant-run cap (features.max_parallel_tenants)\n"
+        "dagsterDaemon:\n"
+        "  runCoordinator:\n"
+        "    config:\n"
+        "      queuedRunCoordinator:\n"
+        "        maxConcurrentRuns: 20\n"
+        "        tagConcurrencyLimits:\n"
+        f"          - {{key: {TENANT_TAG}, value: {{applyLimitPerUniqueValue: true}}, limit: 1}}\n"
+        f"          - {{key: {PIPELINE_TAG}, value: tenant, limit: {cap}}}\n"
+    )
+
+
 def concurrency_warnings(config) -> list[str]:
     """§5: warn when $DAGSTER_HOME/dagster.yaml caps tenant runs differently from max_parallel_tenants."""
     import yaml
@@ -327,7 +344,7 @@ def cmd_instance_config(args) -> int:
     except ConfigError as exc:
         print(str(exc))
         return 1
-    print(instance_concurrency_block(config), end="")
+    print((helm_run_queue_values if args.helm else instance_concurrency_block)(config), end="")
     return 0
 
 
@@ -335,6 +352,12 @@ def cmd_demo(args) -> int:
     from chargeback_dagster.devtools.demo import run_demo
 
     return run_demo(args.workdir, days=args.days, ui=args.ui, host=args.host, port=args.port)
+
+
+def cmd_ui_screenshot(args) -> int:
+    from chargeback_dagster.devtools.ui_screenshot import main as ui_screenshot
+
+    return ui_screenshot(args)
 
 
 def cmd_simulate(args) -> int:
@@ -384,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("instance-config", help="print the dagster.yaml concurrency block for this config")
     _config_args(p)
+    p.add_argument("--helm", action="store_true", help="the same limits as values for Dagster's Helm chart")
     p.set_defaults(func=cmd_instance_config)
 
     p = sub.add_parser(
@@ -399,6 +423,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="with --ui: the webserver's address")
     p.add_argument("--port", type=int, default=3000, help="with --ui: the webserver's port")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "ui-screenshot",
+        help="PNG of one date of <tenant>/chargeback in the Dagster UI (money metadata), headless Chromium",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--url", default="http://127.0.0.1:3000", help="a running Dagster UI")
+    where.add_argument("--demo", action="store_true", help="start `demo --ui` on a free port, then stop it")
+    p.add_argument("--workdir", help="with --demo: the demo's work folder (default: a temporary one)")
+    p.add_argument("--days", type=int, default=2, help="with --demo: how many past days to materialize")
+    # the demo tenant whose service accounts carry teams, so top_teams has named rows
+    p.add_argument("--asset", default="confluent_org/chargeback", help="the asset key path")
+    p.add_argument("--partition", help="the date (required with --url; with --demo: yesterday, UTC)")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--dom", help="also write the rendered DOM (HTML) here")
+    p.add_argument("--timeout", type=float, default=90, help="seconds to wait for the metadata to render")
+    p.set_defaults(func=cmd_ui_screenshot)
 
     p = sub.add_parser(
         "simulate",

@@ -1,4 +1,4 @@
-"""The monthly report of a tenant (docs/outputs.md §5): a month's totals per team and per identity, its
+"""The monthly report of a tenant (docs/outputs.md §6): a month's totals per team and per identity, its
 billed, UNALLOCATED, fallback and credit amounts, each beside the previous month's, and how many of the
 month's days were calculated.
 

@@ -1,8 +1,8 @@
 """A real deployment: dagster-webserver + dagster-daemon on PostgreSQL instance storage, driven over GraphQL.
 
-The shipped docker/dagster.yaml and workspace.yaml are used as they are (only the dequeue and run-monitoring
-intervals are shortened); DAGSTER_HOME is a temporary folder, the ports are free random ports. The tenant is
-a generic_metrics_only tenant with fixed costs and static identities, so no Prometheus is needed.
+The shipped deploy/dagster-postgres.yaml and workspace.yaml are used as they are (only the dequeue and
+run-monitoring intervals are shortened); DAGSTER_HOME is a temporary folder, the ports are free random ports.
+The tenant is a generic_metrics_only tenant with fixed costs and static identities: no Prometheus needed.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def dagster_services(tmp_path, make_pg_database):
     instance_url = make_url(make_pg_database())
     home = tmp_path / "dagster_home"
     home.mkdir()
-    instance_yaml = yaml.safe_load((REPO / "docker" / "dagster.yaml").read_text())
+    instance_yaml = yaml.safe_load((REPO / "deploy" / "dagster-postgres.yaml").read_text())
     instance_yaml["run_coordinator"]["config"]["dequeue_interval_seconds"] = 1  # test speed only
     instance_yaml["run_monitoring"]["poll_interval_seconds"] = 5
     (home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))

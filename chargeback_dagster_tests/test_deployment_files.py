@@ -1,4 +1,5 @@
-"""The shipped deployment files: dagster.yaml, workspace files, docker-compose.yml, Dockerfile."""
+"""The shipped deployment files: dagster.yaml, deploy/dagster-postgres.yaml, workspace files,
+docker-compose.yml, Dockerfile. (Run launchers beyond one machine: test_deployment_launchers.py.)"""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def instance_env(monkeypatch, url: str | None = None) -> None:
 
 def test_dagster_yaml_is_a_valid_instance_config(tmp_path, monkeypatch):
     instance_env(monkeypatch)
-    shutil.copy(REPO / "docker" / "dagster.yaml", tmp_path / "dagster.yaml")
+    shutil.copy(REPO / "deploy" / "dagster-postgres.yaml", tmp_path / "dagster.yaml")
     config, _ = dagster_instance_config(str(tmp_path))
     db = config["storage"]["postgres"]["postgres_db"]
     assert db["scheme"] == "postgresql+psycopg2"
@@ -53,7 +54,7 @@ def test_dagster_yaml_is_a_valid_instance_config(tmp_path, monkeypatch):
 @pytest.mark.postgres
 def test_dagster_yaml_opens_a_postgres_instance(tmp_path, monkeypatch, make_pg_database):
     instance_env(monkeypatch, make_pg_database())
-    shutil.copy(REPO / "docker" / "dagster.yaml", tmp_path / "dagster.yaml")
+    shutil.copy(REPO / "deploy" / "dagster-postgres.yaml", tmp_path / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
@@ -74,7 +75,7 @@ def test_top_level_dagster_yaml_is_a_local_sqlite_instance(tmp_path, monkeypatch
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert instance.run_monitoring_enabled
     local = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    production = yaml.safe_load((REPO / "docker" / "dagster.yaml").read_text())
+    production = yaml.safe_load((REPO / "deploy" / "dagster-postgres.yaml").read_text())
     assert "storage" not in local and "{env:" not in (REPO / "dagster.yaml").read_text()
     for key in ("concurrency", "python_logs", "telemetry", "run_monitoring"):
         assert local[key] == production[key], key
@@ -108,11 +109,14 @@ def test_compose_sets_everything_dagster_yaml_reads():
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     needed = set(re.findall(r"\{env: (\w+)\}", (REPO / "docker" / "dagster.yaml").read_text()))
     assert needed == set(PG_ENV)
+    assert needed == set(
+        re.findall(r"\{env: (\w+)\}", (REPO / "deploy" / "dagster-postgres.yaml").read_text())
+    )
     for name in ("codeserver", "webserver", "daemon"):
         service = compose["services"][name]
         assert needed | {"DAGSTER_HOME", "CHARGEBACK_CONFIG_FILE"} <= set(service["environment"]), name
         assert service["image"] == "chargeback-dagster:latest"
-    assert {"postgres", "codeserver", "webserver", "daemon"} == set(compose["services"])
+    assert {"postgres", "tenant-databases", "codeserver", "webserver", "daemon"} == set(compose["services"])
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "COPY docker/dagster.yaml ${DAGSTER_HOME}/dagster.yaml" in dockerfile
     assert "COPY docker/workspace.yaml ${DAGSTER_HOME}/workspace.yaml" in dockerfile

@@ -1,4 +1,4 @@
-"""The monthly report (docs/outputs.md §5): `monthly_report/<tenant>` sums the stored days of a month per team
+"""The monthly report (docs/outputs.md §6): `monthly_report/<tenant>` sums the stored days of a month per team
 and identity beside the previous month, shows UNALLOCATED, fallback and credits, marks a partial month, writes
 its CSV and UI metadata, and declarative automation asks for it again when a day of its month is
 re-materialized.

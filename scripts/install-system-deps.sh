@@ -3,14 +3,18 @@
 #   prometheus + promtool  (real Prometheus for tests, demo and benchmarks)
 #   docker-compose         (docker-compose.yml)
 #   --with-postgres        also install PostgreSQL when no server is installed (used by .ci/run)
-# Usage: scripts/install-system-deps.sh [--with-postgres]
+#   --with-browser         also Chromium + ChromeDriver (the UI screenshot test and `chargeback-dagster
+#                          ui-screenshot`; used by .ci/run)
+# Usage: scripts/install-system-deps.sh [--with-postgres] [--with-browser]
 set -euo pipefail
 
 with_postgres=0
+with_browser=0
 for arg in "$@"; do
   case "$arg" in
     --with-postgres) with_postgres=1 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    --with-browser) with_browser=1 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -31,6 +35,10 @@ if ! command -v docker-compose >/dev/null 2>&1; then
 fi
 if [ "$with_postgres" = 1 ] && ! { [ -d /etc/postgresql ] && [ -n "$(ls -A /etc/postgresql 2>/dev/null)" ]; }; then
   missing+=(postgresql)
+fi
+if [ "$with_browser" = 1 ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 fi
 
 if [ "${#missing[@]}" -eq 0 ]; then

@@ -1,4 +1,4 @@
-"""`monthly_report/<tenant>` (docs/outputs.md §5): one partition per month, downstream of the days of that
+"""`monthly_report/<tenant>` (docs/outputs.md §6): one partition per month, downstream of the days of that
 month of `<tenant>/chargeback`, recomputed by declarative automation whenever one of those days is
 materialized again.
 

@@ -43,7 +43,7 @@ def materialize_monthly_reports(
     log_level: str = "DEBUG",
 ) -> dg.ExecuteInProcessResult:
     """Materialize the monthly report of `tenant_name` for the months of start..end in one run (what the
-    automation sensor requests after the days are materialized, docs/outputs.md §5)."""
+    automation sensor requests after the days are materialized, docs/outputs.md §6)."""
     key = report_key(tenant_name)
     job = defs.resolve_implicit_job_def_def_for_assets([key])
     return job.execute_in_process(

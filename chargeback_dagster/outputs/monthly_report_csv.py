@@ -1,4 +1,4 @@
-"""The monthly report's CSV file (docs/outputs.md §5): one per tenant and month, in each folder the tenant's
+"""The monthly report's CSV file (docs/outputs.md §6): one per tenant and month, in each folder the tenant's
 `csv` emitters write to, rewritten atomically on every materialization of `<t>/monthly_report`."""
 
 from __future__ import annotations
