@@ -12,10 +12,11 @@ Parts (all by default; each writes ``<output>/<part>.json``, default ``benchmark
    repository, build the snapshot the code server sends); the breakdown (``import dagster`` alone, the
    project's modules, config load + validate, ``build_definitions``); and Dagster's own cost for the same
    shape built bare, without project code (``bare``: N×4 daily-partitioned assets, N asset jobs, N sensors;
-   ``bare_full``: also the asset checks, a retention op job and schedule per tenant and two run-status
-   sensors, i.e. every definition the project builds). Tenants are copies of examples/ (generic,
-   self-managed, Confluent in turn) with distinct names, tenant_ids and SQLite files. ``--before-root``
-   measures a second copy of the code side by side: each child right after the same child of the other.
+   ``bare_full``: also the asset checks, a retention op job and schedule and a monthly asset per tenant, two
+   run-status sensors and an automation condition sensor, i.e. every definition the project builds).
+   Tenants are copies of examples/ (generic, self-managed, Confluent in turn) with distinct names,
+   tenant_ids and SQLite files. ``--before-root`` measures a second copy of the code side by side: each
+   child right after the same child of the other.
 2. ``ticks`` — every sensor of the code location evaluated in one process, the way the code server does for
    the daemon (``dagster._grpc.impl.get_external_sensor_execution``: resources built, a sensor context on
    the instance ref, ``evaluate_tick``; no gRPC) on a Dagster instance with the project's dagster.yaml
@@ -224,6 +225,19 @@ def bare_definitions(n: int, full: bool):
             return None
 
         assets += [billing, inventory, usage_metrics, chargeback]
+        if full:
+
+            @dg.asset(
+                key=["monthly_report", t],
+                group_name="monthly_reports",
+                partitions_def=dg.MonthlyPartitionsDefinition(start_date="2026-01-01", end_offset=1),
+                deps=[dg.AssetDep(keys["chargeback"], partition_mapping=dg.TimeWindowPartitionMapping())],
+                automation_condition=dg.AutomationCondition.eager(),
+            )
+            def monthly_report():
+                return None
+
+            assets.append(monthly_report)
         jobs.append(dg.define_asset_job(f"{t}_pipeline", selection=dg.AssetSelection.groups(t)))
 
         @dg.sensor(name=f"{t}_refresh", job_name=f"{t}_pipeline")
@@ -258,6 +272,11 @@ def bare_definitions(n: int, full: bool):
             return None
 
         sensors += [failure_sensor, success_sensor]
+        sensors.append(
+            dg.AutomationConditionSensorDefinition(
+                "automation", target=dg.AssetSelection.groups("monthly_reports")
+            )
+        )
     return dg.Definitions(
         assets=assets, jobs=jobs, sensors=sensors, schedules=schedules, executor=dg.in_process_executor
     )
@@ -288,7 +307,8 @@ def child_bare(spec: dict) -> dict:
 
 
 def child_ticks(spec: dict) -> dict:
-    """Evaluate every sensor of the location three times (cold, warm, warm with cursor)."""
+    """Evaluate every sensor of the location three times (cold, warm, warm with cursor); the automation
+    condition sensor is the daemon's own (part 3 runs it for real)."""
     import dagster as dg
     from dagster._core.definitions.sensor_definition import SensorExecutionData
     from dagster._grpc.impl import get_external_sensor_execution
@@ -323,6 +343,8 @@ def child_ticks(spec: dict) -> dict:
         load = load_average()
         t_round = time.perf_counter()
         for sensor in repo.sensor_defs:
+            if isinstance(sensor, dg.AutomationConditionSensorDefinition):
+                continue  # evaluated by the daemon itself, not by the code server (monthly reports)
             t0 = time.perf_counter()
             data = get_external_sensor_execution(
                 repo,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -19,6 +20,7 @@ from chargeback_dagster.teams import row_team
 
 # allocation_detail values of rows split evenly because the usage that should have driven them was missing
 FALLBACK_DETAILS = frozenset({"no_metrics_located"})
+NO_TEAM = "(no team)"  # the team of rows whose resource, environment and identity have none
 TOP_N = 10
 Group = tuple[str, str, str, str]  # (env_id, resource_id, identity_id, allocation_detail)
 TOP_SCHEMA = dg.TableSchema(
@@ -59,6 +61,39 @@ def groups_of(blocks: Mapping[BlockKey, Mapping[str, int]]) -> tuple[dict[Group,
     return groups, len(csv_keys)
 
 
+@dataclass
+class MoneySummary:
+    """Allocated units of some rows by team (teams.row_team) and identity, and how much of them is on
+    UNALLOCATED or an even split for missing usage (FALLBACK_DETAILS). The monthly report sums the same."""
+
+    by_team: dict[str, int] = field(default_factory=dict)
+    by_identity: dict[str, int] = field(default_factory=dict)
+    unallocated: int = 0
+    fallback: int = 0
+
+    @property
+    def allocated(self) -> int:
+        return sum(self.by_identity.values())
+
+
+def summarise(
+    groups: Mapping[Group, int],
+    resource_teams: Mapping[str, str | None],
+    identity_teams: Mapping[str, str | None],
+    into: MoneySummary | None = None,
+) -> MoneySummary:
+    """Add `groups` to `into` (a new summary when None) and return it."""
+    out = MoneySummary() if into is None else into
+    by_team, by_identity = out.by_team, out.by_identity
+    for (env, resource, identity, detail), units in groups.items():
+        team = row_team(resource, env, identity, resource_teams, identity_teams) or NO_TEAM
+        by_team[team] = by_team.get(team, 0) + units
+        by_identity[identity] = by_identity.get(identity, 0) + units
+        out.unallocated += units if identity == UNALLOCATED else 0
+        out.fallback += units if detail in FALLBACK_DETAILS else 0
+    return out
+
+
 class MoneyMetadata:
     """Builds each date's metadata as soon as its allocation is known (`add`, from the calculation's
     in-memory blocks) and keeps only that; `finish` adds the dates the run did not calculate, from grouped
@@ -90,28 +125,20 @@ class MoneyMetadata:
         return {d: self.by_date[d] for d in self.dates}
 
     def _metadata(self, d: date, groups: Mapping[Group, int], row_count: int) -> dict[str, object]:
-        by_team: dict[str, int] = {}
-        by_identity: dict[str, int] = {}
-        unallocated = fallback = 0
-        for (env, resource, identity, detail), units in groups.items():
-            team = row_team(resource, env, identity, self.resource_teams, self.identity_teams) or "(no team)"
-            by_team[team] = by_team.get(team, 0) + units
-            by_identity[identity] = by_identity.get(identity, 0) + units
-            unallocated += units if identity == UNALLOCATED else 0
-            fallback += units if detail in FALLBACK_DETAILS else 0
-        allocated = sum(by_identity.values())
+        summary = summarise(groups, self.resource_teams, self.identity_teams)
+        allocated = summary.allocated
         billed = self.billed.get(d, 0)
         return {
             "billed_total": dg.MetadataValue.float(float(Decimal(format_units(billed)))),
             "billed_total_exact": format_units(billed),
             "allocated_total": dg.MetadataValue.float(float(Decimal(format_units(allocated)))),
             "allocated_total_exact": format_units(allocated),
-            "unallocated_share": dg.MetadataValue.float(_share(unallocated, allocated)),
-            "fallback_share": dg.MetadataValue.float(_share(fallback, allocated)),
+            "unallocated_share": dg.MetadataValue.float(_share(summary.unallocated, allocated)),
+            "fallback_share": dg.MetadataValue.float(_share(summary.fallback, allocated)),
             "credits_total_exact": format_units(self.credits.get(d, 0)),
             "dagster/row_count": row_count,
-            "top_teams": _top(by_team, allocated),
-            "top_identities": _top(by_identity, allocated),
+            "top_teams": _top(summary.by_team, allocated),
+            "top_identities": _top(summary.by_identity, allocated),
             "dagster/column_schema": self.schema,
             **{f"csv_path_{i}": dg.MetadataValue.path(p) for i, p in enumerate(self.csv_paths.get(d, []))},
         }

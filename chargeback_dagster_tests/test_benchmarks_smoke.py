@@ -90,10 +90,11 @@ def test_small_fleet_load_and_ticks(tmp_path, pg_base_url, monkeypatch):
     assert before["sizes"][1]["bare_full"] == load["sizes"][1]["bare_full"]
     assert [s["tenants"] for s in load["sizes"]] == [1, 3]
     three = load["sizes"][1]
-    # generic, self-managed, Confluent: 4 assets, a pipeline and a retention job, a refresh sensor and a
-    # retention schedule each; plus resume_tenant, Dagster's asset job and the two run-status sensors
+    # generic, self-managed, Confluent: 4 daily assets and a monthly report, a pipeline and a retention job,
+    # a refresh sensor and a retention schedule each; plus resume_tenant, Dagster's asset job, the two
+    # run-status sensors and the monthly reports' automation sensor
     imported = three["import"]["best"]
-    assert (imported["assets"], imported["jobs"], imported["sensors"], imported["schedules"]) == (12, 8, 5, 3)
+    assert (imported["assets"], imported["jobs"], imported["sensors"], imported["schedules"]) == (15, 8, 6, 3)
     for mode in ("import", "breakdown", "bare", "bare_full"):
         assert three[mode]["best"]["process_wall_seconds"] > 0 and three[mode]["best"]["peak_rss_mib"] > 0
         assert len(three[mode]["samples"][0]["load_average"]) == 3

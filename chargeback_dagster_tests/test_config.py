@@ -370,6 +370,12 @@ def test_tenant_name_invalid(tmp_path: Path) -> None:
     ]
 
 
+def test_tenant_name_of_the_monthly_reports_is_reserved(tmp_path: Path) -> None:
+    assert problems(tmp_path, {"tenants": {"monthly_report": tenant()}}) == [
+        "tenant name 'monthly_report' is reserved: the monthly reports' asset keys start with it"
+    ]
+
+
 def test_tenant_ecosystem_missing_and_unknown(tmp_path: Path) -> None:
     content = {"tenants": {"a": {"tenant_id": "x"}, "b": {"ecosystem": "aws", "tenant_id": "y"}}}
     assert problems(tmp_path, content) == [

@@ -178,6 +178,7 @@ def test_definitions_load_completely(tmp_path):
     assert {s.name for s in repo.sensor_defs} == {
         "alpha_refresh",
         "beta_refresh",
+        "monthly_report_automation",
         "tenant_run_failure_sensor",
         "tenant_run_success_sensor",
     }

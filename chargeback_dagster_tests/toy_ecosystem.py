@@ -2,7 +2,9 @@
 model and `Ecosystem` class plus one registry entry (`TOY_PLUGIN`, registered by the tests).
 
 Per day it bills `compute_rate × day of month` for TOY_COMPUTE, split evenly over the configured teams,
-and a flat TOY_SUPPORT line that no handler claims (so it goes to the unknown allocator).
+and a flat TOY_SUPPORT line that no handler claims (so it goes to the unknown allocator); optionally a
+TOY_CREDIT line and a TOY_UNMETERED line split evenly as the fallback for missing usage
+(`no_metrics_located`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class ToySettings(PluginSettingsBase):
     compute_rate: Decimal
     teams: list[str]
     credit: Decimal | None = None  # a daily TOY_CREDIT line of this (negative) amount
+    unmetered: Decimal | None = None  # a daily TOY_UNMETERED line of this amount, split as a fallback
 
 
 class ToyEcosystem(Ecosystem):
@@ -40,7 +43,14 @@ class ToyEcosystem(Ecosystem):
         priced = (
             ("TOY_COMPUTE", Decimal(d.day), self.settings.compute_rate),
             ("TOY_SUPPORT", 1, SUPPORT_COST),
-        ) + ((("TOY_CREDIT", 1, self.settings.credit),) if self.settings.credit is not None else ())
+        ) + tuple(
+            (product_type, 1, amount)
+            for product_type, amount in (
+                ("TOY_CREDIT", self.settings.credit),
+                ("TOY_UNMETERED", self.settings.unmetered),
+            )
+            if amount is not None
+        )
         return [
             BillingLine(
                 ecosystem=self.name,
@@ -70,10 +80,11 @@ class ToyEcosystem(Ecosystem):
             return Resolution()  # the even split below uses the tenant's identities of the day
 
         even = Chain(EvenSplit("tenant_period", "shared", "even_split_allocation"), to_unallocated())
+        fallback = Chain(EvenSplit("tenant_period", "shared", "no_metrics_located"), to_unallocated())
         return [
             Handler(
                 service_type=SERVICE_TYPE,
-                allocators={"TOY_COMPUTE": even},
+                allocators={"TOY_COMPUTE": even, "TOY_UNMETERED": fallback},
                 resolve=resolve,
                 billing_resource_types=frozenset({"cluster"}),
             )

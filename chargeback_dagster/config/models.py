@@ -453,6 +453,9 @@ class TeamsConfig(ConfigModel):
 
 # --- tenant / app
 TENANT_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+# The monthly reports' asset keys are `monthly_report/<tenant>` (docs/outputs.md §6): a tenant of that name
+# would share the prefix with them.
+MONTHLY_REPORT_KEY_PREFIX = "monthly_report"
 
 
 class TenantConfig(ConfigModel):

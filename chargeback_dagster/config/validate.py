@@ -19,6 +19,7 @@ from ..outputs.registry import OUTPUTS
 from .errors import END, Problems, report, yaml_line
 from .fields import ConfigModel, fmt, read_str
 from .models import (
+    MONTHLY_REPORT_KEY_PREFIX,
     TENANT_NAME_RE,
     AppConfig,
     FeaturesConfig,
@@ -87,6 +88,8 @@ def _tenant(
             f"tenant name '{name}' is invalid: use a letter followed by up to 62 letters, digits or "
             "underscores",
         )
+    elif name == MONTHLY_REPORT_KEY_PREFIX:
+        problems.add(line, f"tenant name '{name}' is reserved: the monthly reports' asset keys start with it")
     if not isinstance(raw, dict):
         problems.add(line, f"tenant '{name}': must be a mapping, got '{fmt(raw)}'")
         return None

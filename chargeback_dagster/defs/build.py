@@ -14,6 +14,7 @@ from chargeback_dagster.config import AppConfig
 from chargeback_dagster.defs.assets import OUTPUTS_IO_MANAGER, build_tenant_assets, tenant_job
 from chargeback_dagster.defs.io_managers import ChargebackOutputsIOManager
 from chargeback_dagster.defs.maintenance import build_resume_tenant_job, build_retention
+from chargeback_dagster.defs.monthly_assets import build_monthly_automation_sensor, build_monthly_report_asset
 from chargeback_dagster.defs.resources import PrometheusResource, TenantStoreResource
 from chargeback_dagster.defs.sensors import build_refresh_sensor, build_run_status_sensors
 from chargeback_dagster.defs.topic_assets import build_topic_assets
@@ -48,7 +49,7 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
     never re-read the file (a code-location reload does). Logging is configured here, once per process."""
     apply_logging(config.logging)
     assets, jobs, schedules = [], [build_resume_tenant_job(config)], []
-    sensors = build_run_status_sensors(config)
+    sensors = build_run_status_sensors(config) + build_monthly_automation_sensor(config)
     with warnings.catch_warnings():
         # Dagster 1.13 warns once per asset that `backfill_policy` is beta: 2,000 stderr lines per
         # process start at 500 tenants (every run worker too). Only that warning, only while building.
@@ -56,6 +57,7 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
         for tenant in config.tenants.values():
             assets.extend(build_tenant_assets(tenant))
             assets.extend(build_topic_assets(tenant))
+            assets.append(build_monthly_report_asset(tenant))
             jobs.append(tenant_job(tenant))
             sensors.append(build_refresh_sensor(tenant, config.features))
             retention_job, retention_schedule = build_retention(tenant)
