@@ -85,7 +85,7 @@ def test_small_fleet_load_and_ticks(tmp_path, pg_base_url, monkeypatch):
     before = json.loads((tmp_path / "load-before-same-small.json").read_text())
     assert before["code_root"] == str(ROOT) and before["interleaved_with"] == [str(ROOT)]
     assert [s["tenants"] for s in before["sizes"]] == [1, 3]
-    assert before["sizes"][1]["import"]["best"]["assets"] == 12
+    assert before["sizes"][1]["import"]["best"]["assets"] == 15  # the same checkout: 5 assets per tenant
     # the bare builds run no project code: measured once, the same samples in both reports
     assert before["sizes"][1]["bare_full"] == load["sizes"][1]["bare_full"]
     assert [s["tenants"] for s in load["sizes"]] == [1, 3]

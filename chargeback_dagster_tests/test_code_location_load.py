@@ -19,8 +19,9 @@ from chargeback_dagster_tests.test_operations import tenant_config, write_config
 
 
 def test_building_warns_nothing_about_backfill_policy(tmp_path: Path) -> None:
-    """Dagster 1.13 warns that `backfill_policy` is beta once per asset: 4 per tenant on every process start
-    (2,000 lines at 500 tenants). Building shows none, and leaves the warning filters as they were."""
+    """Dagster 1.13 warns that `backfill_policy` is beta once per asset: 5 per tenant (4 daily assets and the
+    monthly report) on every process start (2,500 lines at 500 tenants). Building shows none, and leaves the
+    warning filters as they were."""
     tenants = {
         t: tenant_config("http://127.0.0.1:9", f"sqlite:///{tmp_path / t}.db", name=t) for t in ("a", "b")
     }
@@ -30,7 +31,7 @@ def test_building_warns_nothing_about_backfill_policy(tmp_path: Path) -> None:
         warnings.simplefilter("always")
         defs = build_definitions(config)
         warnings.warn("still shown", dg.BetaWarning, stacklevel=1)  # the silencing ended with the build
-    assert len(defs.get_repository_def().assets_defs_by_key) == 8
+    assert len(defs.get_repository_def().assets_defs_by_key) == 10  # 4 daily + 1 monthly per tenant
     assert [str(w.message) for w in caught if issubclass(w.category, dg.BetaWarning)] == ["still shown"]
     assert warnings.filters == filters
 

@@ -51,7 +51,7 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
     assets, jobs, schedules = [], [build_resume_tenant_job(config)], []
     sensors = build_run_status_sensors(config) + build_monthly_automation_sensor(config)
     with warnings.catch_warnings():
-        # Dagster 1.13 warns once per asset that `backfill_policy` is beta: 2,000 stderr lines per
+        # Dagster 1.13 warns once per asset that `backfill_policy` is beta: 2,500 stderr lines per
         # process start at 500 tenants (every run worker too). Only that warning, only while building.
         warnings.filterwarnings("ignore", BACKFILL_POLICY_BETA, dg.BetaWarning)
         for tenant in config.tenants.values():
