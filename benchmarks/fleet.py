@@ -12,8 +12,9 @@ Parts (all by default; each writes ``<output>/<part>.json``, default ``benchmark
    repository, build the snapshot the code server sends); the breakdown (``import dagster`` alone, the
    project's modules, config load + validate, ``build_definitions``); and Dagster's own cost for the same
    shape built bare, without project code (``bare``: N×4 daily-partitioned assets, N asset jobs, N sensors;
-   ``bare_full``: also the asset checks, a retention op job and schedule and a monthly asset per tenant, two
-   run-status sensors and an automation condition sensor, i.e. every definition the project builds).
+   ``bare_full``: also the asset checks, a retention op job and schedule per tenant, the monthly reports (one
+   multi-asset), two run-status sensors and an automation condition sensor, i.e. every definition the
+   project builds).
    Tenants are copies of examples/ (generic, self-managed, Confluent in turn) with distinct names,
    tenant_ids and SQLite files. ``--before-root`` measures a second copy of the code side by side: each
    child right after the same child of the other.
@@ -225,19 +226,6 @@ def bare_definitions(n: int, full: bool):
             return None
 
         assets += [billing, inventory, usage_metrics, chargeback]
-        if full:
-
-            @dg.asset(
-                key=["monthly_report", t],
-                group_name="monthly_reports",
-                partitions_def=dg.MonthlyPartitionsDefinition(start_date="2026-01-01", end_offset=1),
-                deps=[dg.AssetDep(keys["chargeback"], partition_mapping=dg.TimeWindowPartitionMapping())],
-                automation_condition=dg.AutomationCondition.eager(),
-            )
-            def monthly_report():
-                return None
-
-            assets.append(monthly_report)
         jobs.append(dg.define_asset_job(f"{t}_pipeline", selection=dg.AssetSelection.groups(t)))
 
         @dg.sensor(name=f"{t}_refresh", job_name=f"{t}_pipeline")
@@ -262,6 +250,27 @@ def bare_definitions(n: int, full: bool):
                 )
             )
     if full:
+        # the monthly reports: one multi-asset over every tenant's report (all tenants start the same month)
+        monthly_mapping = dg.TimeWindowPartitionMapping()
+
+        @dg.multi_asset(
+            name="monthly_reports",
+            specs=[
+                dg.AssetSpec(
+                    ["monthly_report", f"tenant_{i:04d}"],
+                    group_name="monthly_reports",
+                    deps=[dg.AssetDep([f"tenant_{i:04d}", "chargeback"], partition_mapping=monthly_mapping)],
+                    automation_condition=dg.AutomationCondition.eager(),
+                )
+                for i in range(n)
+            ],
+            partitions_def=dg.MonthlyPartitionsDefinition(start_date="2026-01-01", end_offset=1),
+            can_subset=True,
+        )
+        def monthly_reports():
+            return None
+
+        assets.append(monthly_reports)
 
         @dg.run_failure_sensor(name="failure_sensor")
         def failure_sensor(context):

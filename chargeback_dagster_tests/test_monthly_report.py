@@ -204,3 +204,57 @@ def test_the_report_hangs_off_the_days_of_its_month_and_its_sensor_runs(tmp_path
 def test_change_and_percent(amount, previous, change, percent):
     line = Line("team", "t", "", "", amount, previous)
     assert (line.change, line.change_percent) == (change, percent)
+
+
+def test_tenants_starting_in_one_month_share_one_op_and_a_run_may_compute_several(
+    tmp_path,
+    toy_registered,  # noqa: F811
+):
+    """The reports are one multi-asset per first month (defs/monthly_assets.py): `toys` and `more_toys` start
+    in January 2026 and share an op, `late_toys` starts in February and has its own. One run computes both
+    January tenants' reports, each with its own CSV and metadata; selecting one computes only that one."""
+    tenants = {}
+    for name, start in (("toys", "2026-01-30"), ("more_toys", "2026-01-31"), ("late_toys", "2026-02-01")):
+        tenants[name] = {
+            "ecosystem": "toy",
+            "tenant_id": f"{name}-prod",
+            "partitions_start_date": start,
+            "storage": {"connection_string": f"sqlite:///data/{name}.db"},
+            "plugin_settings": {
+                "cluster_id": "toy-1",
+                "compute_rate": "3.00",
+                "teams": ["team-a", "team-b"],
+                "emitters": [{"type": "csv", "params": {"output_dir": "out"}}],
+            },
+        }
+    (tmp_path / "chargeback.yaml").write_text(yaml.safe_dump({"tenants": tenants}, sort_keys=False))
+    defs = build_definitions(load_config(tmp_path / "chargeback.yaml"))
+    keys = {name: dg.AssetKey(["monthly_report", name]) for name in tenants}
+    graph = defs.resolve_asset_graph()
+    ops = {name: graph.get(key).assets_def.node_def.name for name, key in keys.items()}
+    assert ops == {
+        "toys": "monthly_reports_from_2026_01",
+        "more_toys": "monthly_reports_from_2026_01",
+        "late_toys": "monthly_reports_from_2026_02",
+    }
+    assert graph.get(keys["late_toys"]).partitions_def.get_first_partition_key() == "2026-02"
+
+    instance = dg.DagsterInstance.ephemeral()
+    for name in ("toys", "more_toys"):
+        assert materialize_range(defs, name, date(2026, 1, 31), date(2026, 1, 31), instance=instance).success
+    january = [keys["toys"], keys["more_toys"]]
+    job = defs.resolve_implicit_job_def_def_for_assets(january)
+    assert job.execute_in_process(instance=instance, partition_key="2026-01", asset_selection=january).success
+    for name in ("toys", "more_toys"):
+        # one day (the 31st): TOY_COMPUTE 3·31 = 93.00 (46.50 each of two) + TOY_SUPPORT 1.50 (UNALLOCATED)
+        csv = (tmp_path / "out" / "monthly_report" / f"{name}-prod_2026-01.csv").read_text()
+        assert f"{name}-prod,2026-01,1,{2 if name == 'toys' else 1},allocated,,,,94.5000,,,\n" in csv
+        record = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=keys[name], asset_partitions=["2026-01"]), limit=1
+        ).records[0]
+        assert record.asset_materialization.metadata["allocated_exact"].value == "94.5000"
+
+    # one tenant selected: only its report is materialized again
+    one = [keys["more_toys"]]
+    result = job.execute_in_process(instance=instance, partition_key="2026-01", asset_selection=one)
+    assert [e.asset_key for e in result.get_asset_materialization_events()] == [keys["more_toys"]]

@@ -14,7 +14,10 @@ from chargeback_dagster.config import AppConfig
 from chargeback_dagster.defs.assets import OUTPUTS_IO_MANAGER, build_tenant_assets, tenant_job
 from chargeback_dagster.defs.io_managers import ChargebackOutputsIOManager
 from chargeback_dagster.defs.maintenance import build_resume_tenant_job, build_retention
-from chargeback_dagster.defs.monthly_assets import build_monthly_automation_sensor, build_monthly_report_asset
+from chargeback_dagster.defs.monthly_assets import (
+    build_monthly_automation_sensor,
+    build_monthly_report_assets,
+)
 from chargeback_dagster.defs.resources import PrometheusResource, TenantStoreResource
 from chargeback_dagster.defs.sensors import build_refresh_sensor, build_run_status_sensors
 from chargeback_dagster.defs.topic_assets import build_topic_assets
@@ -57,12 +60,12 @@ def build_definitions(config: AppConfig) -> dg.Definitions:
         for tenant in config.tenants.values():
             assets.extend(build_tenant_assets(tenant))
             assets.extend(build_topic_assets(tenant))
-            assets.append(build_monthly_report_asset(tenant))
             jobs.append(tenant_job(tenant))
             sensors.append(build_refresh_sensor(tenant, config.features))
             retention_job, retention_schedule = build_retention(tenant)
             jobs.append(retention_job)
             schedules.append(retention_schedule)
+        assets.extend(build_monthly_report_assets(config))
     return dg.Definitions(
         assets=assets,
         jobs=jobs,

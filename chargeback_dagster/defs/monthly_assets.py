@@ -55,31 +55,55 @@ def report_key(tenant_name: str) -> dg.AssetKey:
     return dg.AssetKey([MONTHLY_REPORT_KEY_PREFIX, tenant_name])
 
 
-def build_monthly_report_asset(tenant: TenantConfig) -> dg.AssetsDefinition:
-    t = tenant.name
+def build_monthly_report_assets(config: AppConfig) -> list[dg.AssetsDefinition]:
+    """Every tenant's `monthly_report/<t>`, as one multi-asset per first month: the tenants whose daily
+    partitions start in the same month share one partitions definition, so their reports can share one op.
+    Each report stays its own asset (lineage, partitions, metadata, selection); a run computes the selected
+    ones. Built this way, 500 reports cost one op instead of 500 (≈ 0.3 s of every process start,
+    benchmarks/README.md "Fleet scale")."""
+    by_month: dict[date, list[TenantConfig]] = {}
+    for tenant in config.tenants.values():
+        by_month.setdefault(tenant.partitions_start_date.replace(day=1), []).append(tenant)
+    return [_reports_asset(month, tenants) for month, tenants in sorted(by_month.items())]
 
-    @dg.asset(
-        key=report_key(t),
+
+def _report_spec(tenant: TenantConfig) -> dg.AssetSpec:
+    t = tenant.name
+    return dg.AssetSpec(
+        report_key(t),
         group_name=GROUP,
-        partitions_def=monthly_partitions(tenant),
         # a month depends on each of its days (TimeWindowPartitionMapping's default between daily and monthly)
         deps=[dg.AssetDep(dg.AssetKey([t, "chargeback"]), partition_mapping=dg.TimeWindowPartitionMapping())],
         automation_condition=MONTHLY_REPORT_CONDITION,
-        backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"python", "csv", store_kind(tenant)},
         tags={"tenant": t, "ecosystem": tenant.ecosystem},
         description=f"Monthly totals of tenant {t} per team and identity, and the change from last month",
     )
-    def monthly_report(context: dg.AssetExecutionContext, tenant_store: TenantStoreResource) -> None:
-        # Reads stored facts only: no tenant lock, so it never competes with the tenant's pipeline runs.
-        store = tenant_store.open(tenant)
-        for key in context.partition_keys:
-            month = date.fromisoformat(f"{key}-01")
-            report = build_report(store, tenant, month)
-            files = write_report_csv(tenant, report)
-            context.add_asset_metadata(report_metadata(tenant, report, files), partition_key=key)
 
-    return monthly_report
+
+def _reports_asset(first_month: date, tenants: list[TenantConfig]) -> dg.AssetsDefinition:
+    tenant_by_key = {report_key(t.name): t for t in tenants}
+
+    @dg.multi_asset(
+        name=f"monthly_reports_from_{first_month.strftime('%Y_%m')}",
+        specs=[_report_spec(t) for t in tenants],
+        partitions_def=monthly_partitions(tenants[0]),
+        can_subset=True,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+    )
+    def monthly_reports(context: dg.AssetExecutionContext, tenant_store: TenantStoreResource):
+        # Reads stored facts only: no tenant lock, so it never competes with the tenants' pipeline runs.
+        for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
+            tenant = tenant_by_key[key]
+            store = tenant_store.open(tenant)
+            for partition in context.partition_keys:
+                report = build_report(store, tenant, date.fromisoformat(f"{partition}-01"))
+                files = write_report_csv(tenant, report)
+                metadata = report_metadata(tenant, report, files)
+                context.add_asset_metadata(metadata, asset_key=key, partition_key=partition)
+            yield dg.MaterializeResult(asset_key=key)
+
+    return monthly_reports
 
 
 def build_monthly_automation_sensor(config: AppConfig) -> list[dg.SensorDefinition]:

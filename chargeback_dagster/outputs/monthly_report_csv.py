@@ -1,5 +1,5 @@
 """The monthly report's CSV file (docs/outputs.md §6): one per tenant and month, in each folder the tenant's
-`csv` emitters write to, rewritten atomically on every materialization of `<t>/monthly_report`."""
+`csv` emitters write to, rewritten atomically on every materialization of `monthly_report/<t>`."""
 
 from __future__ import annotations
 
