@@ -20,19 +20,19 @@ Parts (all by default; each writes ``<output>/<part>.json``, default ``benchmark
    child right after the same child of the other.
 2. ``ticks`` — every sensor of the code location evaluated in one process, the way the code server does for
    the daemon (``dagster._grpc.impl.get_external_sensor_execution``: resources built, a sensor context on
-   the instance ref, ``evaluate_tick``; no gRPC) on a Dagster instance with the project's dagster.yaml
-   on PostgreSQL: round 1 cold (each tenant store opened and migrated for the first time), round 2 warm
+   the instance ref, ``evaluate_tick``; no gRPC) on a Dagster instance with the project's PostgreSQL
+   instance config: round 1 cold (each tenant store opened and migrated for the first time), round 2 warm
    without cursor (each refresh sensor requests its run: the daily case), round 3 warm with the cursor of
    round 2 (each refresh sensor skips: the usual tick). The real daemon's tick records of part 3 are the
    end-to-end figure (gRPC and daemon loop included).
-3. ``refresh`` — a live fleet refresh: ``dagster-webserver`` + ``dagster-daemon run`` on PostgreSQL with the
-   project's dagster.yaml (concurrency block from ``chargeback-dagster instance-config``), N generic tenants
-   on one real Prometheus loaded with generated history; the tenants' refresh sensors (lookback 29, cutoff 1:
-   a 28-date window) request one run each, which go through the run queue. Measured from the instance: wall
-   time (first run created → last run ended), runs per minute, per run the queue wait, the launch (run
-   STARTING → RUN_START: process start and code load), Dagster's time before the first step and after the
-   last, the steps' own time; the peak RSS (VmHWM) of every run worker, daemon and webserver process; the
-   daemon's sensor tick durations.
+3. ``refresh`` — a live fleet refresh: ``dagster-webserver`` + ``dagster-daemon run`` with the project's
+   PostgreSQL instance config, deploy/dagster-postgres.yaml (concurrency block from ``chargeback-dagster
+   instance-config``), N generic tenants on one real Prometheus loaded with generated history; the tenants'
+   refresh sensors (lookback 29, cutoff 1: a 28-date window) request one run each, which go through the run
+   queue. Measured from the instance: wall time (first run created → last run ended), runs per minute, per run
+   the queue wait, the launch (run STARTING → RUN_START: process start and code load), Dagster's time before
+   the first step and after the last, the steps' own time; the peak RSS (VmHWM) of every run worker, daemon
+   and webserver process; the daemon's sensor tick durations.
 
 The machine's load average is written next to every figure (shared machines); ``--small`` is a
 seconds-long smoke run (2–3 tenants, 2 dates, 1 repeat).
@@ -509,9 +509,20 @@ def part_load(args, workdir: Path, out: Path) -> dict[str, dict]:
     }
 
 
-def dagster_home(workdir: Path, pg_url: str, cap: int, config: Path) -> tuple[Path, dict[str, str], object]:
-    """A DAGSTER_HOME with the project's dagster.yaml on a fresh PostgreSQL database, its concurrency block
-    from `chargeback-dagster instance-config`; returns the home, the environment and the drop function."""
+def postgres_instance_file(root: Path) -> Path:
+    """The shipped PostgreSQL instance config with Dagster's default run launcher:
+    deploy/dagster-postgres.yaml (since issue 16, when docker/dagster.yaml started launching a container per
+    run), docker/dagster.yaml before."""
+    shipped = root / "deploy" / "dagster-postgres.yaml"
+    return shipped if shipped.exists() else root / "docker" / "dagster.yaml"
+
+
+def dagster_home(
+    workdir: Path, pg_url: str, cap: int, config: Path, code_root: str | None = None
+) -> tuple[Path, dict[str, str], object]:
+    """A DAGSTER_HOME with the measured code's PostgreSQL instance config (`--code-root`'s, else this
+    checkout's) on a fresh PostgreSQL database, its concurrency block from `chargeback-dagster
+    instance-config`; returns the home, the environment and the drop function."""
     from run import make_pg_database
     from sqlalchemy.engine import make_url
 
@@ -531,7 +542,7 @@ def dagster_home(workdir: Path, pg_url: str, cap: int, config: Path) -> tuple[Pa
         "CHARGEBACK_CONFIG_FILE": str(config),
         "PYTHONUNBUFFERED": "1",
     }
-    instance_yaml = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    instance_yaml = yaml.safe_load(postgres_instance_file(Path(code_root or ROOT)).read_text())
     cli = subprocess.run(
         [sys.executable, "-m", "chargeback_dagster.cli", "instance-config", "--config", str(config)],
         env={**env, "PYTHONPATH": str(ROOT)},
@@ -549,7 +560,7 @@ def part_ticks(args, workdir: Path) -> dict:
     results = []
     for n in args.tick_tenants:
         config = mixed_config(n, workdir)
-        home, env, drop = dagster_home(workdir / f"ticks-{n}", args.pg_url, 2, config)
+        home, env, drop = dagster_home(workdir / f"ticks-{n}", args.pg_url, 2, config, args.code_root)
         env["PYTHONPATH"] = code_path(args.code_root)
         try:
             log(f"ticks: {n} tenants")
@@ -860,7 +871,7 @@ def part_refresh(args, workdir: Path, n: int, cap: int, dates: int) -> dict:
     drop = None
     try:
         config = fleet_config(n, dates, cap, prom.url, wd, today)
-        home, env, drop = dagster_home(wd, args.pg_url, cap, config)
+        home, env, drop = dagster_home(wd, args.pg_url, cap, config, args.code_root)
         env["PYTHONPATH"] = code_path(args.code_root)
         os.environ.update({k: v for k, v in env.items() if k.startswith(("DAGSTER_", "CHARGEBACK_"))})
         log(f"refresh: {n} tenants, max_parallel_tenants {cap}: starting webserver + daemon")
