@@ -9,6 +9,7 @@ order) is done in Python by code point, because PostgreSQL's ORDER BY follows th
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -23,6 +24,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from chargeback_dagster.store.tables import VERSION_TABLE
+
+_MIGRATIONS_IN_PROCESS = threading.Lock()
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Arbitrary constant key of the PostgreSQL advisory lock taken around `upgrade head`.
@@ -268,10 +271,18 @@ class Database:
     # ------------------------------------------------------------------ migrations
 
     def migrate(self, tenant_name: str) -> None:
-        """`upgrade head` (docs/operations.md §13).
+        """`upgrade head` (docs/operations.md §13), one migration at a time per process.
 
         SQLite: inside BEGIN IMMEDIATE; PostgreSQL: under an advisory lock. Unknown revision → StoreError.
         """
+        # Alembic keeps the running migration in module-level proxies (`op`, `context`) and loads env.py as
+        # a module: two threads migrating at once (the code server ticks sensors in threads) used each
+        # other's connections and crashed the process. Taken before the database lock, so two tenants on
+        # one database cannot wait on each other.
+        with _MIGRATIONS_IN_PROCESS:
+            self._migrate(tenant_name)
+
+    def _migrate(self, tenant_name: str) -> None:
         from alembic import command
         from alembic.runtime.migration import MigrationContext
         from alembic.script import ScriptDirectory
