@@ -38,18 +38,32 @@ def cmd_validate(args) -> int:
     return 0
 
 
+MAX_CONCURRENT_RUNS = 20  # all runs; tenant runs are capped by the tag limits below
+
+
+def _tag_limits(config) -> str:
+    """The two run-queue tag limits (docs/operations.md §5) as YAML list items, to indent where they go."""
+    cap = config.features.max_parallel_tenants
+    return (
+        f"- {{key: {TENANT_TAG}, value: {{applyLimitPerUniqueValue: true}}, limit: 1}}\n"
+        f"- {{key: {PIPELINE_TAG}, value: tenant, limit: {cap}}}\n"
+    )
+
+
+def _indented(text: str, spaces: int) -> str:
+    return "".join(" " * spaces + line for line in text.splitlines(keepends=True))
+
+
 def instance_concurrency_block(config) -> str:
     """The dagster.yaml `concurrency` block of docs/operations.md §5 for this config."""
-    cap = config.features.max_parallel_tenants
     return (
         "# dagster.yaml: per-tenant serialisation and the tenant-run cap (features.max_parallel_tenants)\n"
         "concurrency:\n"
         "  runs:\n"
-        "    max_concurrent_runs: 20\n"
+        f"    max_concurrent_runs: {MAX_CONCURRENT_RUNS}\n"
         "    tag_concurrency_limits:\n"
-        f"      - {{key: {TENANT_TAG}, value: {{applyLimitPerUniqueValue: true}}, limit: 1}}\n"
-        f"      - {{key: {PIPELINE_TAG}, value: tenant, limit: {cap}}}\n"
-        "run_coordinator: {module: dagster.core.run_coordinator, class: QueuedRunCoordinator}\n"
+        + _indented(_tag_limits(config), 6)
+        + "run_coordinator: {module: dagster.core.run_coordinator, class: QueuedRunCoordinator}\n"
         "run_monitoring: {enabled: true}\n"
         "python_logs: {managed_python_loggers: [chargeback_dagster]}\n"
     )
@@ -58,17 +72,14 @@ def instance_concurrency_block(config) -> str:
 def helm_run_queue_values(config) -> str:
     """The same run limits as values for Dagster's Helm chart (deploy/helm/values.yaml; docs/deployment.md §4)
     — the chart renders them into the instance's run_coordinator config."""
-    cap = config.features.max_parallel_tenants
     return (
         "# Helm values: per-tenant serialisation and the tenant-run cap (features.max_parallel_tenants)\n"
         "dagsterDaemon:\n"
         "  runCoordinator:\n"
         "    config:\n"
         "      queuedRunCoordinator:\n"
-        "        maxConcurrentRuns: 20\n"
-        "        tagConcurrencyLimits:\n"
-        f"          - {{key: {TENANT_TAG}, value: {{applyLimitPerUniqueValue: true}}, limit: 1}}\n"
-        f"          - {{key: {PIPELINE_TAG}, value: tenant, limit: {cap}}}\n"
+        f"        maxConcurrentRuns: {MAX_CONCURRENT_RUNS}\n"
+        "        tagConcurrencyLimits:\n" + _indented(_tag_limits(config), 10)
     )
 
 

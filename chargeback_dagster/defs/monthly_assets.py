@@ -98,8 +98,9 @@ def _reports_asset(first_month: date, tenants: list[TenantConfig]) -> dg.AssetsD
             store = tenant_store.open(tenant)
             for partition in context.partition_keys:
                 report = build_report(store, tenant, date.fromisoformat(f"{partition}-01"))
-                files = write_report_csv(tenant, report)
-                metadata = report_metadata(tenant, report, files)
+                rows = report_rows(report)  # rendered once: the CSV and the UI table show the same rows
+                files = write_report_csv(tenant, report.label, rows)
+                metadata = report_metadata(tenant, report, rows, files)
                 context.add_asset_metadata(metadata, asset_key=key, partition_key=partition)
             yield dg.MaterializeResult(asset_key=key)
 
@@ -139,8 +140,9 @@ TABLE_SCHEMA = dg.TableSchema(
 _TABLE_COLUMNS = [c.name for c in TABLE_SCHEMA.columns]
 
 
-def report_metadata(tenant: TenantConfig, report: MonthReport, files: dict[str, int]) -> dict[str, object]:
-    rows = report_rows(report)
+def report_metadata(
+    tenant: TenantConfig, report: MonthReport, rows: list[tuple[str, ...]], files: dict[str, int]
+) -> dict[str, object]:
     start = COLUMNS.index("line")
     identities = 0
     table = []

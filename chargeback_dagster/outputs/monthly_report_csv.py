@@ -58,11 +58,10 @@ def report_rows(report: MonthReport) -> list[tuple[str, ...]]:
     ]
 
 
-def write_report_csv(tenant: TenantConfig, report: MonthReport) -> dict[str, int]:
-    """Write the report's file(s); path -> data rows."""
-    rows = report_rows(report)
+def write_report_csv(tenant: TenantConfig, month_label: str, rows: list[tuple[str, ...]]) -> dict[str, int]:
+    """Write a month's report rows (`report_rows`) to its file(s); path -> data rows."""
     swept: set[Path] = set()
     return {
         str(p): write_rendered(p, COLUMNS, lambda: render_rows(rows), swept)
-        for p in report_paths(tenant, report.label)
+        for p in report_paths(tenant, month_label)
     }
